@@ -1,0 +1,121 @@
+package tenant
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/kmeter/kmeter/internal/config"
+)
+
+// mkTree creates directories under a temp root; any directory tree works as
+// a stand-in for cgroupfs because ids are inode numbers.
+func mkTree(t *testing.T, dirs ...string) (string, map[string]uint64) {
+	t.Helper()
+	root := t.TempDir()
+	ids := map[string]uint64{}
+	for _, d := range dirs {
+		p := filepath.Join(root, d)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range append(dirs, "/") {
+		for p := cleanRel(d); ; p = filepath.Dir(p) {
+			var st syscall.Stat_t
+			if err := syscall.Stat(filepath.Join(root, p), &st); err != nil {
+				t.Fatal(err)
+			}
+			ids[p] = st.Ino
+			if p == "/" {
+				break
+			}
+		}
+	}
+	return root, ids
+}
+
+func TestResolver_Tenant(t *testing.T) {
+	root, ids := mkTree(t, "/shop/web", "/shop/db", "/edge/slice1", "/other")
+	r, err := NewResolver(root, []config.Tenant{
+		{Name: "shop", Cgroups: []string{"/shop"}, Attributes: map[string]string{"plan": "gold"}},
+		{Name: "edge-1", Cgroups: []string{"/edge/slice1"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path, want string
+	}{
+		{"/shop", "shop"},
+		{"/shop/web", "shop"},
+		{"/shop/db", "shop"},
+		{"/edge/slice1", "edge-1"},
+		{"/edge", "/edge"},
+		{"/other", "/other"},
+		{"/", "/"},
+	} {
+		if got := r.Tenant(ids[tc.path]); got != tc.want {
+			t.Errorf("Tenant(%s) = %q, want %q", tc.path, got, tc.want)
+		}
+	}
+	if got := r.Tenant(1 << 60); got != "cgroup:1152921504606846976" {
+		t.Errorf("unknown id: got %q", got)
+	}
+	if got := r.Attributes("shop")["plan"]; got != "gold" {
+		t.Errorf("attributes: got %q", got)
+	}
+	roots, err := r.Roots("shop")
+	if err != nil || len(roots) != 1 || roots[0] != ids["/shop"] {
+		t.Errorf("Roots(shop) = %v, %v; want [%d]", roots, err, ids["/shop"])
+	}
+	roots, err = r.Roots("/other")
+	if err != nil || len(roots) != 1 || roots[0] != ids["/other"] {
+		t.Errorf("Roots(/other) = %v, %v", roots, err)
+	}
+	if _, err := r.Roots("nope"); !errors.Is(err, ErrUnknown) {
+		t.Errorf("Roots(nope) err = %v, want ErrUnknown", err)
+	}
+}
+
+func TestResolver_SaveLoad_keepsRemovedCgroups(t *testing.T) {
+	root, ids := mkTree(t, "/a/b")
+	r, err := NewResolver(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(t.TempDir(), "paths.json")
+	if err := r.Save(cache); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, "a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := NewResolver(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r2.Tenant(ids["/a/b"]); got == "/a/b" {
+		t.Fatalf("a fresh resolver cannot know a removed cgroup, got %q", got)
+	}
+	if err := r2.Load(cache); err != nil {
+		t.Fatal(err)
+	}
+	if got := r2.Tenant(ids["/a/b"]); got != "/a/b" {
+		t.Fatalf("after Load: Tenant = %q, want /a/b", got)
+	}
+	if err := os.WriteFile(cache, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Load(cache); err == nil {
+		t.Fatal("corrupt cache: want error")
+	}
+}
+
+func TestNewResolver_missingRoot(t *testing.T) {
+	if _, err := NewResolver(filepath.Join(t.TempDir(), "none"), nil); err == nil {
+		t.Fatal("want error for a missing cgroup2 dir")
+	}
+}
