@@ -102,7 +102,8 @@ func EnsureBPFFS(dir string) error {
 	if st.Type != unix.BPF_FS_MAGIC {
 		return fmt.Errorf("pin dir %s is not on a bpffs: choose a dir under /sys/fs/bpf or mount one with: mount -t bpf bpf %s", dir, dir)
 	}
-	probe := filepath.Join(dir, ".kmeter-write-test")
+	// bpffs refuses names with dots, so the probe has none.
+	probe := filepath.Join(dir, "kmeter-write-test")
 	if err := os.Mkdir(probe, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fmt.Errorf("pin dir %s is not writable: %w", dir, err)
 	}

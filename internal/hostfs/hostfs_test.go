@@ -10,7 +10,7 @@ import (
 func TestCgroup2Dir(t *testing.T) {
 	for _, tc := range []struct {
 		name, mounts, want string
-		err             error
+		err                error
 	}{
 		{"hybrid", "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n", "/sys/fs/cgroup/unified", nil},
 		{"unified", "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n", "/sys/fs/cgroup", nil},

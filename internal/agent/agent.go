@@ -1,0 +1,249 @@
+// Package agent wires kmeter's data flow together: it opens the kernel
+// meters, reads their per-cgroup counters every interval, aggregates them
+// per tenant, and publishes the result to /metrics, the HTTP API and the
+// usage windows that bill it.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmeter/kmeter/internal/meter"
+	"github.com/kmeter/kmeter/internal/tenant"
+)
+
+// Opener opens one kernel meter.
+type Opener struct {
+	// Name is the meter's name, reported when it cannot attach.
+	Name string
+	// Counters are the counter names it would produce.
+	Counters []string
+	Open     func(meter.Config) (meter.Meter, error)
+}
+
+// Config configures an [Agent]. It is validated by [New].
+type Config struct {
+	Meter    meter.Config
+	Interval time.Duration
+	// DataDir keeps the agent's state (cgroup path cache, ledger).
+	DataDir  string
+	Resolver *tenant.Resolver
+	Openers  []Opener
+	Logger   *slog.Logger
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if err := c.Meter.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Interval <= 0 {
+		errs = append(errs, fmt.Errorf("interval %v must be positive", c.Interval))
+	}
+	if c.Resolver == nil {
+		errs = append(errs, errors.New("no tenant resolver"))
+	}
+	if len(c.Openers) == 0 {
+		errs = append(errs, errors.New("no meters to open"))
+	}
+	return errors.Join(errs...)
+}
+
+// Snapshot is the cumulative usage read at one moment.
+type Snapshot struct {
+	Time time.Time `json:"time"`
+	// Tenants maps tenant -> counter -> cumulative value.
+	Tenants map[string]map[string]uint64 `json:"tenants"`
+	// SyscallsByNumber maps tenant -> syscall number -> cumulative count.
+	SyscallsByNumber map[string]map[uint32]uint64 `json:"syscalls_by_number,omitempty"`
+	// Unavailable lists counters whose meter could not attach: they are
+	// not zero, they are unknown.
+	Unavailable []string `json:"unavailable,omitempty"`
+}
+
+// Agent reads the kernel meters. It is safe for concurrent use.
+type Agent struct {
+	cfg      Config
+	meters   []meter.Meter
+	statuses []meter.Status
+	log      *slog.Logger
+
+	snap       atomic.Pointer[Snapshot]
+	readErrors atomic.Uint64
+	reads      atomic.Uint64
+
+	closeOnce sync.Once
+}
+
+// New opens every meter. A meter that cannot attach is reported in
+// [Agent.Statuses] and logged, and the agent runs with the others; New
+// fails only when no meter attached at all.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("agent config: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Agent{cfg: cfg, log: log}
+	var errs []error
+	for _, o := range cfg.Openers {
+		m, err := o.Open(cfg.Meter)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("meter %s: %w", o.Name, err))
+			a.statuses = append(a.statuses, meter.Status{Meter: o.Name, Counters: o.Counters, Err: err.Error()})
+			log.Error("meter not attached: its counters are unavailable", "meter", o.Name, "counters", o.Counters, "err", err)
+			continue
+		}
+		st := m.Status()
+		a.meters = append(a.meters, m)
+		a.statuses = append(a.statuses, st)
+		log.Info("meter attached", "meter", st.Meter, "hook", st.Hook, "fallback", st.Fallback, "reused_pinned_link", st.Reused)
+	}
+	if len(a.meters) == 0 {
+		return nil, fmt.Errorf("no meter attached (run `kmeter doctor`): %w", errors.Join(errs...))
+	}
+	if err := cfg.Resolver.Load(a.pathCache()); err != nil {
+		log.Warn("cgroup path cache ignored", "err", err)
+	}
+	if _, err := a.Read(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Agent) pathCache() string { return filepath.Join(a.cfg.DataDir, "cgroup-paths.json") }
+
+// Statuses reports every meter's hook, or why it could not attach.
+func (a *Agent) Statuses() []meter.Status { return a.statuses }
+
+// Meters returns the attached meters, for collectors that export what a
+// particular meter knows (ring buffer statistics, map sizes).
+func (a *Agent) Meters() []meter.Meter { return a.meters }
+
+// Resolver returns the tenant resolver.
+func (a *Agent) Resolver() *tenant.Resolver { return a.cfg.Resolver }
+
+// Counts reads the cumulative per-cgroup counts of every attached meter.
+func (a *Agent) Counts() (meter.Counts, error) {
+	c := meter.Counts{}
+	var errs []error
+	for _, m := range a.meters {
+		if err := m.ReadInto(c); err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", m.Status().Meter, err))
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+// Read reads every meter now, aggregates per tenant, and publishes the
+// snapshot returned by [Agent.Latest].
+func (a *Agent) Read() (*Snapshot, error) {
+	if err := a.cfg.Resolver.Refresh(); err != nil {
+		a.readErrors.Add(1)
+		return nil, err
+	}
+	c, err := a.Counts()
+	if err != nil {
+		a.readErrors.Add(1)
+		return nil, err
+	}
+	s := &Snapshot{Time: time.Now(), Tenants: map[string]map[string]uint64{}}
+	for id, byName := range c {
+		t := a.cfg.Resolver.Tenant(id)
+		m := s.Tenants[t]
+		if m == nil {
+			m = map[string]uint64{}
+			s.Tenants[t] = m
+		}
+		for name, v := range byName {
+			m[name] += v
+		}
+	}
+	for _, m := range a.meters {
+		bn, ok := m.(BySyscallNumber)
+		if !ok {
+			continue
+		}
+		byNr, err := bn.ReadByNumber()
+		if err != nil {
+			a.readErrors.Add(1)
+			return nil, fmt.Errorf("read syscalls by number: %w", err)
+		}
+		s.SyscallsByNumber = map[string]map[uint32]uint64{}
+		for id, nrs := range byNr {
+			t := a.cfg.Resolver.Tenant(id)
+			m := s.SyscallsByNumber[t]
+			if m == nil {
+				m = map[uint32]uint64{}
+				s.SyscallsByNumber[t] = m
+			}
+			for nr, v := range nrs {
+				m[nr] += v
+			}
+		}
+	}
+	for _, st := range a.statuses {
+		if st.Err != "" {
+			s.Unavailable = append(s.Unavailable, st.Counters...)
+		}
+	}
+	sort.Strings(s.Unavailable)
+	a.snap.Store(s)
+	a.reads.Add(1)
+	return s, nil
+}
+
+// Latest returns the last snapshot published by Read.
+func (a *Agent) Latest() *Snapshot { return a.snap.Load() }
+
+// ReadErrors is the number of reads that failed.
+func (a *Agent) ReadErrors() uint64 { return a.readErrors.Load() }
+
+// Run reads the meters every interval until ctx is done, then saves the
+// cgroup path cache. Failed reads are logged and counted; the loop goes on.
+func (a *Agent) Run(ctx context.Context, onRead func(*Snapshot)) error {
+	t := time.NewTicker(a.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return a.cfg.Resolver.Save(a.pathCache())
+		case <-t.C:
+			s, err := a.Read()
+			if err != nil {
+				a.log.Error("read meters", "err", err)
+				continue
+			}
+			if onRead != nil {
+				onRead(s)
+			}
+			if a.reads.Load()%12 == 0 {
+				if err := a.cfg.Resolver.Save(a.pathCache()); err != nil {
+					a.log.Warn("save cgroup path cache", "err", err)
+				}
+			}
+		}
+	}
+}
+
+// Close closes the meters. Their programs stay attached through pinned
+// links and keep counting until the next agent starts. Close is idempotent.
+func (a *Agent) Close() error {
+	var errs []error
+	a.closeOnce.Do(func() {
+		for _, m := range a.meters {
+			errs = append(errs, m.Close())
+		}
+	})
+	return errors.Join(errs...)
+}

@@ -1,0 +1,74 @@
+package agent
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const namespace = "kmeter"
+
+// BySyscallNumber is implemented by meters that break syscalls down by
+// number.
+type BySyscallNumber interface {
+	ReadByNumber() (map[uint64]map[uint32]uint64, error)
+}
+
+// collector exports the latest snapshot and the agent's health. It builds
+// const metrics at scrape time, so a scrape never waits on the kernel.
+type collector struct {
+	a *Agent
+
+	usage, meterUp, readErrors, lastRead, tenants, syscallsByNr *prometheus.Desc
+}
+
+// Collector returns the agent's prometheus.Collector:
+// kmeter_usage_total{tenant,meter} and agent health.
+func (a *Agent) Collector() prometheus.Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
+	}
+	return &collector{
+		a:            a,
+		usage:        d("usage_total", "Cumulative kernel usage per tenant and meter, counted in the kernel.", "tenant", "meter"),
+		meterUp:      d("meter_up", "1 when the meter's hook is attached, 0 when its counters are unavailable.", "meter", "hook", "fallback"),
+		readErrors:   d("read_errors_total", "Reads of the kernel maps that failed."),
+		lastRead:     d("last_read_timestamp_seconds", "When the kernel counters were last read."),
+		tenants:      d("tenants", "Tenants with usage in the latest read."),
+		syscallsByNr: d("syscalls_by_number_total", "Cumulative syscalls per tenant and syscall number.", "tenant", "nr"),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.usage, c.meterUp, c.readErrors, c.lastRead, c.tenants, c.syscallsByNr} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.a.statuses {
+		up := 1.0
+		if st.Err != "" {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(c.meterUp, prometheus.GaugeValue, up, st.Meter, st.Hook, strconv.FormatBool(st.Fallback))
+	}
+	ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, float64(c.a.ReadErrors()))
+	s := c.a.Latest()
+	if s == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.lastRead, prometheus.GaugeValue, float64(s.Time.UnixNano())/1e9)
+	ch <- prometheus.MustNewConstMetric(c.tenants, prometheus.GaugeValue, float64(len(s.Tenants)))
+	for t, byMeter := range s.Tenants {
+		for m, v := range byMeter {
+			ch <- prometheus.MustNewConstMetric(c.usage, prometheus.CounterValue, float64(v), t, m)
+		}
+	}
+	for t, byNr := range s.SyscallsByNumber {
+		for nr, v := range byNr {
+			ch <- prometheus.MustNewConstMetric(c.syscallsByNr, prometheus.CounterValue, float64(v), t, strconv.FormatUint(uint64(nr), 10))
+		}
+	}
+}
+
