@@ -28,8 +28,10 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(
 	// Each subcommand lives in its own file as newXxxCmd.
+	root.AddCommand(
+		newRunCmd(),
+		newDoctorCmd(),
 	)
 	return root
 }

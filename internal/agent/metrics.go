@@ -71,4 +71,3 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
-

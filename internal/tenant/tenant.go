@@ -31,12 +31,12 @@ var ErrUnknown = errors.New("unknown tenant")
 // Resolver maps cgroup ids to paths and tenants. It is safe for
 // concurrent use.
 type Resolver struct {
-	root     string
-	rules    []rule // longest prefix first
-	attrs    map[string]map[string]string
-	mu       sync.RWMutex
-	paths    map[uint64]string // cgroup id -> path relative to root
-	ids      map[string]uint64 // path -> cgroup id, live cgroups only
+	root  string
+	rules []rule // longest prefix first
+	attrs map[string]map[string]string
+	mu    sync.RWMutex
+	paths map[uint64]string // cgroup id -> path relative to root
+	ids   map[string]uint64 // path -> cgroup id, live cgroups only
 }
 
 type rule struct {
