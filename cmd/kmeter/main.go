@@ -32,6 +32,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newRunCmd(),
 		newDoctorCmd(),
+		newTopCmd(),
 	)
 	return root
 }
