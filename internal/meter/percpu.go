@@ -1,0 +1,77 @@
+package meter
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// MapStats tells how full a meter's counter map is, so that health checks
+// can warn before counts start to overflow.
+type MapStats struct {
+	// MaxEntries is the number of keys the counter map can hold.
+	MaxEntries uint32 `json:"max_entries"`
+	// Entries is the number of keys in use when the stats were read.
+	Entries int `json:"entries"`
+	// Overflow is, per counter name, what was counted while the map was
+	// full and therefore not attributed to any cgroup (in the counter's
+	// unit: syscalls, connections or bytes). It only grows; any non-zero
+	// value means the map is too small for this host.
+	Overflow map[string]uint64 `json:"overflow"`
+}
+
+// SumPerCPU calls fn with every key of the per-CPU map m and the sum of
+// its per-CPU values. Keys added while it iterates may be missed; they
+// are seen by the next read.
+func SumPerCPU[K any](m *ebpf.Map, fn func(key K, sum uint64)) error {
+	var (
+		key  K
+		vals []uint64
+	)
+	it := m.Iterate()
+	for it.Next(&key, &vals) {
+		var sum uint64
+		for _, v := range vals {
+			sum += v
+		}
+		fn(key, sum)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read per-cpu map %s: %w", m, err)
+	}
+	return nil
+}
+
+// SumSlots returns the per-slot sums of the per-CPU array m.
+func SumSlots(m *ebpf.Map) ([]uint64, error) {
+	sums := make([]uint64, m.MaxEntries())
+	for i := range sums {
+		var vals []uint64
+		if err := m.Lookup(uint32(i), &vals); err != nil {
+			return nil, fmt.Errorf("read per-cpu array %s slot %d: %w", m, i, err)
+		}
+		for _, v := range vals {
+			sums[i] += v
+		}
+	}
+	return sums, nil
+}
+
+// CountKeys returns the number of keys in m.
+func CountKeys(m *ebpf.Map) (int, error) {
+	var (
+		n   int
+		key any // nil asks for the first key
+	)
+	for {
+		next, err := m.NextKeyBytes(key)
+		if err != nil {
+			return 0, fmt.Errorf("count keys of %s: %w", m, err)
+		}
+		if next == nil {
+			return n, nil
+		}
+		n++
+		key = next
+	}
+}

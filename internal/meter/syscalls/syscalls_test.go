@@ -1,0 +1,248 @@
+package syscalls
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/kmeter/kmeter/internal/meter"
+	"github.com/kmeter/kmeter/internal/testutil"
+)
+
+const nrGetppid = syscall.SYS_GETPPID // 110 on x86-64
+
+func TestMain(m *testing.M) {
+	testutil.RunHelper(map[string]func([]string) error{
+		"getppid": helperGetppid,
+	})
+	os.Exit(m.Run())
+}
+
+// helperGetppid makes exactly args[0] getppid syscalls from one OS thread.
+func helperGetppid(args []string) error {
+	k, err := strconv.Atoi(args[0])
+	if err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	for range k {
+		syscall.RawSyscall(syscall.SYS_GETPPID, 0, 0, 0)
+	}
+	return nil
+}
+
+func runGetppid(t *testing.T, cg testutil.Cgroup, k int) {
+	t.Helper()
+	if err := cg.SelfCommand(t, "getppid", strconv.Itoa(k)).Run(); err != nil {
+		t.Fatalf("getppid helper: %v", err)
+	}
+}
+
+func openMeter(t *testing.T, pinDir string, hook meter.HookMode) *Meter {
+	t.Helper()
+	m, err := OpenWith(meter.Config{PinDir: pinDir, CgroupDir: testutil.Cgroup2Dir(t)}, Options{Hook: hook})
+	testutil.CheckLoad(t, err)
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func getppidCount(t *testing.T, m *Meter, cg testutil.Cgroup) uint64 {
+	t.Helper()
+	byNr, err := m.ReadByNumber()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return byNr[cg.ID][nrGetppid]
+}
+
+func TestMeter_countsGetppidPerCgroup(t *testing.T) {
+	const k = 1000
+	for _, tc := range []struct {
+		name     string
+		mode     meter.HookMode
+		hook     string
+		fallback bool
+	}{
+		{"auto prefers tp_btf", meter.HookAuto, HookTPBTF, false},
+		{"classic tracepoint", meter.HookFallbackOnly, HookTracepoint, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := openMeter(t, testutil.PinDir(t), tc.mode)
+			st := m.Status()
+			if st.Hook != tc.hook || st.Fallback != tc.fallback || st.Reused {
+				t.Fatalf("status = %+v, want hook %s fallback %v, not reused", st, tc.hook, tc.fallback)
+			}
+			cg := testutil.NewCgroup(t, "a")
+			other := testutil.NewCgroup(t, "b")
+
+			before := getppidCount(t, m, cg)
+			runGetppid(t, cg, k)
+			if got := getppidCount(t, m, cg) - before; got != k {
+				t.Errorf("getppid count of cgroup a = %d, want exactly %d", got, k)
+			}
+			if got := getppidCount(t, m, other); got != 0 {
+				t.Errorf("getppid count of idle cgroup b = %d, want 0", got)
+			}
+			c := meter.Counts{}
+			if err := m.ReadInto(c); err != nil {
+				t.Fatal(err)
+			}
+			if got := c[cg.ID][meter.Syscalls]; got < k {
+				t.Errorf("total syscalls of cgroup a = %d, want >= %d", got, k)
+			}
+			stats, err := m.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.MaxEntries != MaxEntries || stats.Entries < 1 || stats.Overflow[meter.Syscalls] != 0 {
+				t.Errorf("stats = %+v, want %d max entries, some entries, no overflow", stats, MaxEntries)
+			}
+		})
+	}
+}
+
+// An agent restart must neither lose the syscalls made while it was down
+// nor count any twice.
+func TestMeter_restartKeepsCounting(t *testing.T) {
+	const k, down, again = 300, 500, 700
+	pinDir := testutil.PinDir(t)
+	cg := testutil.NewCgroup(t, "a")
+
+	first := openMeter(t, pinDir, meter.HookAuto)
+	runGetppid(t, cg, k)
+	if got := getppidCount(t, first, cg); got != k {
+		t.Fatalf("first agent counted %d, want %d", got, k)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	runGetppid(t, cg, down) // no Meter open: the pinned link counts
+
+	second := openMeter(t, pinDir, meter.HookAuto)
+	if !second.Status().Reused {
+		t.Errorf("second open: status %+v, want Reused", second.Status())
+	}
+	if got := getppidCount(t, second, cg); got != k+down {
+		t.Fatalf("after restart counted %d, want %d", got, k+down)
+	}
+
+	third := openMeter(t, pinDir, meter.HookAuto)
+	if !third.Status().Reused {
+		t.Errorf("third open: status %+v, want Reused", third.Status())
+	}
+	runGetppid(t, cg, again)
+	for i, m := range []*Meter{second, third} {
+		if got := getppidCount(t, m, cg); got != k+down+again {
+			t.Errorf("meter %d counted %d, want %d (a second program would double)", i+2, got, k+down+again)
+		}
+	}
+}
+
+// A full map must never lose counts silently: what cannot be stored is
+// counted as overflow.
+func TestMeter_fullMapCountsOverflow(t *testing.T) {
+	const k = 200
+	m := openMeter(t, testutil.PinDir(t), meter.HookAuto)
+	cg := testutil.NewCgroup(t, "a")
+
+	possible, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals := make([]uint64, possible)
+	for i := uint64(0); ; i++ {
+		key := syscallsKmeterKey{CgroupId: 1<<62 + i}
+		err := m.counts.Update(key, vals, ebpf.UpdateNoExist)
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			continue
+		}
+		if err != nil {
+			break // full
+		}
+	}
+	before, err := m.Overflow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runGetppid(t, cg, k)
+	after, err := m.Overflow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after-before < k {
+		t.Errorf("overflow grew by %d, want >= %d", after-before, k)
+	}
+	if got := getppidCount(t, m, cg); got != 0 {
+		t.Errorf("cgroup counted %d in a full map, want 0", got)
+	}
+	stats, err := m.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other processes keep making syscalls into the full map.
+	if stats.Entries != MaxEntries || stats.Overflow[meter.Syscalls] < after {
+		t.Errorf("stats = %+v, want %d entries and overflow >= %d", stats, MaxEntries, after)
+	}
+}
+
+func TestMeter_Close_idempotent(t *testing.T) {
+	m := openMeter(t, testutil.PinDir(t), meter.HookAuto)
+	for i := range 2 {
+		if err := m.Close(); err != nil {
+			t.Fatalf("close %d: %v", i+1, err)
+		}
+	}
+	if err := m.ReadInto(meter.Counts{}); !errors.Is(err, meter.ErrClosed) {
+		t.Errorf("ReadInto after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestMeter_Unpin_stopsCounting(t *testing.T) {
+	pinDir := testutil.PinDir(t)
+	m := openMeter(t, pinDir, meter.HookAuto)
+	if err := m.Unpin(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(pinDir, Name)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pin dir still there after Unpin: %v", err)
+	}
+	again := openMeter(t, pinDir, meter.HookAuto)
+	if again.Status().Reused {
+		t.Error("a link survived Unpin and Close")
+	}
+}
+
+func TestOpen_badConfig(t *testing.T) {
+	testutil.RequireBPF(t)
+	for _, tc := range []struct {
+		name string
+		cfg  meter.Config
+		want string
+	}{
+		{"empty pin dir", meter.Config{}, "pin dir is empty"},
+		{"pin dir not on bpffs", meter.Config{PinDir: t.TempDir()}, "not on a bpffs"},
+		{"missing pin dir", meter.Config{PinDir: "/sys/fs/bpf/kmeter-no-such-dir"}, "file does not exist"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Open(tc.cfg)
+			if err == nil {
+				m.Close()
+				t.Fatal("Open succeeded")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
+		})
+	}
+}
