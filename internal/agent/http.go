@@ -28,7 +28,10 @@ func (a *Agent) Register(mux *http.ServeMux) {
 			if u, ok := s.Tenants[t]; ok {
 				cp.Tenants[t] = u
 			}
-			cp.SyscallsByNumber = nil
+			cp.SyscallsByNumber = map[string]map[uint32]uint64{}
+			if u, ok := s.SyscallsByNumber[t]; ok {
+				cp.SyscallsByNumber[t] = u
+			}
 			s = &cp
 		}
 		server.WriteJSON(w, http.StatusOK, UsageResponse{Snapshot: s, Meters: a.statuses})
