@@ -9,7 +9,7 @@ package abi
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
+	"strconv"
 )
 
 // Version is the ABI version a plugin's kmeter_abi_version export must
@@ -90,7 +90,7 @@ func BatchSize(recs []Record) int {
 // sorted by tenant), which keeps the encoding compact without a map.
 func AppendBatch(dst []byte, recs []Record) ([]byte, error) {
 	if len(recs) > MaxRecords {
-		return dst, fmt.Errorf("encode batch: %d records, more than the limit of %d: split the batch", len(recs), MaxRecords)
+		return dst, errorf(nil, "encode batch: ", len(recs), " records, more than the limit of ", MaxRecords, ": split the batch")
 	}
 	nAttrs := 0
 	strLen := 0
@@ -104,7 +104,7 @@ func AppendBatch(dst []byte, recs []Record) ([]byte, error) {
 	}
 	total := BatchHeader + len(recs)*RecordSize + nAttrs*AttrSize + strLen
 	if total > 1<<31-1 {
-		return dst, fmt.Errorf("encode batch: %d bytes, more than 2 GiB: split the batch", total)
+		return dst, errorf(nil, "encode batch: ", total, " bytes, more than 2 GiB: split the batch")
 	}
 	base := len(dst)
 	dst = grow(dst, total)
@@ -197,20 +197,20 @@ type BatchView struct {
 func ParseBatch(b []byte) (BatchView, error) {
 	le := binary.LittleEndian
 	if len(b) < BatchHeader {
-		return BatchView{}, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrMalformed, len(b), BatchHeader)
+		return BatchView{}, errorf(ErrMalformed, len(b), " bytes, shorter than the ", BatchHeader, "-byte header")
 	}
 	if m := le.Uint32(b); m != BatchMagic {
-		return BatchView{}, fmt.Errorf("%w: magic %#x, want %#x (KMB1)", ErrMalformed, m, BatchMagic)
+		return BatchView{}, errorf(ErrMalformed, "magic ", hex(m), ", want ", hex(BatchMagic), " (KMB1)")
 	}
 	n := uint64(le.Uint32(b[4:]))
 	na := uint64(le.Uint32(b[8:]))
 	ns := uint64(le.Uint32(b[12:]))
 	if n > MaxRecords {
-		return BatchView{}, fmt.Errorf("%w: %d records, more than %d", ErrMalformed, n, MaxRecords)
+		return BatchView{}, errorf(ErrMalformed, n, " records, more than ", MaxRecords)
 	}
 	want := BatchHeader + n*RecordSize + na*AttrSize + ns
 	if want != uint64(len(b)) {
-		return BatchView{}, fmt.Errorf("%w: header says %d bytes, got %d", ErrMalformed, want, len(b))
+		return BatchView{}, errorf(ErrMalformed, "header says ", want, " bytes, got ", len(b))
 	}
 	v := BatchView{b: b, n: int(n), nAttrs: int(na), attrs: BatchHeader + int(n)*RecordSize}
 	v.strings = v.attrs + int(na)*AttrSize
@@ -218,19 +218,19 @@ func ParseBatch(b []byte) (BatchView, error) {
 	for i := 0; i < v.n; i++ {
 		r := b[BatchHeader+i*RecordSize:]
 		if !inStrings(le.Uint32(r[0:]), le.Uint32(r[4:])) || !inStrings(le.Uint32(r[8:]), le.Uint32(r[12:])) {
-			return BatchView{}, fmt.Errorf("%w: record %d: string out of bounds", ErrMalformed, i)
+			return BatchView{}, errorf(ErrMalformed, "record ", i, ": string out of bounds")
 		}
 		if int64(le.Uint64(r[24:])) > int64(le.Uint64(r[32:])) {
-			return BatchView{}, fmt.Errorf("%w: record %d: window starts after it ends", ErrMalformed, i)
+			return BatchView{}, errorf(ErrMalformed, "record ", i, ": window starts after it ends")
 		}
 		if uint64(le.Uint32(r[40:]))+uint64(le.Uint32(r[44:])) > na {
-			return BatchView{}, fmt.Errorf("%w: record %d: attributes out of bounds", ErrMalformed, i)
+			return BatchView{}, errorf(ErrMalformed, "record ", i, ": attributes out of bounds")
 		}
 	}
 	for i := 0; i < v.nAttrs; i++ {
 		a := b[v.attrs+i*AttrSize:]
 		if !inStrings(le.Uint32(a[0:]), le.Uint32(a[4:])) || !inStrings(le.Uint32(a[8:]), le.Uint32(a[12:])) {
-			return BatchView{}, fmt.Errorf("%w: attribute %d: string out of bounds", ErrMalformed, i)
+			return BatchView{}, errorf(ErrMalformed, "attribute ", i, ": string out of bounds")
 		}
 	}
 	return v, nil
@@ -294,10 +294,10 @@ func AppendCharges(dst []byte, cs []Charge) ([]byte, error) {
 	le.PutUint32(b[4:], uint32(len(cs)))
 	for i, c := range cs {
 		if err := checkCharge(c.AmountMicro, c.VendorMicro); err != nil {
-			return dst[:base], fmt.Errorf("encode charge %d: %w", i, err)
+			return dst[:base], errorf(nil, "encode charge ", i, ": ", err)
 		}
 		if !validCurrency(c.Currency) {
-			return dst[:base], fmt.Errorf("encode charge %d: currency %q is not a three-letter ISO 4217 code", i, c.Currency)
+			return dst[:base], errorf(nil, "encode charge ", i, ": currency ", []byte(c.Currency), " is not a three-letter ISO 4217 code")
 		}
 		cb := b[ChargesHeader+i*ChargeSize:]
 		le.PutUint64(cb[0:], uint64(c.AmountMicro))
@@ -315,16 +315,16 @@ func AppendCharges(dst []byte, cs []Charge) ([]byte, error) {
 func DecodeCharges(b []byte, want int, dst []Charge, cur *CurrencyCache) ([]Charge, error) {
 	le := binary.LittleEndian
 	if len(b) < ChargesHeader {
-		return dst, fmt.Errorf("%w: charges: %d bytes, shorter than the %d-byte header", ErrMalformed, len(b), ChargesHeader)
+		return dst, errorf(ErrMalformed, "charges: ", len(b), " bytes, shorter than the ", ChargesHeader, "-byte header")
 	}
 	if m := le.Uint32(b); m != ChargesMagic {
-		return dst, fmt.Errorf("%w: charges: magic %#x, want %#x (KMC1)", ErrMalformed, m, ChargesMagic)
+		return dst, errorf(ErrMalformed, "charges: magic ", hex(m), ", want ", hex(ChargesMagic), " (KMC1)")
 	}
 	if n := le.Uint32(b[4:]); uint64(n) != uint64(want) {
-		return dst, fmt.Errorf("%w: charges: %d charges for %d records, want one per record", ErrMalformed, n, want)
+		return dst, errorf(ErrMalformed, "charges: ", n, " charges for ", want, " records, want one per record")
 	}
 	if len(b) != ChargesSize(want) {
-		return dst, fmt.Errorf("%w: charges: %d bytes, want %d", ErrMalformed, len(b), ChargesSize(want))
+		return dst, errorf(ErrMalformed, "charges: ", len(b), " bytes, want ", ChargesSize(want))
 	}
 	if cur == nil {
 		cur = new(CurrencyCache)
@@ -333,11 +333,11 @@ func DecodeCharges(b []byte, want int, dst []Charge, cur *CurrencyCache) ([]Char
 		cb := b[ChargesHeader+i*ChargeSize:]
 		amt, ven := int64(le.Uint64(cb[0:])), int64(le.Uint64(cb[8:]))
 		if err := checkCharge(amt, ven); err != nil {
-			return dst, fmt.Errorf("%w: charge %d: %v", ErrMalformed, i, err)
+			return dst, errorf(ErrMalformed, "charge ", i, ": ", err)
 		}
 		c, ok := cur.lookup(cb[16:24])
 		if !ok {
-			return dst, fmt.Errorf("%w: charge %d: currency %q is not a three-letter ISO 4217 code", ErrMalformed, i, cb[16:24])
+			return dst, errorf(ErrMalformed, "charge ", i, ": currency ", cb[16:24], " is not a three-letter ISO 4217 code")
 		}
 		dst = append(dst, Charge{AmountMicro: amt, VendorMicro: ven, Currency: c})
 	}
@@ -346,10 +346,10 @@ func DecodeCharges(b []byte, want int, dst []Charge, cur *CurrencyCache) ([]Char
 
 func checkCharge(amt, ven int64) error {
 	if amt < 0 {
-		return fmt.Errorf("negative amount %d", amt)
+		return errorf(nil, "negative amount ", amt)
 	}
 	if ven < 0 || ven > amt {
-		return fmt.Errorf("vendor share %d outside [0, amount %d]", ven, amt)
+		return errorf(nil, "vendor share ", ven, " outside [0, amount ", amt, "]")
 	}
 	return nil
 }
@@ -389,3 +389,47 @@ func validCurrency(s string) bool {
 	}
 	return true
 }
+
+// hex marks a number to print in hexadecimal.
+type hex uint32
+
+// errorf builds an error from parts without fmt, which would pull os and
+// WASI file imports into Go guests. A non-nil wrap prefixes the message and
+// is matched by errors.Is.
+func errorf(wrap error, parts ...any) error {
+	var b []byte
+	if wrap != nil {
+		b = append(b, wrap.Error()...)
+		b = append(b, ": "...)
+	}
+	for _, p := range parts {
+		switch v := p.(type) {
+		case string:
+			b = append(b, v...)
+		case int:
+			b = strconv.AppendInt(b, int64(v), 10)
+		case int64:
+			b = strconv.AppendInt(b, v, 10)
+		case uint32:
+			b = strconv.AppendUint(b, uint64(v), 10)
+		case uint64:
+			b = strconv.AppendUint(b, v, 10)
+		case hex:
+			b = append(b, "0x"...)
+			b = strconv.AppendUint(b, uint64(v), 16)
+		case []byte:
+			b = strconv.AppendQuote(b, string(v))
+		case error:
+			b = append(b, v.Error()...)
+		}
+	}
+	return &abiError{msg: string(b), wrap: wrap}
+}
+
+type abiError struct {
+	msg  string
+	wrap error
+}
+
+func (e *abiError) Error() string { return e.msg }
+func (e *abiError) Unwrap() error { return e.wrap }
