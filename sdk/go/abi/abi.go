@@ -239,7 +239,9 @@ func ParseBatch(b []byte) (BatchView, error) {
 // Len returns the number of records.
 func (v BatchView) Len() int { return v.n }
 
-func (v BatchView) rec(i int) []byte { return v.b[BatchHeader+i*RecordSize : BatchHeader+(i+1)*RecordSize] }
+func (v BatchView) rec(i int) []byte {
+	return v.b[BatchHeader+i*RecordSize : BatchHeader+(i+1)*RecordSize]
+}
 
 func (v BatchView) str(off, l uint32) []byte {
 	s := v.b[v.strings+int(off):]
