@@ -1,0 +1,442 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// limiter enforces per-tenant limits in the kernel: token buckets for
+// egress and ingress bytes (cgroup_skb), new TCP connections
+// (cgroup/connect4, cgroup/connect6) and TLS handshakes, plus network
+// slices matched by destination. User space (internal/enforce) writes the
+// limits; the programs never need reloading to change them.
+//
+// A tenant is a cgroup subtree. The programs walk the ancestors of the
+// packet's or task's cgroup, from the top down, and the first ancestor
+// listed in `tenants` names the tenant. New child cgroups are therefore
+// covered the moment they are created.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+// Keep in sync with maxDepth in internal/enforce/enforce.go.
+#define MAX_DEPTH 16
+// Keep in sync with slicePorts in internal/enforce/slices.go.
+#define SLICE_PORTS 8
+#define NANO 1000000000ULL
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+
+// Bucket kinds. Keep in sync with the kind constants in
+// internal/enforce/enforce.go.
+enum kind {
+	KIND_EGRESS = 0,
+	KIND_INGRESS = 1,
+	KIND_CONNECT = 2,
+	KIND_TLS = 3,
+	KIND_SLICE_EGRESS = 4,
+	NUM_LIMIT_KINDS = 4,
+};
+
+// rate is one limit. Tokens are counted in nano-tokens (1e-9 of a byte or
+// of an event), so refill is elapsed_ns * rate exactly, with no rounding.
+struct rate {
+	__u64 rate;       // tokens per second; 0 with on=1 denies everything
+	__u64 burst_n;    // bucket size in nano-tokens
+	__u64 max_idle_ns; // idle time after which the bucket is full: burst_n / rate
+	__u32 on;         // 1 when this kind is limited
+	__u32 _pad;
+};
+
+// limits are the effective limits of one tenant (configured limit with the
+// money policy applied by user space).
+struct tenant_limits {
+	struct rate k[NUM_LIMIT_KINDS];
+};
+
+struct bucket_key {
+	__u64 id;   // tenant key, or slice id for KIND_SLICE_EGRESS
+	__u32 kind;
+	__u32 _pad;
+};
+
+// bucket is the state of one token bucket. The spin lock makes refill,
+// test and take one atomic step on every CPU: the step reads and writes two
+// fields (tokens and last_ns), which atomic adds alone cannot keep
+// consistent, and a CAS loop cannot be written without a bounded retry
+// count that would have to fail open or closed under contention.
+struct tbucket {
+	struct bpf_spin_lock lock;
+	__u32 _pad;
+	__s64 tokens;    // nano-tokens; may go below zero after an oversize packet
+	__u64 last_ns;   // bpf_ktime_get_ns of the last refill
+	__u64 since_ns;  // when the bucket was created full
+	__u64 passed;    // events (or bytes) let through
+};
+
+// Counter kinds. Keep in sync with the counter kinds in
+// internal/enforce/collector.go.
+enum counter {
+	C_EGRESS_DROP = 0,
+	C_INGRESS_DROP = 1,
+	C_CONNECT_DENIED = 2,
+	C_TLS_DROP = 3,
+	C_SLICE_DROP = 4,
+};
+
+struct counter_key {
+	__u64 id; // tenant key, or slice id for C_SLICE_DROP
+	__u32 kind;
+	__u32 _pad;
+};
+
+struct slice_key {
+	__u32 prefixlen;
+	__u8 tenant[8]; // tenant key in host order; all zero matches every tenant
+	__u8 addr[16];  // IPv6, or IPv4 mapped into ::ffff:0:0/96
+};
+
+struct slice_port {
+	__u16 lo;
+	__u16 hi;
+	__u32 slice; // 0 marks an unused entry
+};
+
+struct slice_val {
+	struct slice_port p[SLICE_PORTS];
+};
+
+struct slice_counts {
+	__u64 tx_bytes;
+	__u64 tx_packets;
+	__u64 rx_bytes;
+	__u64 rx_packets;
+};
+
+// tenants: cgroup id of a tenant subtree root -> tenant key.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tenants SEC(".maps");
+
+// limits: tenant key -> effective limits.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tenant_limits);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} limits SEC(".maps");
+
+// slice_limits: slice id -> egress limit of the slice.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct rate);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slice_limits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct bucket_key);
+	__type(value, struct tbucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} buckets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct counter_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct slice_key);
+	__type(value, struct slice_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slices SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct slice_counts);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} slice_stats SEC(".maps");
+
+static __always_inline void count(__u64 id, __u32 kind)
+{
+	struct counter_key k = {.id = id, .kind = kind};
+	__u64 one = 1, *v;
+
+	v = bpf_map_lookup_elem(&counters, &k);
+	if (v) {
+		*v += 1; // this CPU's slot: no other CPU writes it
+		return;
+	}
+	// A new per-CPU entry holds 1 on this CPU and 0 elsewhere. If another
+	// CPU created it in between, NOEXIST fails and this CPU's slot is 0.
+	if (!bpf_map_update_elem(&counters, &k, &one, BPF_NOEXIST))
+		return;
+	v = bpf_map_lookup_elem(&counters, &k);
+	if (v)
+		*v += 1;
+}
+
+// take takes cost tokens (in whole units) from bucket (id, kind) limited
+// by r and reports whether the event may pass.
+static __always_inline int take(__u64 id, __u32 kind, const struct rate *r, __u64 cost)
+{
+	struct bucket_key k = {.id = id, .kind = kind};
+	struct tbucket *b;
+	__u64 now, elapsed, cost_n;
+	__s64 full;
+	int ok = 0;
+
+	if (r->rate == 0)
+		return 0;
+	now = bpf_ktime_get_ns();
+	b = bpf_map_lookup_elem(&buckets, &k);
+	if (!b) {
+		struct tbucket nb = {};
+		nb.tokens = r->burst_n;
+		nb.last_ns = now;
+		nb.since_ns = now;
+		bpf_map_update_elem(&buckets, &k, &nb, BPF_NOEXIST);
+		b = bpf_map_lookup_elem(&buckets, &k);
+		if (!b)
+			return 1; // map full: fail open, user space sees it in stats
+	}
+	cost_n = cost * NANO;
+	full = (__s64)r->burst_n;
+
+	bpf_spin_lock(&b->lock);
+	if (now > b->last_ns) {
+		elapsed = now - b->last_ns;
+		if (elapsed >= r->max_idle_ns)
+			b->tokens = full;
+		else
+			b->tokens += (__s64)(elapsed * r->rate);
+		if (b->tokens > full)
+			b->tokens = full;
+		b->last_ns = now;
+	}
+	// A full bucket always lets one event through, even one larger than
+	// the burst (a 64 KiB GSO packet against a small burst), and goes
+	// into debt, so the long-run rate stays exact and nothing starves.
+	if (b->tokens >= (__s64)cost_n || b->tokens == full) {
+		b->tokens -= (__s64)cost_n;
+		b->passed += cost;
+		ok = 1;
+	}
+	bpf_spin_unlock(&b->lock);
+	return ok;
+}
+
+static __always_inline __u64 *tenant_of_skb(struct __sk_buff *skb)
+{
+	__u64 *t;
+
+	for (int lvl = 1; lvl <= MAX_DEPTH; lvl++) {
+		__u64 id = bpf_skb_ancestor_cgroup_id(skb, lvl);
+		if (!id)
+			return 0;
+		t = bpf_map_lookup_elem(&tenants, &id);
+		if (t)
+			return t;
+	}
+	return 0;
+}
+
+static __always_inline __u64 *tenant_of_current(void)
+{
+	__u64 *t;
+
+	for (int lvl = 1; lvl <= MAX_DEPTH; lvl++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(lvl);
+		if (!id)
+			return 0;
+		t = bpf_map_lookup_elem(&tenants, &id);
+		if (t)
+			return t;
+	}
+	return 0;
+}
+
+struct flow {
+	__u8 addr[16]; // the remote address
+	__u16 port;    // the remote port, host order; 0 when not TCP/UDP
+	__u8 proto;
+	__u8 ok;
+	__u32 l4off;   // offset of the L4 header
+};
+
+// parse_flow reads the remote address and port of skb: the destination on
+// egress, the source on ingress.
+static __always_inline void parse_flow(struct __sk_buff *skb, int egress, struct flow *f)
+{
+	__u16 ports[2];
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return;
+		__builtin_memset(f->addr, 0, 10);
+		f->addr[10] = 0xff;
+		f->addr[11] = 0xff;
+		__u32 a = egress ? ip.daddr : ip.saddr;
+		__builtin_memcpy(&f->addr[12], &a, 4);
+		f->proto = ip.protocol;
+		f->l4off = ip.ihl * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return;
+		if (egress)
+			__builtin_memcpy(f->addr, &ip6.daddr, 16);
+		else
+			__builtin_memcpy(f->addr, &ip6.saddr, 16);
+		f->proto = ip6.nexthdr; // extension headers are not followed
+		f->l4off = sizeof(ip6);
+	} else {
+		return;
+	}
+	f->ok = 1;
+	if (f->proto != IPPROTO_TCP_ && f->proto != IPPROTO_UDP_)
+		return;
+	if (bpf_skb_load_bytes(skb, f->l4off, ports, sizeof(ports)))
+		return;
+	f->port = bpf_ntohs(egress ? ports[1] : ports[0]);
+}
+
+static __always_inline __u32 match_slice(__u64 tenant, struct flow *f)
+{
+	struct slice_key k = {};
+	struct slice_val *v;
+
+	__builtin_memcpy(k.addr, f->addr, 16);
+	for (int pass = 0; pass < 2; pass++) {
+		k.prefixlen = 64 + 128;
+		if (pass == 0)
+			__builtin_memcpy(k.tenant, &tenant, 8);
+		else
+			__builtin_memset(k.tenant, 0, 8);
+		v = bpf_map_lookup_elem(&slices, &k);
+		if (!v)
+			continue;
+#pragma unroll
+		for (int i = 0; i < SLICE_PORTS; i++) {
+			if (!v->p[i].slice)
+				break;
+			if (f->port >= v->p[i].lo && f->port <= v->p[i].hi)
+				return v->p[i].slice;
+		}
+	}
+	return 0;
+}
+
+// skb_verdict applies the tenant's byte bucket and slices to skb.
+// Egress returns 2 (drop and tell TCP "congestion") rather than 0 so that
+// TCP backs off its window instead of waiting for a retransmit timeout.
+static __always_inline int skb_verdict(struct __sk_buff *skb, int egress)
+{
+	__u64 *tp = tenant_of_skb(skb);
+	__u64 tenant = tp ? *tp : 0;
+	struct tenant_limits *l = 0;
+	const int drop = egress ? 2 : 0;
+	__u32 kind = egress ? KIND_EGRESS : KIND_INGRESS;
+	__u32 slice = 0;
+	struct flow f = {};
+
+	if (tenant) {
+		l = bpf_map_lookup_elem(&limits, &tenant);
+		if (l && l->k[kind].on && !take(tenant, kind, &l->k[kind], skb->len)) {
+			count(tenant, egress ? C_EGRESS_DROP : C_INGRESS_DROP);
+			return drop;
+		}
+	}
+	parse_flow(skb, egress, &f);
+	if (f.ok)
+		slice = match_slice(tenant, &f);
+	if (slice) {
+		struct slice_counts *st = bpf_map_lookup_elem(&slice_stats, &slice);
+		if (!st) {
+			struct slice_counts z = {};
+			bpf_map_update_elem(&slice_stats, &slice, &z, BPF_NOEXIST);
+			st = bpf_map_lookup_elem(&slice_stats, &slice);
+		}
+		if (egress) {
+			struct rate *sr = bpf_map_lookup_elem(&slice_limits, &slice);
+			if (sr && sr->on && !take(slice, KIND_SLICE_EGRESS, sr, skb->len)) {
+				count(slice, C_SLICE_DROP);
+				return drop;
+			}
+		}
+		if (st) {
+			if (egress) {
+				st->tx_bytes += skb->len;
+				st->tx_packets++;
+			} else {
+				st->rx_bytes += skb->len;
+				st->rx_packets++;
+			}
+		}
+	}
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int limit_egress(struct __sk_buff *skb)
+{
+	return skb_verdict(skb, 1);
+}
+
+SEC("cgroup_skb/ingress")
+int limit_ingress(struct __sk_buff *skb)
+{
+	return skb_verdict(skb, 0);
+}
+
+static __always_inline int connect_verdict(struct bpf_sock_addr *ctx)
+{
+	__u64 *tp;
+	struct tenant_limits *l;
+
+	// Only TCP makes connections; a UDP connect() only sets a default
+	// destination and is not limited.
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	tp = tenant_of_current();
+	if (!tp)
+		return 1;
+	__u64 tenant = *tp;
+	l = bpf_map_lookup_elem(&limits, &tenant);
+	if (!l || !l->k[KIND_CONNECT].on)
+		return 1;
+	if (take(tenant, KIND_CONNECT, &l->k[KIND_CONNECT], 1))
+		return 1;
+	count(tenant, C_CONNECT_DENIED);
+	return 0; // connect() fails with EPERM
+}
+
+SEC("cgroup/connect4")
+int limit_connect4(struct bpf_sock_addr *ctx)
+{
+	return connect_verdict(ctx);
+}
+
+SEC("cgroup/connect6")
+int limit_connect6(struct bpf_sock_addr *ctx)
+{
+	return connect_verdict(ctx);
+}

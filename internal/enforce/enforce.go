@@ -1,0 +1,425 @@
+// Package enforce makes the kernel enforce per-tenant limits: token buckets
+// in BPF maps for egress and ingress bandwidth (cgroup_skb), new TCP
+// connections (cgroup/connect4 and connect6) and TLS handshakes, money and
+// quota policies on top of them, and network slices with their own meters
+// and limits.
+//
+// Limits are changed live by writing maps; programs are loaded once. Maps
+// and links are pinned, so limits keep being enforced while the agent
+// restarts. Every drop and denial is counted per tenant in per-CPU maps and
+// exported by [Enforcer.Collector].
+package enforce
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/kmeter/kmeter/internal/meter"
+)
+
+// Name is the enforcer's pin directory name under the agent's pin dir.
+const Name = "limiter"
+
+// maxDepth is how many cgroup levels the programs walk to find a tenant.
+// Keep in sync with MAX_DEPTH in bpf/limiter.bpf.c.
+const maxDepth = 16
+
+// Bucket kinds. Keep in sync with enum kind in bpf/limiter.bpf.c.
+const (
+	kindEgress      = 0
+	kindIngress     = 1
+	kindConnect     = 2
+	kindTLS         = 3
+	kindSliceEgress = 4
+	numLimitKinds   = 4
+)
+
+const nano = 1_000_000_000
+
+// ErrUnknownTenant is returned for a tenant the resolver cannot find.
+var ErrUnknownTenant = errors.New("unknown tenant")
+
+// ErrClosed is returned by methods of a closed Enforcer.
+var ErrClosed = errors.New("enforcer is closed")
+
+// Resolver maps tenant names to the cgroup ids of their subtree roots and
+// back. internal/tenant.Resolver implements it. It must be safe for
+// concurrent use.
+type Resolver interface {
+	// Roots returns the cgroup ids at the top of tenant's subtrees, or an
+	// error for an unknown tenant.
+	Roots(tenant string) ([]uint64, error)
+	// Tenant returns the tenant that cgroup id belongs to.
+	Tenant(id uint64) string
+}
+
+// Config is what [Open] needs.
+type Config struct {
+	// PinDir is a directory on bpffs; maps and links go under PinDir/limiter.
+	PinDir string
+	// CgroupDir is the cgroup v2 mount; the programs attach there and
+	// see every cgroup.
+	CgroupDir string
+	// Resolver names tenants.
+	Resolver Resolver
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if err := (meter.Config{PinDir: c.PinDir, CgroupDir: c.CgroupDir}).Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Resolver == nil {
+		errs = append(errs, errors.New("tenant resolver is nil"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("enforcer config: %w", err)
+	}
+	return nil
+}
+
+// Enforcer owns the limiter programs and their maps. It is safe for
+// concurrent use.
+type Enforcer struct {
+	cfg    Config
+	objs   limiterObjects
+	links  []link.Link
+	reused bool
+
+	mu      sync.Mutex
+	closed  bool
+	tenants map[string]*tenantState
+	names   map[uint64]string // tenant key -> name, including removed tenants
+	slices  []Slice
+}
+
+type tenantState struct {
+	key    uint64   // the smallest root id: keys limits, buckets and counters
+	roots  []uint64 // cgroup ids written to the tenants map
+	limit  Limit
+	policy Policy
+	sliced bool // named by a slice rule
+}
+
+func (t *tenantState) empty() bool {
+	return t.limit == (Limit{}) && t.policy.Kind == PolicyNone && !t.sliced
+}
+
+// Open loads and attaches the limiter. Maps pinned by an earlier agent
+// under the same pin dir are reused with their limits and buckets, and so
+// are its links.
+func Open(cfg Config) (_ *Enforcer, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	dir, err := meter.MapsDir(cfg.PinDir, Name)
+	if err != nil {
+		return nil, err
+	}
+	e := &Enforcer{cfg: cfg, tenants: map[string]*tenantState{}, names: map[uint64]string{}}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
+	if err := loadLimiterObjects(&e.objs, opts); err != nil {
+		return nil, fmt.Errorf("load limiter: %w (if an older kmeter pinned different maps, remove %s)", err, dir)
+	}
+	for _, a := range []struct {
+		name   string
+		prog   *ebpf.Program
+		attach ebpf.AttachType
+	}{
+		{"egress", e.objs.LimitEgress, ebpf.AttachCGroupInetEgress},
+		{"ingress", e.objs.LimitIngress, ebpf.AttachCGroupInetIngress},
+		{"connect4", e.objs.LimitConnect4, ebpf.AttachCGroupInet4Connect},
+		{"connect6", e.objs.LimitConnect6, ebpf.AttachCGroupInet6Connect},
+	} {
+		l, reused, err := meter.AttachPinned(filepath.Join(dir, "link_"+a.name), a.prog, func() (link.Link, error) {
+			return link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupDir, Attach: a.attach, Program: a.prog})
+		})
+		if err != nil {
+			return nil, fmt.Errorf("attach limiter %s to %s: %w", a.name, cfg.CgroupDir, err)
+		}
+		e.links = append(e.links, l)
+		e.reused = e.reused || reused
+	}
+	return e, nil
+}
+
+// Close detaches nothing: the pinned links keep enforcing the limits in the
+// maps until [Enforcer.Unpin] or the next agent replaces them. It closes
+// the agent's file descriptors and may be called more than once.
+func (e *Enforcer) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	var errs []error
+	for _, l := range e.links {
+		errs = append(errs, l.Close())
+	}
+	e.links = nil
+	errs = append(errs, e.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Unpin removes the pinned links and maps, so the limits stop when the
+// Enforcer is closed. Use it when enforcement is switched off for good.
+func (e *Enforcer) Unpin() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	var errs []error
+	for _, l := range e.links {
+		errs = append(errs, l.Unpin())
+	}
+	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats} {
+		errs = append(errs, m.Unpin())
+	}
+	return errors.Join(errs...)
+}
+
+// Reused reports whether links pinned by an earlier agent were kept.
+func (e *Enforcer) Reused() bool { return e.reused }
+
+// state returns the state of tenant, resolving its roots afresh so that a
+// tenant whose subtrees changed is keyed correctly. Callers hold e.mu.
+func (e *Enforcer) state(tenant string) (*tenantState, error) {
+	if tenant == "" {
+		return nil, fmt.Errorf("%w: the tenant name is empty", ErrUnknownTenant)
+	}
+	roots, err := e.cfg.Resolver.Roots(tenant)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %v", ErrUnknownTenant, tenant, err)
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("%w %q: it has no cgroup", ErrUnknownTenant, tenant)
+	}
+	roots = append([]uint64(nil), roots...)
+	sort.Slice(roots, func(i, j int) bool { return roots[i] < roots[j] })
+	t := e.tenants[tenant]
+	if t == nil {
+		t = &tenantState{}
+		e.tenants[tenant] = t
+	}
+	if t.key != 0 && (t.key != roots[0] || !equalIDs(t.roots, roots)) {
+		// The tenant's subtrees changed: drop the old kernel entries.
+		if err := e.deleteKernel(t); err != nil {
+			return nil, err
+		}
+	}
+	t.key, t.roots = roots[0], roots
+	e.names[t.key] = tenant
+	return t, nil
+}
+
+func equalIDs(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// SetLimit sets tenant's limit, replacing the previous one. It takes
+// effect for the next packet or connect() of every cgroup in the tenant's
+// subtrees; buckets keep their tokens (capped at the new burst).
+func (e *Enforcer) SetLimit(tenant string, l Limit) error {
+	if err := l.validate(); err != nil {
+		return fmt.Errorf("limit for %q: %w", tenant, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	t, err := e.state(tenant)
+	if err != nil {
+		return err
+	}
+	t.limit = l
+	return e.sync(tenant, t)
+}
+
+// Limit returns tenant's configured limit and policy; ok is false when
+// the tenant has neither.
+func (e *Enforcer) Limit(tenant string) (l Limit, p Policy, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t := e.tenants[tenant]
+	if t == nil || (t.limit == Limit{} && t.policy.Kind == PolicyNone) {
+		return Limit{}, Policy{}, false
+	}
+	return t.limit, t.policy, true
+}
+
+// Limits returns the configured limits of every limited tenant.
+func (e *Enforcer) Limits() map[string]Limit {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]Limit{}
+	for name, t := range e.tenants {
+		if t.limit != (Limit{}) {
+			out[name] = t.limit
+		}
+	}
+	return out
+}
+
+// RemoveLimit removes tenant's limit; a policy set by [Enforcer.SetPolicy]
+// stays. Removing a limit that is not set is not an error, but an unknown
+// tenant is.
+func (e *Enforcer) RemoveLimit(tenant string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	t, err := e.state(tenant)
+	if err != nil {
+		return err
+	}
+	t.limit = Limit{}
+	return e.sync(tenant, t)
+}
+
+// SetPolicy puts the tenant that cgroup id belongs to (any cgroup of its
+// subtree, usually the root) under p, or lifts the policy with
+// Policy{}. The kernel applies it to the next connect() or packet.
+func (e *Enforcer) SetPolicy(cgroupID uint64, p Policy) error {
+	return e.SetTenantPolicy(e.cfg.Resolver.Tenant(cgroupID), p)
+}
+
+// SetTenantPolicy is [Enforcer.SetPolicy] by tenant name.
+func (e *Enforcer) SetTenantPolicy(tenant string, p Policy) error {
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("policy for %q: %w", tenant, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return ErrClosed
+	}
+	t, err := e.state(tenant)
+	if err != nil {
+		return err
+	}
+	t.policy = p
+	return e.sync(tenant, t)
+}
+
+// sync writes t's effective limits to the kernel, or removes t from the
+// kernel when nothing is left to enforce. Callers hold e.mu.
+func (e *Enforcer) sync(name string, t *tenantState) error {
+	if t.empty() {
+		delete(e.tenants, name)
+		return e.deleteKernel(t)
+	}
+	eff := t.policy.apply(t.limit)
+	kl := kernelLimits(eff, t.policy.Kind == PolicyBlockConnections)
+	// Limits first, then the tenants entries that make them visible.
+	if err := e.objs.Limits.Put(t.key, kl); err != nil {
+		return fmt.Errorf("write limits of %q: %w", name, err)
+	}
+	for _, root := range t.roots {
+		if err := e.objs.Tenants.Put(root, t.key); err != nil {
+			return fmt.Errorf("write tenant %q root %d: %w", name, root, err)
+		}
+	}
+	// A kind that became unlimited loses its bucket, so that a later limit
+	// starts with a full bucket rather than stale debt.
+	for k := uint32(0); k < numLimitKinds; k++ {
+		if kl.K[k].On == 0 {
+			if err := e.objs.Buckets.Delete(limiterBucketKey{Id: t.key, Kind: k}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("reset bucket of %q: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (e *Enforcer) deleteKernel(t *tenantState) error {
+	var errs []error
+	del := func(m *ebpf.Map, k any) {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for _, root := range t.roots {
+		del(e.objs.Tenants, root)
+	}
+	del(e.objs.Limits, t.key)
+	for k := uint32(0); k < numLimitKinds; k++ {
+		del(e.objs.Buckets, limiterBucketKey{Id: t.key, Kind: k})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove tenant limits from the kernel: %w", err)
+	}
+	return nil
+}
+
+func kernelRate(rate, burst uint64) limiterRate {
+	if rate == 0 {
+		return limiterRate{}
+	}
+	burstN := burst * nano
+	return limiterRate{Rate: rate, BurstN: burstN, MaxIdleNs: burstN / rate, On: 1}
+}
+
+func kernelLimits(l Limit, blockConnect bool) limiterTenantLimits {
+	var kl limiterTenantLimits
+	kl.K[kindEgress] = kernelRate(l.Egress, l.EgressBurst)
+	kl.K[kindIngress] = kernelRate(l.Ingress, l.IngressBurst)
+	kl.K[kindConnect] = kernelRate(l.ConnectRate, l.ConnectBurst)
+	kl.K[kindTLS] = kernelRate(l.TLSRate, l.TLSBurst)
+	if blockConnect {
+		// On with rate 0: the kernel denies every connect().
+		kl.K[kindConnect] = limiterRate{On: 1}
+	}
+	return kl
+}
+
+// validate checks a Limit built in code rather than parsed from a Spec.
+func (l Limit) validate() error {
+	var errs []error
+	check := func(name string, rate, burst, maxRate, maxBurst, minBurst uint64) {
+		if rate == 0 && burst == 0 {
+			return
+		}
+		if rate == 0 || rate > maxRate {
+			errs = append(errs, fmt.Errorf("%s rate %d is outside 1..%d per second", name, rate, maxRate))
+		}
+		if burst < minBurst || burst > maxBurst {
+			errs = append(errs, fmt.Errorf("%s burst %d is outside %d..%d", name, burst, minBurst, maxBurst))
+		}
+	}
+	check("egress", l.Egress, l.EgressBurst, MaxByteRate, MaxByteBurst, MinByteBurst)
+	check("ingress", l.Ingress, l.IngressBurst, MaxByteRate, MaxByteBurst, MinByteBurst)
+	check("connect", l.ConnectRate, l.ConnectBurst, MaxEventRate, MaxEventBurst, 1)
+	check("tls", l.TLSRate, l.TLSBurst, MaxEventRate, MaxEventBurst, 1)
+	return errors.Join(errs...)
+}
+
+// tenantName names tenant key for metrics. Callers hold e.mu.
+func (e *Enforcer) tenantName(key uint64) string {
+	if n, ok := e.names[key]; ok {
+		return n
+	}
+	return e.cfg.Resolver.Tenant(key)
+}
