@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,9 +13,12 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/kmeter/kmeter/internal/agent"
 	"github.com/kmeter/kmeter/internal/testutil"
@@ -162,4 +167,38 @@ func TestAgent_sigkillRestart(t *testing.T) {
 	a.waitGetppid(t, cg.Rel, k+m, interval)
 	runGetppid(t, cg, n)
 	a.waitGetppid(t, cg.Rel, k+m+n, interval)
+	a.checkMetrics(t, cg.Rel, k+m+n)
+}
+
+// checkMetrics scrapes /metrics, lints it, and checks the getppid count of
+// tenant and that the syscalls meter reports its hook.
+func (a *testAgent) checkMetrics(t *testing.T, tenant string, getppid uint64) {
+	t.Helper()
+	resp, err := http.Get("http://" + a.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %v %v", resp.Status, err)
+	}
+	problems, err := promlint.New(bytes.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	text := string(body)
+	for _, want := range []string{
+		fmt.Sprintf(`kmeter_syscalls_by_number_total{nr="%d",tenant="%s"} %d`, syscall.SYS_GETPPID, tenant, getppid),
+		fmt.Sprintf(`kmeter_usage_total{meter="syscalls",tenant="%s"} `, tenant),
+		`kmeter_meter_up{fallback="false",hook="tp_btf/sys_enter",meter="syscalls"} 1`,
+		`kmeter_map_overflow_total{counter="syscalls",meter="syscalls"} 0`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }

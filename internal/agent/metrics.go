@@ -1,9 +1,12 @@
 package agent
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmeter/kmeter/internal/meter"
 )
 
 const namespace = "kmeter"
@@ -14,12 +17,18 @@ type BySyscallNumber interface {
 	ReadByNumber() (map[uint64]map[uint32]uint64, error)
 }
 
+// StatsReporter is implemented by meters that report how full their maps are.
+type StatsReporter interface {
+	Stats() (meter.MapStats, error)
+}
+
 // collector exports the latest snapshot and the agent's health. It builds
 // const metrics at scrape time, so a scrape never waits on the kernel.
 type collector struct {
 	a *Agent
 
 	usage, meterUp, readErrors, lastRead, tenants, syscallsByNr *prometheus.Desc
+	mapEntries, mapMax, mapOverflow                             *prometheus.Desc
 }
 
 // Collector returns the agent's prometheus.Collector:
@@ -36,11 +45,14 @@ func (a *Agent) Collector() prometheus.Collector {
 		lastRead:     d("last_read_timestamp_seconds", "When the kernel counters were last read."),
 		tenants:      d("tenants", "Tenants with usage in the latest read."),
 		syscallsByNr: d("syscalls_by_number_total", "Cumulative syscalls per tenant and syscall number.", "tenant", "nr"),
+		mapEntries:   d("map_entries", "Keys in use in a meter's counter map.", "meter"),
+		mapMax:       d("map_max_entries", "Capacity of a meter's counter map.", "meter"),
+		mapOverflow:  d("map_overflow_total", "Usage counted while a meter's map was full, so attributed to no tenant; should stay 0.", "meter", "counter"),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.usage, c.meterUp, c.readErrors, c.lastRead, c.tenants, c.syscallsByNr} {
+	for _, d := range []*prometheus.Desc{c.usage, c.meterUp, c.readErrors, c.lastRead, c.tenants, c.syscallsByNr, c.mapEntries, c.mapMax, c.mapOverflow} {
 		ch <- d
 	}
 }
@@ -52,6 +64,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			up = 0
 		}
 		ch <- prometheus.MustNewConstMetric(c.meterUp, prometheus.GaugeValue, up, st.Meter, st.Hook, strconv.FormatBool(st.Fallback))
+	}
+	for _, m := range c.a.meters {
+		sr, ok := m.(StatsReporter)
+		if !ok {
+			continue
+		}
+		name := m.Status().Meter
+		st, err := sr.Stats()
+		if err != nil {
+			ch <- prometheus.NewInvalidMetric(c.mapEntries, fmt.Errorf("map stats of %s: %w", name, err))
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.mapEntries, prometheus.GaugeValue, float64(st.Entries), name)
+		ch <- prometheus.MustNewConstMetric(c.mapMax, prometheus.GaugeValue, float64(st.MaxEntries), name)
+		for counter, v := range st.Overflow {
+			ch <- prometheus.MustNewConstMetric(c.mapOverflow, prometheus.CounterValue, float64(v), name, counter)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, float64(c.a.ReadErrors()))
 	s := c.a.Latest()
