@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -179,5 +181,17 @@ func (r *pathResolver) Tenant(id uint64) string {
 	if t, ok := r.seen[id]; ok {
 		return t
 	}
-	return "cgroup:" + strconv.FormatUint(id, 10)
+	name := "cgroup:" + strconv.FormatUint(id, 10)
+	_ = filepath.WalkDir(r.root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil && st.Ino == id {
+			name = strings.TrimPrefix(path, r.root)
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return name
 }
