@@ -30,6 +30,11 @@ type Identity struct {
 	// Licence is whatever the Verifier attached (internal/plugin/sign sets
 	// its own licence type here); the engine only carries it along.
 	Licence any
+	// MaxCalls is the number of calls into this module its licence allows
+	// per load; 0 means no cap. Enforce it with one
+	// licence.NewCounter(MaxCalls) per loaded module and Counter.Take()
+	// before each call (internal/plugin/licence).
+	MaxCalls uint64
 }
 
 // SHA256Hex returns the lowercase hex sha256 of module, the form used in
