@@ -1,0 +1,3 @@
+package netbytes
+
+//go:generate go tool bpf2go -tags linux -cc clang -cflags "-O2 -g -Wall -Werror -D__TARGET_ARCH_x86 -I../../../bpf/include" -target bpfel -type kmeter_key netbytes ../../../bpf/netbytes.bpf.c
