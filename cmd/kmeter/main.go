@@ -33,6 +33,7 @@ func newRootCmd() *cobra.Command {
 		newRunCmd(),
 		newDoctorCmd(),
 		newTopCmd(),
+		newLimitCmd(),
 	)
 	return root
 }
