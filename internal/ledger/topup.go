@@ -1,0 +1,236 @@
+package ledger
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// TopUp credits a tenant's prepaid balance.
+type TopUp struct {
+	Tenant      string `json:"tenant"`
+	AmountMicro int64  `json:"amount_micro"`
+	Currency    string `json:"currency"`
+	Memo        string `json:"memo,omitempty"`
+	// Key is the idempotency key: the same key with the same top-up is
+	// applied once; with a different top-up it is [ErrKeyReused].
+	Key string `json:"-"`
+}
+
+func (t TopUp) validate() error {
+	var errs []error
+	if t.Tenant == "" {
+		errs = append(errs, errors.New("tenant is empty"))
+	}
+	if t.AmountMicro <= 0 {
+		errs = append(errs, fmt.Errorf("amount_micro %d must be positive (1 USD = 1000000)", t.AmountMicro))
+	}
+	if err := checkCurrency(t.Currency); err != nil {
+		errs = append(errs, err)
+	}
+	if t.Key == "" || len(t.Key) > 200 {
+		errs = append(errs, errors.New("idempotency key must be 1 to 200 characters"))
+	}
+	return errors.Join(errs...)
+}
+
+// bodySHA256 fingerprints what the top-up does, to tell a replay from a
+// reused key.
+func (t TopUp) bodySHA256() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%s\x00%s", t.Tenant, t.AmountMicro, t.Currency, t.Memo)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TopUpResult is the outcome of a top-up; a replay returns the original.
+type TopUpResult struct {
+	EntryID     int64     `json:"entry_id"`
+	Tenant      string    `json:"tenant"`
+	AmountMicro int64     `json:"amount_micro"`
+	Currency    string    `json:"currency"`
+	Memo        string    `json:"memo,omitempty"`
+	Created     time.Time `json:"created"`
+	// BalanceMicro is the tenant's balance right after this top-up.
+	BalanceMicro int64 `json:"balance_micro"`
+	// Replayed is true when the key was seen before and nothing new was
+	// applied.
+	Replayed bool `json:"replayed"`
+}
+
+// TopUp applies t once per idempotency key.
+func (l *Ledger) TopUp(ctx context.Context, t TopUp) (TopUpResult, error) {
+	if err := t.validate(); err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
+	}
+	res, err := l.topUp(ctx, t)
+	if err != nil && l.d.isUnique(err) {
+		// A concurrent request with the same key won the race (only
+		// possible on PostgreSQL); now it is a replay or a conflict.
+		res, err = l.topUp(ctx, t)
+	}
+	return res, err
+}
+
+func (l *Ledger) topUp(ctx context.Context, t TopUp) (TopUpResult, error) {
+	key := "topup:" + t.Key
+	body := t.bodySHA256()
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: begin: %w", err)
+	}
+	defer tx.Rollback()
+	var (
+		r       TopUpResult
+		oldBody string
+		created int64
+		memo    sql.NullString
+	)
+	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT id, tenant, amount_micro, currency, memo, created_us, balance_after_micro, body_sha256
+		FROM entries WHERE idem_key = ?`), key).Scan(&r.EntryID, &r.Tenant, &r.AmountMicro, &r.Currency, &memo, &created, &r.BalanceMicro, &oldBody)
+	switch {
+	case err == nil:
+		if oldBody != body {
+			return TopUpResult{}, fmt.Errorf("top-up %q: %w", t.Key, ErrKeyReused)
+		}
+		r.Memo, r.Created, r.Replayed = memo.String, time.UnixMicro(created).UTC(), true
+		return r, nil
+	case !errors.Is(err, sql.ErrNoRows):
+		return TopUpResult{}, fmt.Errorf("top-up: look up key: %w", err)
+	}
+	closed, err := l.closedPeriods(ctx, tx)
+	if err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
+	}
+	ids, err := l.d.allocIDs(ctx, tx, 1)
+	if err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
+	}
+	fresh, err := l.ensureTenants(ctx, tx, []string{t.Tenant})
+	if err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
+	}
+	now := l.now()
+	period, _ := openPeriod(PeriodOf(now), closed)
+	if err := l.applyBalances(ctx, tx, map[balanceKey]balanceDelta{
+		{TenantAccount(t.Tenant), t.Currency}: {balance: t.AmountMicro},
+		{FundingAccount, t.Currency}:          {balance: -t.AmountMicro},
+	}); err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
+	}
+	var after int64
+	if err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT balance_micro FROM balances WHERE account = ? AND currency = ?`),
+		TenantAccount(t.Tenant), t.Currency).Scan(&after); err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: read balance: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO entries (id, kind, tenant, currency, amount_micro, period, created_us,
+		idem_key, body_sha256, balance_after_micro, memo) VALUES (?, 'topup', ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		ids[0], t.Tenant, t.Currency, t.AmountMicro, period, now.UnixMicro(), key, body, after, t.Memo); err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: insert entry: %w", err)
+	}
+	if err := l.d.insertRows(ctx, tx, `INSERT INTO postings (entry_id, account, currency, amount_micro)`, 4, [][]any{
+		{ids[0], TenantAccount(t.Tenant), t.Currency, t.AmountMicro},
+		{ids[0], FundingAccount, t.Currency, -t.AmountMicro},
+	}, ""); err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: insert postings: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: commit: %w", err)
+	}
+	l.remember(fresh)
+	return TopUpResult{EntryID: ids[0], Tenant: t.Tenant, AmountMicro: t.AmountMicro, Currency: t.Currency,
+		Memo: t.Memo, Created: time.UnixMicro(now.UnixMicro()).UTC(), BalanceMicro: after}, nil
+}
+
+// Reverse books a reversal of entry id: the same postings with opposite
+// signs, in the current open period. An entry is reversed at most once
+// and a reversal cannot itself be reversed.
+func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, error) {
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("reverse entry %d: begin: %w", id, err)
+	}
+	defer tx.Rollback()
+	var (
+		kind, tenant, currency string
+		amount                 int64
+		meter, plugin          sql.NullString
+		quantity               sql.NullInt64
+	)
+	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT kind, tenant, currency, amount_micro, meter, plugin_sha256, quantity FROM entries WHERE id = ?`), id).
+		Scan(&kind, &tenant, &currency, &amount, &meter, &plugin, &quantity)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("reverse entry %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+	}
+	if kind == "reversal" {
+		return 0, fmt.Errorf("reverse entry %d: it is itself a reversal; book a new entry instead", id)
+	}
+	rows, err := tx.QueryContext(ctx, l.d.rebind(`SELECT account, currency, amount_micro FROM postings WHERE entry_id = ?`), id)
+	if err != nil {
+		return 0, fmt.Errorf("reverse entry %d: read postings: %w", id, err)
+	}
+	var postings [][]any
+	deltas := map[balanceKey]balanceDelta{}
+	for rows.Next() {
+		var acct, cur string
+		var amt int64
+		if err := rows.Scan(&acct, &cur, &amt); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("reverse entry %d: read postings: %w", id, err)
+		}
+		postings = append(postings, []any{nil, acct, cur, -amt})
+		d := deltas[balanceKey{acct, cur}]
+		d.balance -= amt
+		if kind == "usage" && acct == TenantAccount(tenant) {
+			d.charged += amt // amt is the (negative) debit
+		}
+		deltas[balanceKey{acct, cur}] = d
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("reverse entry %d: read postings: %w", id, err)
+	}
+	closed, err := l.closedPeriods(ctx, tx)
+	if err != nil {
+		return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+	}
+	ids, err := l.d.allocIDs(ctx, tx, 1)
+	if err != nil {
+		return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+	}
+	now := l.now()
+	period, _ := openPeriod(PeriodOf(now), closed)
+	var q any
+	if quantity.Valid {
+		q = -quantity.Int64
+	}
+	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO entries (id, kind, tenant, currency, amount_micro, period, created_us,
+		meter, quantity, plugin_sha256, idem_key, memo, reverses) VALUES (?, 'reversal', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		ids[0], tenant, currency, -amount, period, now.UnixMicro(), meter, q, plugin, fmt.Sprintf("reversal:%d", id), memo, id); err != nil {
+		if l.d.isUnique(err) {
+			return 0, fmt.Errorf("reverse entry %d: it was already reversed", id)
+		}
+		return 0, fmt.Errorf("reverse entry %d: insert: %w", id, err)
+	}
+	for _, p := range postings {
+		p[0] = ids[0]
+	}
+	if len(postings) > 0 {
+		if err := l.d.insertRows(ctx, tx, `INSERT INTO postings (entry_id, account, currency, amount_micro)`, 4, postings, ""); err != nil {
+			return 0, fmt.Errorf("reverse entry %d: insert postings: %w", id, err)
+		}
+		if err := l.applyBalances(ctx, tx, deltas); err != nil {
+			return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("reverse entry %d: commit: %w", id, err)
+	}
+	return ids[0], nil
+}

@@ -1,0 +1,222 @@
+package ledger
+
+import (
+	"context"
+	"fmt"
+	"sort"
+)
+
+// Report is the outcome of [Ledger.Verify]. The ledger is sound when
+// Problems is empty.
+type Report struct {
+	Entries  int64 `json:"entries"`
+	Postings int64 `json:"postings"`
+	// Windows is the number of usage windows; Series the number of
+	// (node, tenant, meter) checkpoint chains they form.
+	Windows int64 `json:"windows"`
+	Series  int64 `json:"series"`
+	// DebitsMicro and CreditsMicro are per currency; they are equal in a
+	// sound ledger.
+	DebitsMicro  map[string]int64 `json:"debits_micro"`
+	CreditsMicro map[string]int64 `json:"credits_micro"`
+	Problems     []string         `json:"problems"`
+}
+
+// OK reports whether no problem was found.
+func (r Report) OK() bool { return len(r.Problems) == 0 }
+
+// maxProblems caps the report: a broken ledger is broken after ten lines.
+const maxProblems = 50
+
+func (r *Report) problem(format string, args ...any) {
+	if len(r.Problems) < maxProblems {
+		r.Problems = append(r.Problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// Verify checks the whole ledger: every entry's postings sum to zero,
+// debits equal credits per currency, each usage entry's amount is what
+// its postings debit, the stored balances equal the sum of postings, and
+// every (node, tenant, meter) chain of checkpoints runs 1, 2, 3, ... with
+// each window starting where the previous one ended (or rebased).
+func (l *Ledger) Verify(ctx context.Context) (Report, error) {
+	r := Report{DebitsMicro: map[string]int64{}, CreditsMicro: map[string]int64{}, Problems: []string{}}
+	q := func(query string, scan func(scan func(...any) error) error) error {
+		rows, err := l.db.QueryContext(ctx, query)
+		if err != nil {
+			return fmt.Errorf("verify ledger: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			if err := scan(rows.Scan); err != nil {
+				return fmt.Errorf("verify ledger: %w", err)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("verify ledger: %w", err)
+		}
+		return nil
+	}
+	steps := []struct {
+		query string
+		scan  func(scan func(...any) error) error
+	}{
+		{`SELECT COUNT(*), SUM(CASE WHEN kind = 'usage' THEN 1 ELSE 0 END) FROM entries`, func(s func(...any) error) error {
+			var w *int64
+			if err := s(&r.Entries, &w); err != nil {
+				return err
+			}
+			if w != nil {
+				r.Windows = *w
+			}
+			return nil
+		}},
+		{`SELECT COUNT(*) FROM postings`, func(s func(...any) error) error { return s(&r.Postings) }},
+		{`SELECT currency,
+			SUM(CASE WHEN amount_micro < 0 THEN -amount_micro ELSE 0 END),
+			SUM(CASE WHEN amount_micro > 0 THEN amount_micro ELSE 0 END)
+			FROM postings GROUP BY currency ORDER BY currency`, func(s func(...any) error) error {
+			var cur string
+			var d, c int64
+			if err := s(&cur, &d, &c); err != nil {
+				return err
+			}
+			r.DebitsMicro[cur], r.CreditsMicro[cur] = d, c
+			if d != c {
+				r.problem("%s: debits %d != credits %d", cur, d, c)
+			}
+			return nil
+		}},
+		{`SELECT entry_id, currency, SUM(amount_micro) FROM postings GROUP BY entry_id, currency
+			HAVING SUM(amount_micro) <> 0 ORDER BY entry_id`, func(s func(...any) error) error {
+			var id, sum int64
+			var cur string
+			if err := s(&id, &cur, &sum); err != nil {
+				return err
+			}
+			r.problem("entry %d: postings in %s sum to %d, not 0", id, cur, sum)
+			return nil
+		}},
+		{`SELECT e.id, e.amount_micro, COALESCE(SUM(p.amount_micro), 0) FROM entries e
+			LEFT JOIN postings p ON p.entry_id = e.id AND p.account = 'tenant:' || e.tenant
+			GROUP BY e.id, e.amount_micro
+			HAVING (MIN(e.kind) = 'topup' AND COALESCE(SUM(p.amount_micro), 0) <> e.amount_micro)
+				OR (MIN(e.kind) <> 'topup' AND COALESCE(SUM(p.amount_micro), 0) <> -e.amount_micro)
+			ORDER BY e.id`, func(s func(...any) error) error {
+			var id, amt, posted int64
+			if err := s(&id, &amt, &posted); err != nil {
+				return err
+			}
+			r.problem("entry %d: amount %d but the tenant account moved by %d", id, amt, posted)
+			return nil
+		}},
+		{`SELECT b.account, b.currency, b.balance_micro, COALESCE(p.total, 0) FROM balances b
+			LEFT JOIN (SELECT account, currency, SUM(amount_micro) AS total FROM postings GROUP BY account, currency) p
+			ON p.account = b.account AND p.currency = b.currency
+			WHERE b.balance_micro <> COALESCE(p.total, 0) ORDER BY b.account`, func(s func(...any) error) error {
+			var acct, cur string
+			var bal, sum int64
+			if err := s(&acct, &cur, &bal, &sum); err != nil {
+				return err
+			}
+			r.problem("balance of %s in %s is %d but its postings sum to %d", acct, cur, bal, sum)
+			return nil
+		}},
+	}
+	for _, st := range steps {
+		if err := q(st.query, st.scan); err != nil {
+			return r, err
+		}
+	}
+	if err := l.verifyChains(ctx, &r); err != nil {
+		return r, err
+	}
+	sort.Strings(r.Problems)
+	return r, nil
+}
+
+// verifyChains walks every checkpoint chain in order.
+func (l *Ledger) verifyChains(ctx context.Context, r *Report) error {
+	rows, err := l.db.QueryContext(ctx, `SELECT node, tenant, meter, seq, from_counter, to_counter, quantity, rebased
+		FROM entries WHERE kind = 'usage' ORDER BY node, tenant, meter, seq`)
+	if err != nil {
+		return fmt.Errorf("verify checkpoint chains: %w", err)
+	}
+	defer rows.Close()
+	var prevKey string
+	var prevSeq, prevTo int64
+	for rows.Next() {
+		var node, tenant, meter string
+		var seq, from, to, qty int64
+		var rebased int
+		if err := rows.Scan(&node, &tenant, &meter, &seq, &from, &to, &qty, &rebased); err != nil {
+			return fmt.Errorf("verify checkpoint chains: %w", err)
+		}
+		key := node + "/" + tenant + "/" + meter
+		if key != prevKey {
+			r.Series++
+			prevKey, prevSeq, prevTo = key, 0, 0
+		}
+		if seq != prevSeq+1 {
+			r.problem("%s: window %d follows window %d (gap in the checkpoint chain)", key, seq, prevSeq)
+		}
+		if from != prevTo {
+			r.problem("%s: window %d starts at counter %d but the checkpoint was %d", key, seq, from, prevTo)
+		}
+		want := to - from
+		if rebased == 1 {
+			want = to
+		}
+		if qty != want {
+			r.problem("%s: window %d bills %d for counters %d -> %d", key, seq, qty, from, to)
+		}
+		prevSeq, prevTo = seq, to
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("verify checkpoint chains: %w", err)
+	}
+	return nil
+}
+
+// UsageLine is the usage of one meter in one period, grouped by the
+// plugin that priced it, currency and whether it arrived late.
+type UsageLine struct {
+	Meter        string
+	Currency     string
+	PluginSHA256 string
+	// Late is set for usage of an earlier, already closed period.
+	Late        bool
+	Quantity    int64
+	AmountMicro int64
+}
+
+// UsageLines returns tenant's usage and its reversals booked in period,
+// ordered by meter.
+func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]UsageLine, error) {
+	if err := CheckPeriod(period); err != nil {
+		return nil, err
+	}
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, COALESCE(plugin_sha256, ''), late,
+		SUM(quantity), SUM(amount_micro) FROM entries
+		WHERE tenant = ? AND period = ? AND kind IN ('usage', 'reversal') AND meter IS NOT NULL
+		GROUP BY meter, currency, COALESCE(plugin_sha256, ''), late
+		ORDER BY meter, late, currency, COALESCE(plugin_sha256, '')`), tenant, period)
+	if err != nil {
+		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
+	}
+	defer rows.Close()
+	var ls []UsageLine
+	for rows.Next() {
+		var u UsageLine
+		var late int
+		if err := rows.Scan(&u.Meter, &u.Currency, &u.PluginSHA256, &late, &u.Quantity, &u.AmountMicro); err != nil {
+			return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
+		}
+		u.Late = late == 1
+		ls = append(ls, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
+	}
+	return ls, nil
+}
