@@ -346,6 +346,10 @@ func DecodeCharges(b []byte, want int, dst []Charge, cur *CurrencyCache) ([]Char
 	return dst, nil
 }
 
+// CheckCharge reports why a charge breaks the ABI's money rules (a
+// negative amount, or a vendor share outside [0, amount]), or nil.
+func CheckCharge(amount, vendor int64) error { return checkCharge(amount, vendor) }
+
 func checkCharge(amt, ven int64) error {
 	if amt < 0 {
 		return errorf(nil, "negative amount ", amt)
@@ -363,6 +367,10 @@ type CurrencyCache struct {
 	raw  [CurrencySize]byte
 	last string
 }
+
+// Parse returns the currency code in an 8-byte wire field, or false when
+// it is not three capital letters followed by five zero bytes.
+func (c *CurrencyCache) Parse(b []byte) (string, bool) { return c.lookup(b) }
 
 func (c *CurrencyCache) lookup(b []byte) (string, bool) {
 	if c.last != "" && string(b) == string(c.raw[:]) {

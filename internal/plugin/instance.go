@@ -1,0 +1,165 @@
+package plugin
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/tetratelabs/wazero/api"
+	"github.com/tetratelabs/wazero/sys"
+
+	"github.com/kmeter/kmeter/internal/pricing"
+	"github.com/kmeter/kmeter/sdk/go/abi"
+)
+
+// instance is one instantiated plugin module. It is used by one batch at
+// a time.
+type instance struct {
+	mod   api.Module
+	mem   api.Memory
+	alloc api.Function
+	price api.Function
+	event api.Function // nil when the plugin has no kmeter_on_event
+	enc   encoder
+	cur   abi.CurrencyCache
+	stack [2]uint64
+}
+
+// newInstance instantiates v's module. The ABI version is checked before
+// any other guest code runs: the module has no start function (see
+// scanSections) and _initialize is called only after the check.
+func (v *version) newInstance(ctx context.Context) (*instance, error) {
+	ctx = v.e.instCtx(ctx)
+	mod, err := v.e.rt.InstantiateModule(ctx, v.compiled, v.e.modCfg)
+	if err != nil {
+		return nil, fmt.Errorf("instantiate plugin %s: %w", short(v.id.SHA256), err)
+	}
+	in := &instance{
+		mod:   mod,
+		mem:   mod.Memory(),
+		alloc: mod.ExportedFunction(exportAlloc),
+		price: mod.ExportedFunction(exportPrice),
+	}
+	if v.hasEvent {
+		in.event = mod.ExportedFunction(exportEvent)
+	}
+	if err := in.mod.ExportedFunction(exportVersion).CallWithStack(ctx, in.stack[:]); err != nil {
+		in.close(ctx)
+		return nil, fmt.Errorf("%w: call %s: %v", ErrRefused, exportVersion, err)
+	}
+	if got := int32(in.stack[0]); got != abi.Version {
+		in.close(ctx)
+		return nil, fmt.Errorf("%w: %s returned %d, this host speaks ABI %d: rebuild the plugin with a matching SDK", ErrRefused, exportVersion, got, abi.Version)
+	}
+	if v.hasInit {
+		cctx, cancel := context.WithTimeout(ctx, v.e.cfg.CallTimeout*4)
+		err := mod.ExportedFunction(exportInit).CallWithStack(cctx, in.stack[:])
+		cancel()
+		if err != nil {
+			in.close(ctx)
+			return nil, fmt.Errorf("%w: %s: %v", ErrRefused, exportInit, err)
+		}
+	}
+	return in, nil
+}
+
+func (in *instance) close(ctx context.Context) { _ = in.mod.Close(ctx) }
+
+// call prices recs in one guest call (or one kmeter_on_event call when
+// event is set and the plugin exports it) and appends one charge per
+// record to dst. Any error leaves dst as it was and means the instance
+// must be discarded.
+func (in *instance) call(ctx context.Context, st *callState, recs []pricing.Record, event bool, dst []pricing.Charge) ([]pricing.Charge, error) {
+	size, err := in.enc.size(recs)
+	if err != nil {
+		return dst, fmt.Errorf("encode batch: %w", err)
+	}
+	if st != nil {
+		st.now = in.enc.now
+		ctx = context.WithValue(ctx, callStateKey{}, st)
+	}
+	in.stack[0] = uint64(size)
+	if err := in.alloc.CallWithStack(ctx, in.stack[:]); err != nil {
+		return dst, classify(ctx, exportAlloc, err)
+	}
+	ptr := uint32(in.stack[0])
+	buf, ok := in.mem.Read(ptr, uint32(size))
+	if !ok || ptr == 0 && size > 0 {
+		return dst, fmt.Errorf("%w: %s(%d) returned %#x, outside memory (%d bytes): out of memory?", ErrBadOutput, exportAlloc, size, ptr, in.mem.Size())
+	}
+	in.enc.write(buf, recs)
+	fn := in.price
+	if event && in.event != nil {
+		fn = in.event
+	}
+	in.stack[0], in.stack[1] = uint64(ptr), uint64(size)
+	if err := fn.CallWithStack(ctx, in.stack[:]); err != nil {
+		return dst, classify(ctx, fn.Definition().Name(), err)
+	}
+	res := int64(in.stack[0])
+	if res < 0 {
+		return dst, fmt.Errorf("%w: plugin error code %d (%s)", ErrBadOutput, res, codeName(res))
+	}
+	outPtr, outLen := uint32(res>>32), uint32(res)
+	if want := abi.ChargesSize(len(recs)); int(outLen) != want {
+		return dst, fmt.Errorf("%w: %d bytes of charges for %d records, want exactly %d", ErrBadOutput, outLen, len(recs), want)
+	}
+	out, ok := in.mem.Read(outPtr, outLen)
+	if !ok {
+		return dst, fmt.Errorf("%w: charges at %#x+%d lie outside guest memory (%d bytes)", ErrBadOutput, outPtr, outLen, in.mem.Size())
+	}
+	return decodeCharges(out, len(recs), &in.cur, dst)
+}
+
+// decodeCharges validates the guest's charges and appends them to dst;
+// on any error dst is returned unchanged, so no partial charges escape.
+func decodeCharges(b []byte, n int, cur *abi.CurrencyCache, dst []pricing.Charge) ([]pricing.Charge, error) {
+	le := binary.LittleEndian
+	if le.Uint32(b) != abi.ChargesMagic || int(le.Uint32(b[4:])) != n {
+		return dst, fmt.Errorf("%w: charges header is not KMC1 with %d charges", ErrBadOutput, n)
+	}
+	base := len(dst)
+	for i := 0; i < n; i++ {
+		cb := b[abi.ChargesHeader+i*abi.ChargeSize:]
+		amt, ven := int64(le.Uint64(cb[0:])), int64(le.Uint64(cb[8:]))
+		if err := abi.CheckCharge(amt, ven); err != nil {
+			return dst[:base], fmt.Errorf("%w: charge %d: %v", ErrBadOutput, i, err)
+		}
+		c, ok := cur.Parse(cb[16:24])
+		if !ok {
+			return dst[:base], fmt.Errorf("%w: charge %d: currency %q is not a three-letter ISO 4217 code", ErrBadOutput, i, cb[16:24])
+		}
+		dst = append(dst, pricing.Charge{AmountMicro: amt, Currency: c, VendorMicro: ven})
+	}
+	return dst, nil
+}
+
+// classify turns a guest call error into ErrTimeout or ErrTrap.
+func classify(ctx context.Context, fn string, err error) error {
+	var exit *sys.ExitError
+	if errors.As(err, &exit) {
+		switch exit.ExitCode() {
+		case sys.ExitCodeDeadlineExceeded, sys.ExitCodeContextCanceled:
+			return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, err)
+		}
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, err)
+	}
+	return fmt.Errorf("%w: %s: %v", ErrTrap, fn, err)
+}
+
+func codeName(c int64) string {
+	switch c {
+	case -1:
+		return "malformed input"
+	case -2:
+		return "refused by plugin"
+	case -3:
+		return "out of memory"
+	case -4:
+		return "overflow"
+	}
+	return "plugin-defined"
+}
