@@ -34,6 +34,8 @@ func newRootCmd() *cobra.Command {
 		newDoctorCmd(),
 		newTopCmd(),
 		newLimitCmd(),
+		newPluginCmd(),
+		newAuditCmd(),
 	)
 	return root
 }

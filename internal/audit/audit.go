@@ -348,3 +348,6 @@ func short(h string) string {
 	}
 	return h
 }
+
+// DefaultPath is where the agent keeps its audit log unless configured.
+const DefaultPath = "/var/lib/kmeter/audit.log"

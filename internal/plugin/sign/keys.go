@@ -148,3 +148,47 @@ func ReadKeyPairFile(path string) (KeyPair, error) {
 	}
 	return k, nil
 }
+
+// WriteKeyFiles writes k to base+".key" (mode 0600) and its public key to
+// base+".pub" (mode 0644), both in the serialized binary form. Existing
+// files are never overwritten: losing a signing key cannot be undone.
+func WriteKeyFiles(base string, k KeyPair) (keyPath, pubPath string, err error) {
+	kb, err := k.MarshalBinary()
+	if err != nil {
+		return "", "", err
+	}
+	pb, err := k.Public().MarshalBinary()
+	if err != nil {
+		return "", "", err
+	}
+	keyPath, pubPath = base+".key", base+".pub"
+	if err := writeNew(keyPath, kb, 0o600); err != nil {
+		return "", "", err
+	}
+	if err := writeNew(pubPath, pb, 0o644); err != nil {
+		os.Remove(keyPath)
+		return "", "", err
+	}
+	return keyPath, pubPath, nil
+}
+
+func writeNew(path string, b []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("write %s: it already exists; choose another name or remove it first", path)
+		}
+		return fmt.Errorf("write key: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
+}
