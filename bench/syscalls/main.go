@@ -1,0 +1,272 @@
+// Command syscalls measures what counting syscalls costs per syscall: it
+// times getppid in a tight loop with nothing attached, with empty BPF
+// programs on tp_btf/sys_enter and on the classic tracepoint
+// raw_syscalls/sys_enter, with kmeter's syscalls meter (on both hooks),
+// and with bpftrace counting per cgroup, all in one run.
+//
+// Each round visits every setup in turn (attach, time, detach) between
+// timings with nothing attached, so slow drifts of a shared machine cancel
+// out; the report gives medians over rounds of the thread's CPU time.
+//
+//	go build -o /tmp/bench-syscalls ./bench/syscalls && sudo /tmp/bench-syscalls -n 1000000 -rounds 7
+//
+// It needs root, bpffs and tracefs, and bpftrace on PATH (-bpftrace="" skips it).
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmeter/kmeter/internal/hostfs"
+	"github.com/kmeter/kmeter/internal/meter"
+	"github.com/kmeter/kmeter/internal/meter/syscalls"
+)
+
+// bpftraceProgram is the bpftrace one-liner kmeter is compared with.
+const bpftraceProgram = `tracepoint:raw_syscalls:sys_enter { @[cgroup] = count(); }`
+
+// setup attaches something to measure and returns how to detach it.
+type setup struct {
+	name   string
+	attach func(ctx context.Context) (detach func() error, err error)
+}
+
+func main() {
+	n := flag.Int("n", 1_000_000, "getppid calls per timing")
+	rounds := flag.Int("rounds", 7, "rounds over all setups")
+	bpftrace := flag.String("bpftrace", "bpftrace", "bpftrace binary; empty skips it")
+	pinBase := flag.String("pin", "/sys/fs/bpf", "bpffs directory for the meter's temporary pins")
+	cpu := flag.Int("cpu", 0, "CPU to run the loop on; -1 lets the scheduler choose")
+	flag.Parse()
+	if err := run(context.Background(), *n, *rounds, *cpu, *bpftrace, *pinBase, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench syscalls:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, n, rounds, cpu int, bpftrace, pinBase string, out io.Writer) error {
+	if _, err := hostfs.EnsureTracefs(); err != nil {
+		return err
+	}
+	pinDir := filepath.Join(pinBase, fmt.Sprintf("kmeter-bench-%d", os.Getpid()))
+	if err := hostfs.EnsureBPFFS(pinDir); err != nil {
+		return err
+	}
+	defer os.RemoveAll(pinDir)
+
+	setups := []setup{
+		{"no program", func(context.Context) (func() error, error) { return func() error { return nil }, nil }},
+		{"empty tp_btf/sys_enter", attachEmptyTPBTF},
+		{"empty tracepoint raw_syscalls/sys_enter", attachEmptyTracepoint},
+		{"kmeter syscalls (tp_btf)", attachMeter(pinDir, meter.HookPreferredOnly)},
+		{"kmeter syscalls (tracepoint fallback)", attachMeter(pinDir, meter.HookFallbackOnly)},
+	}
+	if bpftrace != "" {
+		setups = append(setups, setup{"bpftrace @[cgroup] = count()", attachBpftrace(bpftrace)})
+	}
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if cpu >= 0 {
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			return fmt.Errorf("pin to cpu %d: %w", cpu, err)
+		}
+	}
+	loop(n / 10) // warm up caches and the CPU frequency
+
+	// Every setup is timed between two timings with nothing attached;
+	// its added cost in a round is its time minus the mean of those two,
+	// so drifts of a shared machine cancel out.
+	abs := make([][]float64, len(setups))
+	added := make([][]float64, len(setups))
+	for r := range rounds {
+		before := loop(n)
+		abs[0] = append(abs[0], before)
+		added[0] = append(added[0], 0)
+		for i, s := range setups[1:] {
+			detach, err := s.attach(ctx)
+			if err != nil {
+				return fmt.Errorf("attach %s: %w", s.name, err)
+			}
+			loop(n / 20)
+			t := loop(n)
+			if err := detach(); err != nil {
+				return fmt.Errorf("detach %s: %w", s.name, err)
+			}
+			after := loop(n)
+			abs[i+1] = append(abs[i+1], t)
+			added[i+1] = append(added[i+1], t-(before+after)/2)
+			before = after
+		}
+		fmt.Fprintf(os.Stderr, "round %d/%d done\n", r+1, rounds)
+	}
+	report(out, setups, abs, added, n, rounds)
+	return nil
+}
+
+// loop makes n getppid syscalls and returns the mean ns per call. It
+// measures the CPU time of its own thread (the caller locked it), not
+// wall time: on a shared machine the wall clock also counts the time
+// other processes ran.
+func loop(n int) float64 {
+	start := threadCPU()
+	for range n {
+		syscall.RawSyscall(syscall.SYS_GETPPID, 0, 0, 0)
+	}
+	return float64(threadCPU()-start) / float64(n)
+}
+
+func threadCPU() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		panic(err) // cannot fail for this clock on Linux
+	}
+	return ts.Nano()
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func report(w io.Writer, setups []setup, abs, added [][]float64, n, rounds int) {
+	fmt.Fprintf(w, "getppid, %d calls per timing, %d rounds, %d CPUs, kernel %s; thread CPU time, medians over rounds\n\n",
+		n, rounds, runtime.NumCPU(), kernel())
+	fmt.Fprintln(w, "| setup | ns/op | added ns/op | added, min..max over rounds |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|")
+	add := make([]float64, len(setups))
+	for i, s := range setups {
+		add[i] = median(added[i])
+		fmt.Fprintf(w, "| %s | %.1f | %.1f | %.1f..%.1f |\n", s.name, median(abs[i]), add[i], slices.Min(added[i]), slices.Max(added[i]))
+	}
+	ratio := func(name string, a, b int) {
+		if b < len(setups) {
+			fmt.Fprintf(w, "| %s | %.2f |\n", name, add[a]/add[b])
+		}
+	}
+	fmt.Fprintln(w, "\n| ratio of added costs (medians) | ratio |")
+	fmt.Fprintln(w, "|---|---:|")
+	ratio("kmeter (tp_btf) / bpftrace (goal <= 0.5)", 3, 5)
+	ratio("kmeter (tp_btf) / empty tp_btf (goal <= 1.5)", 3, 1)
+	ratio("kmeter (tracepoint) / empty tracepoint", 4, 2)
+	ratio("kmeter (tracepoint) / bpftrace", 4, 5)
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	if err := syscall.Uname(&u); err != nil {
+		return "?"
+	}
+	var b strings.Builder
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b.WriteByte(byte(c))
+	}
+	return b.String()
+}
+
+var emptyBody = asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}
+
+func attachEmptyTPBTF(context.Context) (func() error, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_empty_btf", Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp,
+		AttachTo: "sys_enter", License: "GPL", Instructions: emptyBody,
+	})
+	if err != nil {
+		return nil, err
+	}
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+	if err != nil {
+		prog.Close()
+		return nil, err
+	}
+	return func() error { return errors.Join(l.Close(), prog.Close()) }, nil
+}
+
+func attachEmptyTracepoint(context.Context) (func() error, error) {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_empty_tp", Type: ebpf.TracePoint, License: "GPL", Instructions: emptyBody,
+	})
+	if err != nil {
+		return nil, err
+	}
+	l, err := link.Tracepoint("raw_syscalls", "sys_enter", prog, nil)
+	if err != nil {
+		prog.Close()
+		return nil, err
+	}
+	return func() error { return errors.Join(l.Close(), prog.Close()) }, nil
+}
+
+func attachMeter(pinDir string, mode meter.HookMode) func(context.Context) (func() error, error) {
+	return func(context.Context) (func() error, error) {
+		m, err := syscalls.OpenWith(meter.Config{PinDir: pinDir}, syscalls.Options{Hook: mode})
+		if err != nil {
+			return nil, err
+		}
+		// Unpin then Close detaches, so the next setup runs alone.
+		return func() error { return errors.Join(m.Unpin(), m.Close()) }, nil
+	}
+}
+
+// attachBpftrace starts bpftrace and returns once its tracepoint program
+// is attached (bpftool perf lists it for bpftrace's pid).
+func attachBpftrace(bin string) func(ctx context.Context) (func() error, error) {
+	return func(ctx context.Context) (func() error, error) {
+		cmd := exec.CommandContext(ctx, bin, "-e", bpftraceProgram)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		cmd.Stderr = io.Discard // a RLIMIT_MEMLOCK warning on kernels that no longer need it
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		stop := func() error {
+			_ = cmd.Process.Signal(os.Interrupt)
+			_ = cmd.Wait()
+			return nil
+		}
+		go io.Copy(io.Discard, bufio.NewReader(stdout))
+		deadline := time.Now().Add(30 * time.Second)
+		want := fmt.Sprintf("pid %d ", cmd.Process.Pid)
+		for {
+			out, _ := exec.CommandContext(ctx, "bpftool", "perf", "list").Output()
+			for _, line := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(line, want) && strings.Contains(line, "sys_enter") {
+					return stop, nil
+				}
+			}
+			if time.Now().After(deadline) {
+				stop()
+				return nil, errors.New("bpftrace did not attach within 30s")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
