@@ -27,6 +27,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
+#define SOL_SOCKET_ 1
+#define SO_MAX_PACING_RATE_ 47
 
 // Bucket kinds. Keep in sync with the kind constants in
 // internal/enforce/enforce.go.
@@ -407,6 +409,21 @@ int limit_ingress(struct __sk_buff *skb)
 	return skb_verdict(skb, 0);
 }
 
+// pace caps the socket's pacing rate at the tenant's egress rate, so that
+// one TCP flow spaces its packets itself (TCP paces internally without an
+// fq qdisc) instead of running into the bucket and backing off after
+// drops. The bucket still enforces the tenant's total over all its flows.
+static __always_inline void pace(struct bpf_sock_addr *ctx, const struct tenant_limits *l)
+{
+	const struct rate *r = &l->k[KIND_EGRESS];
+	__u32 v;
+
+	if (!r->on || r->rate == 0 || r->rate >= 0xffffffffULL)
+		return;
+	v = r->rate;
+	bpf_setsockopt(ctx, SOL_SOCKET_, SO_MAX_PACING_RATE_, &v, sizeof(v));
+}
+
 static __always_inline int connect_verdict(struct bpf_sock_addr *ctx)
 {
 	__u64 *tp;
@@ -421,12 +438,14 @@ static __always_inline int connect_verdict(struct bpf_sock_addr *ctx)
 		return 1;
 	__u64 tenant = *tp;
 	l = bpf_map_lookup_elem(&limits, &tenant);
-	if (!l || !l->k[KIND_CONNECT].on)
+	if (!l)
 		return 1;
-	if (take(tenant, KIND_CONNECT, &l->k[KIND_CONNECT], 1))
-		return 1;
-	count(tenant, C_CONNECT_DENIED);
-	return 0; // connect() fails with EPERM
+	if (l->k[KIND_CONNECT].on && !take(tenant, KIND_CONNECT, &l->k[KIND_CONNECT], 1)) {
+		count(tenant, C_CONNECT_DENIED);
+		return 0; // connect() fails with EPERM
+	}
+	pace(ctx, l);
+	return 1;
 }
 
 SEC("cgroup/connect4")
@@ -439,4 +458,33 @@ SEC("cgroup/connect6")
 int limit_connect6(struct bpf_sock_addr *ctx)
 {
 	return connect_verdict(ctx);
+}
+
+// bind_verdict paces listening sockets: accepted sockets inherit the cap.
+static __always_inline int bind_verdict(struct bpf_sock_addr *ctx)
+{
+	__u64 *tp;
+	struct tenant_limits *l;
+
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	tp = tenant_of_current();
+	if (!tp)
+		return 1;
+	l = bpf_map_lookup_elem(&limits, tp);
+	if (l)
+		pace(ctx, l);
+	return 1;
+}
+
+SEC("cgroup/bind4")
+int limit_bind4(struct bpf_sock_addr *ctx)
+{
+	return bind_verdict(ctx);
+}
+
+SEC("cgroup/bind6")
+int limit_bind6(struct bpf_sock_addr *ctx)
+{
+	return bind_verdict(ctx);
 }

@@ -141,6 +141,8 @@ func Open(cfg Config) (_ *Enforcer, err error) {
 		{"ingress", e.objs.LimitIngress, ebpf.AttachCGroupInetIngress},
 		{"connect4", e.objs.LimitConnect4, ebpf.AttachCGroupInet4Connect},
 		{"connect6", e.objs.LimitConnect6, ebpf.AttachCGroupInet6Connect},
+		{"bind4", e.objs.LimitBind4, ebpf.AttachCGroupInet4Bind},
+		{"bind6", e.objs.LimitBind6, ebpf.AttachCGroupInet6Bind},
 	} {
 		l, reused, err := meter.AttachPinned(filepath.Join(dir, "link_"+a.name), a.prog, func() (link.Link, error) {
 			return link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupDir, Attach: a.attach, Program: a.prog})

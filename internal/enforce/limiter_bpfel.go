@@ -92,6 +92,8 @@ const (
 	limiterMapSliceStats     = "slice_stats"
 	limiterMapSlices         = "slices"
 	limiterMapTenants        = "tenants"
+	limiterProgLimitBind4    = "limit_bind4"
+	limiterProgLimitBind6    = "limit_bind6"
 	limiterProgLimitConnect4 = "limit_connect4"
 	limiterProgLimitConnect6 = "limit_connect6"
 	limiterProgLimitEgress   = "limit_egress"
@@ -140,6 +142,8 @@ type limiterSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type limiterProgramSpecs struct {
+	LimitBind4    *ebpf.ProgramSpec `ebpf:"limit_bind4"`
+	LimitBind6    *ebpf.ProgramSpec `ebpf:"limit_bind6"`
 	LimitConnect4 *ebpf.ProgramSpec `ebpf:"limit_connect4"`
 	LimitConnect6 *ebpf.ProgramSpec `ebpf:"limit_connect6"`
 	LimitEgress   *ebpf.ProgramSpec `ebpf:"limit_egress"`
@@ -216,6 +220,8 @@ type limiterVariables struct {
 //
 // It can be passed to loadLimiterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type limiterPrograms struct {
+	LimitBind4    *ebpf.Program `ebpf:"limit_bind4"`
+	LimitBind6    *ebpf.Program `ebpf:"limit_bind6"`
 	LimitConnect4 *ebpf.Program `ebpf:"limit_connect4"`
 	LimitConnect6 *ebpf.Program `ebpf:"limit_connect6"`
 	LimitEgress   *ebpf.Program `ebpf:"limit_egress"`
@@ -224,6 +230,8 @@ type limiterPrograms struct {
 
 func (p *limiterPrograms) Close() error {
 	return _LimiterClose(
+		p.LimitBind4,
+		p.LimitBind6,
 		p.LimitConnect4,
 		p.LimitConnect6,
 		p.LimitEgress,

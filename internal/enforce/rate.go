@@ -167,11 +167,11 @@ type Limit struct {
 	TLSRate, TLSBurst         uint64 // handshakes/s, handshakes
 }
 
-// DefaultByteBurst is the byte burst used when none is given: 20 ms of the
+// DefaultByteBurst is the byte burst used when none is given: 100 ms of the
 // rate, but at least [MinByteBurst]. A tight burst keeps a TCP sender near
 // the rate: a large one lets it overshoot and then back off hard.
 func DefaultByteBurst(rate uint64) uint64 {
-	return max(rate/50, MinByteBurst)
+	return max(rate/10, MinByteBurst)
 }
 
 // Parse validates s and fills in default bursts. All problems are
