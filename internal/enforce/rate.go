@@ -28,7 +28,7 @@ const (
 )
 
 var byteUnits = map[string]*big.Rat{
-	"b": big.NewRat(1, 1),
+	"b":  big.NewRat(1, 1),
 	"kb": big.NewRat(1000, 1), "mb": big.NewRat(1000_000, 1), "gb": big.NewRat(1000_000_000, 1), "tb": big.NewRat(1000_000_000_000, 1),
 	"kib": big.NewRat(1<<10, 1), "mib": big.NewRat(1<<20, 1), "gib": big.NewRat(1<<30, 1), "tib": big.NewRat(1<<40, 1),
 	"bit": big.NewRat(1, 8), "kbit": big.NewRat(1000, 8), "mbit": big.NewRat(1000_000, 8), "gbit": big.NewRat(1000_000_000, 8),
