@@ -14,6 +14,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "tls.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -175,6 +176,25 @@ struct {
 	__type(value, struct slice_counts);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } slice_stats SEC(".maps");
+
+// Handshake states of a TCP socket of a TLS-limited tenant.
+enum hs_state {
+	HS_UNSEEN = 0, // no payload sent yet
+	HS_PASSED = 1, // first payload was no hello, or a hello within the rate
+	HS_DENIED = 2, // first payload was a hello beyond the rate
+};
+
+// handshakes: per socket, whether its first payload was judged. A denied
+// hello stays denied: its retransmissions are dropped too (without taking
+// tokens or counting again), so the handshake fails once and is counted
+// once, instead of passing on a later retransmission.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} handshakes SEC(".maps");
 
 static __always_inline void count(__u64 id, __u32 kind)
 {
@@ -347,9 +367,43 @@ static __always_inline __u32 match_slice(__u64 tenant, struct flow *f)
 	return 0;
 }
 
-// skb_verdict applies the tenant's byte bucket and slices to skb.
+// tls_verdict applies the tenant's TLS handshake bucket to the first
+// payload segment of each TCP socket: a ClientHello (the tenant is the
+// client) or a ServerHello (the tenant is the server). It returns 0 to drop.
+static __always_inline int tls_verdict(struct __sk_buff *skb, __u64 tenant, const struct rate *r)
+{
+	struct tls_flow flow;
+	struct bpf_sock *sk;
+	__u8 *st;
+
+	if (tls_skb_tcp_flow(skb, 0, &flow) || flow.payload_len == 0)
+		return 1;
+	sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	st = bpf_sk_storage_get(&handshakes, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 1;
+	if (*st == HS_PASSED)
+		return 1;
+	if (*st == HS_DENIED)
+		return 0;
+	if (tls_skb_hello_kind(skb, flow.payload_off, flow.payload_len) == TLS_HELLO_NONE ||
+	    take(tenant, KIND_TLS, r, 1)) {
+		*st = HS_PASSED;
+		return 1;
+	}
+	*st = HS_DENIED;
+	count(tenant, C_TLS_DROP);
+	return 0;
+}
+
+// skb_verdict applies the tenant's limits and the slices to skb.
 // Egress returns 2 (drop and tell TCP "congestion") rather than 0 so that
-// TCP backs off its window instead of waiting for a retransmit timeout.
+// TCP reduces its window at once.
 static __always_inline int skb_verdict(struct __sk_buff *skb, int egress)
 {
 	__u64 *tp = tenant_of_skb(skb);
@@ -360,9 +414,12 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, int egress)
 	__u32 slice = 0;
 	struct flow f = {};
 
-	if (tenant) {
+	if (tenant)
 		l = bpf_map_lookup_elem(&limits, &tenant);
-		if (l && l->k[kind].on && !take(tenant, kind, &l->k[kind], skb->len)) {
+	if (l) {
+		if (egress && l->k[KIND_TLS].on && !tls_verdict(skb, tenant, &l->k[KIND_TLS]))
+			return drop; // counted once per socket in tls_verdict
+		if (l->k[kind].on && !take(tenant, kind, &l->k[kind], skb->len)) {
 			count(tenant, egress ? C_EGRESS_DROP : C_INGRESS_DROP);
 			return drop;
 		}
@@ -370,28 +427,28 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, int egress)
 	parse_flow(skb, egress, &f);
 	if (f.ok)
 		slice = match_slice(tenant, &f);
-	if (slice) {
-		struct slice_counts *st = bpf_map_lookup_elem(&slice_stats, &slice);
-		if (!st) {
-			struct slice_counts z = {};
-			bpf_map_update_elem(&slice_stats, &slice, &z, BPF_NOEXIST);
-			st = bpf_map_lookup_elem(&slice_stats, &slice);
+	if (!slice)
+		return 1;
+	struct slice_counts *st = bpf_map_lookup_elem(&slice_stats, &slice);
+	if (!st) {
+		struct slice_counts z = {};
+		bpf_map_update_elem(&slice_stats, &slice, &z, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&slice_stats, &slice);
+	}
+	if (egress) {
+		struct rate *sr = bpf_map_lookup_elem(&slice_limits, &slice);
+		if (sr && sr->on && !take(slice, KIND_SLICE_EGRESS, sr, skb->len)) {
+			count(slice, C_SLICE_DROP);
+			return drop;
 		}
+	}
+	if (st) {
 		if (egress) {
-			struct rate *sr = bpf_map_lookup_elem(&slice_limits, &slice);
-			if (sr && sr->on && !take(slice, KIND_SLICE_EGRESS, sr, skb->len)) {
-				count(slice, C_SLICE_DROP);
-				return drop;
-			}
-		}
-		if (st) {
-			if (egress) {
-				st->tx_bytes += skb->len;
-				st->tx_packets++;
-			} else {
-				st->rx_bytes += skb->len;
-				st->rx_packets++;
-			}
+			st->tx_bytes += skb->len;
+			st->tx_packets++;
+		} else {
+			st->rx_bytes += skb->len;
+			st->rx_packets++;
 		}
 	}
 	return 1;

@@ -187,7 +187,7 @@ func (e *Enforcer) Unpin() error {
 	for _, l := range e.links {
 		errs = append(errs, l.Unpin())
 	}
-	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats} {
+	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes} {
 		errs = append(errs, m.Unpin())
 	}
 	return errors.Join(errs...)

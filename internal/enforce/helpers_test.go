@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 		"connect": helperConnect,
 		"send":    helperSend,
 		"echo":    helperEcho,
+		"tls":     helperTLS,
 	})
 	os.Exit(m.Run())
 }

@@ -87,6 +87,7 @@ type limiterTenantLimits struct {
 const (
 	limiterMapBuckets        = "buckets"
 	limiterMapCounters       = "counters"
+	limiterMapHandshakes     = "handshakes"
 	limiterMapLimits         = "limits"
 	limiterMapSliceLimits    = "slice_limits"
 	limiterMapSliceStats     = "slice_stats"
@@ -156,6 +157,7 @@ type limiterProgramSpecs struct {
 type limiterMapSpecs struct {
 	Buckets     *ebpf.MapSpec `ebpf:"buckets"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
 	SliceLimits *ebpf.MapSpec `ebpf:"slice_limits"`
 	SliceStats  *ebpf.MapSpec `ebpf:"slice_stats"`
@@ -191,6 +193,7 @@ func (o *limiterObjects) Close() error {
 type limiterMaps struct {
 	Buckets     *ebpf.Map `ebpf:"buckets"`
 	Counters    *ebpf.Map `ebpf:"counters"`
+	Handshakes  *ebpf.Map `ebpf:"handshakes"`
 	Limits      *ebpf.Map `ebpf:"limits"`
 	SliceLimits *ebpf.Map `ebpf:"slice_limits"`
 	SliceStats  *ebpf.Map `ebpf:"slice_stats"`
@@ -202,6 +205,7 @@ func (m *limiterMaps) Close() error {
 	return _LimiterClose(
 		m.Buckets,
 		m.Counters,
+		m.Handshakes,
 		m.Limits,
 		m.SliceLimits,
 		m.SliceStats,
