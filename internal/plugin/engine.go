@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -25,6 +26,7 @@ type Engine struct {
 	modCfg wazero.ModuleConfig
 	mem    *memoryPool
 	stats  *stats
+	mono   atomic.Int64 // WASI monotonic clock, see instantiateHostModules
 
 	mu     sync.RWMutex
 	live   *version
@@ -75,7 +77,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		rc = rc.WithCompilationCache(cache)
 	}
 	e.rt = wazero.NewRuntimeWithConfig(ctx, rc)
-	if err := instantiateHostModules(ctx, e.rt); err != nil {
+	if err := instantiateHostModules(ctx, e.rt, &e.mono); err != nil {
 		_ = e.Close()
 		return nil, fmt.Errorf("define plugin host modules: %w", err)
 	}

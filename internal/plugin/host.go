@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -92,7 +93,10 @@ func (st *callState) log(level int32, msg []byte) {
 // instantiateHostModules defines the kmeter and safe WASI host modules
 // in r. Each function is deterministic: time comes from the batch's
 // window, randomness from a fixed seed.
-func instantiateHostModules(ctx context.Context, r wazero.Runtime) error {
+// mono backs the WASI monotonic clock: it advances 1 µs per reading, so
+// runtimes that need a moving clock (Go's) work while guests learn
+// nothing about real time.
+func instantiateHostModules(ctx context.Context, r wazero.Runtime, mono *atomic.Int64) error {
 	kb := r.NewHostModuleBuilder(hostModule)
 	kb.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(hostLog), []api.ValueType{i32, i32, i32}, nil).Export("log")
 	kb.NewFunctionBuilder().WithGoModuleFunction(api.GoModuleFunc(hostNow), nil, []api.ValueType{i64}).Export("now")
@@ -108,7 +112,7 @@ func instantiateHostModules(ctx context.Context, r wazero.Runtime) error {
 	fn("args_sizes_get", wasiZeroSizes)
 	fn("environ_get", wasiNoop)
 	fn("environ_sizes_get", wasiZeroSizes)
-	fn("clock_time_get", wasiClock)
+	fn("clock_time_get", func(ctx context.Context, m api.Module, stack []uint64) { wasiClock(ctx, m, stack, mono) })
 	fn("random_get", wasiRandom)
 	fn("fd_write", wasiFdWrite)
 	fn("poll_oneoff", wasiErr(errnoNotsup))
@@ -153,10 +157,20 @@ func wasiZeroSizes(_ context.Context, m api.Module, stack []uint64) {
 	stack[0] = errnoSuccess
 }
 
-func wasiClock(ctx context.Context, m api.Module, stack []uint64) {
+// wasiClock answers the realtime clock with the end of the batch's
+// latest window and the monotonic clock with mono.
+func wasiClock(ctx context.Context, m api.Module, stack []uint64, mono *atomic.Int64) {
 	var now int64
-	if st := stateOf(ctx); st != nil {
-		now = st.now
+	switch uint32(stack[0]) { // the upper half of an i32 slot is undefined
+	case 0: // realtime
+		if st := stateOf(ctx); st != nil {
+			now = st.now
+		}
+	case 1: // monotonic
+		now = mono.Add(1000)
+	default:
+		stack[0] = errnoInval
+		return
 	}
 	if !m.Memory().WriteUint64Le(uint32(stack[2]), uint64(now)) {
 		stack[0] = errnoFault
@@ -224,4 +238,3 @@ func wasiProcExit(ctx context.Context, m api.Module, stack []uint64) {
 	_ = m.CloseWithExitCode(ctx, code)
 	panic(sys.NewExitError(code))
 }
-

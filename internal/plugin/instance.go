@@ -26,11 +26,17 @@ type instance struct {
 	stack [2]uint64
 }
 
-// newInstance instantiates v's module. The ABI version is checked before
-// any other guest code runs: the module has no start function (see
-// scanSections) and _initialize is called only after the check.
+// newInstance instantiates v's module and checks its ABI version before
+// any ABI function runs. No guest code runs at instantiation (start
+// functions are refused, see scanSections); a WASI reactor's _initialize
+// (the Go runtime's init) runs first because its exports abort until it
+// has, and it can reach only the safe host imports.
 func (v *version) newInstance(ctx context.Context) (*instance, error) {
 	ctx = v.e.instCtx(ctx)
+	if v.usesHost || v.hasInit {
+		// Let _initialize log (a Go runtime's fatal error goes to fd 2).
+		ctx = context.WithValue(ctx, callStateKey{}, &callState{sha: v.id.SHA256, logger: v.e.cfg.Logger})
+	}
 	mod, err := v.e.rt.InstantiateModule(ctx, v.compiled, v.e.modCfg)
 	if err != nil {
 		return nil, fmt.Errorf("instantiate plugin %s: %w", short(v.id.SHA256), err)
@@ -44,14 +50,6 @@ func (v *version) newInstance(ctx context.Context) (*instance, error) {
 	if v.hasEvent {
 		in.event = mod.ExportedFunction(exportEvent)
 	}
-	if err := in.mod.ExportedFunction(exportVersion).CallWithStack(ctx, in.stack[:]); err != nil {
-		in.close(ctx)
-		return nil, fmt.Errorf("%w: call %s: %v", ErrRefused, exportVersion, err)
-	}
-	if got := int32(in.stack[0]); got != abi.Version {
-		in.close(ctx)
-		return nil, fmt.Errorf("%w: %s returned %d, this host speaks ABI %d: rebuild the plugin with a matching SDK", ErrRefused, exportVersion, got, abi.Version)
-	}
 	if v.hasInit {
 		cctx, cancel := context.WithTimeout(ctx, v.e.cfg.CallTimeout*4)
 		err := mod.ExportedFunction(exportInit).CallWithStack(cctx, in.stack[:])
@@ -60,6 +58,14 @@ func (v *version) newInstance(ctx context.Context) (*instance, error) {
 			in.close(ctx)
 			return nil, fmt.Errorf("%w: %s: %v", ErrRefused, exportInit, err)
 		}
+	}
+	if err := in.mod.ExportedFunction(exportVersion).CallWithStack(ctx, in.stack[:]); err != nil {
+		in.close(ctx)
+		return nil, fmt.Errorf("%w: call %s: %v", ErrRefused, exportVersion, err)
+	}
+	if got := int32(in.stack[0]); got != abi.Version {
+		in.close(ctx)
+		return nil, fmt.Errorf("%w: %s returned %d, this host speaks ABI %d: rebuild the plugin with a matching SDK", ErrRefused, exportVersion, got, abi.Version)
 	}
 	return in, nil
 }

@@ -10,19 +10,19 @@ import (
 
 // Stats are the engine's counters since it was created.
 type Stats struct {
-	Batches        uint64 // batches priced successfully
-	Records        uint64 // records in those batches
-	Traps          uint64 // batches failed by a guest trap
-	Timeouts       uint64 // batches failed by CallTimeout or a cancelled context
-	BadOutputs     uint64 // batches failed by an error code or invalid charges
-	OtherFailures  uint64 // batches failed for another reason (bad input, instantiation)
-	PoolMisses     uint64 // batches that had to instantiate because the pool was empty
-	Loads          uint64 // plugins made live
-	LoadFailures   uint64 // modules refused or failed at load
-	ShadowBatches  uint64 // batches compared against a shadow candidate
-	ShadowDiffs    uint64 // of those, batches where any charge differed or the shadow failed
-	ShadowDropped  uint64 // batches not compared because the shadow was busy
-	PriceSeconds   float64
+	Batches       uint64 // batches priced successfully
+	Records       uint64 // records in those batches
+	Traps         uint64 // batches failed by a guest trap
+	Timeouts      uint64 // batches failed by CallTimeout or a cancelled context
+	BadOutputs    uint64 // batches failed by an error code or invalid charges
+	OtherFailures uint64 // batches failed for another reason (bad input, instantiation)
+	PoolMisses    uint64 // batches that had to instantiate because the pool was empty
+	Loads         uint64 // plugins made live
+	LoadFailures  uint64 // modules refused or failed at load
+	ShadowBatches uint64 // batches compared against a shadow candidate
+	ShadowDiffs   uint64 // of those, batches where any charge differed or the shadow failed
+	ShadowDropped uint64 // batches not compared because the shadow was busy
+	PriceSeconds  float64
 }
 
 type stats struct {
