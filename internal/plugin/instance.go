@@ -150,7 +150,7 @@ func classify(ctx context.Context, fn string, err error) error {
 			return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, err)
 		}
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && exit != nil {
 		return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, err)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrTrap, fn, err)
