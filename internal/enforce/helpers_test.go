@@ -27,6 +27,7 @@ func TestMain(m *testing.M) {
 		"send":    helperSend,
 		"echo":    helperEcho,
 		"tls":     helperTLS,
+		"udp":     helperUDP,
 	})
 	os.Exit(m.Run())
 }
