@@ -36,6 +36,7 @@ func newRootCmd() *cobra.Command {
 		newLimitCmd(),
 		newPluginCmd(),
 		newAuditCmd(),
+		newTraceCmd(),
 	)
 	return root
 }

@@ -61,7 +61,7 @@ func (m *Meter) Events() (*Reader, error) {
 func (r *Reader) ReadRaw(ev *RawEvent) error {
 	for {
 		err := r.rd.ReadInto(&r.rec)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		if errors.Is(err, ringbuf.ErrFlushed) {
 			// Left over from a Read whose context ended.
 			continue
 		}
@@ -80,34 +80,28 @@ func (r *Reader) ReadRaw(ev *RawEvent) error {
 // error matching ringbuf.ErrClosed once the Reader or its Meter is closed,
 // and with ctx.Err() when ctx ends first.
 func (r *Reader) Read(ctx context.Context) (Event, error) {
-	if err := ctx.Err(); err != nil {
-		return Event{}, err
+	// A Flush wakes the blocked ring buffer read; setting a deadline would
+	// wait for the read to finish first.
+	stop := context.AfterFunc(ctx, func() { _ = r.rd.Flush() })
+	defer stop()
+	for {
+		if err := ctx.Err(); err != nil {
+			return Event{}, err
+		}
+		err := r.rd.ReadInto(&r.rec)
+		if errors.Is(err, ringbuf.ErrFlushed) || errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			return Event{}, fmt.Errorf("read tls event: %w", err)
+		}
+		var raw RawEvent
+		if err := decodeRaw(r.rec.RawSample, &raw); err != nil {
+			return Event{}, err
+		}
+		r.delivered.Add(1)
+		return newEvent(&raw, r.monoToWall), nil
 	}
-	fired := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		r.rd.SetDeadline(time.Unix(0, 1))
-		close(fired)
-	})
-	var raw RawEvent
-	err := r.rd.ReadInto(&r.rec)
-	if !stop() {
-		<-fired
-		r.rd.SetDeadline(time.Time{})
-	}
-	if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
-		return Event{}, ctx.Err()
-	}
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return r.Read(ctx)
-	}
-	if err != nil {
-		return Event{}, fmt.Errorf("read tls event: %w", err)
-	}
-	if err := decodeRaw(r.rec.RawSample, &raw); err != nil {
-		return Event{}, err
-	}
-	r.delivered.Add(1)
-	return newEvent(&raw, r.monoToWall), nil
 }
 
 // Decode turns a raw record into an [Event].

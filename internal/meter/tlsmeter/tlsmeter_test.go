@@ -438,3 +438,34 @@ func TestOpen_badConfig(t *testing.T) {
 		t.Error("OpenPrivate with no cgroup dir succeeded")
 	}
 }
+
+func TestReader_Read_contextEnds(t *testing.T) {
+	testutil.RequireBPF(t)
+	m, err := OpenPrivate(testutil.Cgroup2Dir(t))
+	testutil.CheckLoad(t, err)
+	defer m.Close()
+	r, err := m.Events()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			// Handshakes of other processes may arrive meanwhile.
+			if _, err := r.Read(ctx); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Read ended with %v, want context.DeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Read still blocked 10s after its context ended")
+	}
+}
