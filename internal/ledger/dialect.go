@@ -8,7 +8,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -97,6 +99,66 @@ func (d dialect) allocIDs(ctx context.Context, tx *sql.Tx, n int) ([]int64, erro
 	return ids, nil
 }
 
+// bulkInsert inserts many rows of a table whose column SQL types are
+// given. On PostgreSQL large batches go in as one INSERT ... SELECT FROM
+// unnest(arrays): one statement and one round trip whatever the size.
+// Values must not be nil on that path.
+func (d dialect) bulkInsert(ctx context.Context, tx *sql.Tx, table string, cols, types []string, rows [][]any, tail string) error {
+	head := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ")"
+	if d != postgres || len(rows) < 64 {
+		return d.insertRows(ctx, tx, head, len(cols), rows, tail)
+	}
+	arrays := make([]any, len(cols))
+	casts := make([]string, len(cols))
+	for c, typ := range types {
+		casts[c] = fmt.Sprintf("$%d::%s[]", c+1, typ)
+		switch typ {
+		case "bigint":
+			a := make([]int64, len(rows))
+			for i, r := range rows {
+				switch v := r[c].(type) {
+				case int64:
+					a[i] = v
+				case int:
+					a[i] = int64(v)
+				default:
+					return fmt.Errorf("bulk insert into %s: column %s: %T is not an integer", table, cols[c], r[c])
+				}
+			}
+			arrays[c] = a
+		case "text":
+			a := make([]string, len(rows))
+			for i, r := range rows {
+				v, ok := r[c].(string)
+				if !ok {
+					return fmt.Errorf("bulk insert into %s: column %s: %T is not a string", table, cols[c], r[c])
+				}
+				a[i] = v
+			}
+			arrays[c] = a
+		default:
+			return fmt.Errorf("bulk insert into %s: unsupported column type %s", table, typ)
+		}
+	}
+	q := head + " SELECT * FROM unnest(" + strings.Join(casts, ", ") + ")" + tail
+	_, err := tx.ExecContext(ctx, q, arrays...)
+	return err
+}
+
+// copyRows streams rows into table with PostgreSQL's COPY, inside the
+// transaction open on conn: for a window of 60,000 series it is several
+// times faster than any INSERT.
+func copyRows(ctx context.Context, conn *sql.Conn, table string, cols []string, rows [][]any) error {
+	return conn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("copy into %s: driver connection is %T, not pgx", table, dc)
+		}
+		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{table}, cols, pgx.CopyFromRows(rows))
+		return err
+	})
+}
+
 // maxParams bounds the bind parameters of one statement, below both
 // SQLite's (32766) and PostgreSQL's (65535) limits.
 const maxParams = 30000
@@ -107,24 +169,39 @@ const maxParams = 30000
 func (d dialect) insertRows(ctx context.Context, tx *sql.Tx, head string, ncols int, rows [][]any, tail string) error {
 	per := max(1, maxParams/ncols)
 	tuple := "(" + strings.TrimSuffix(strings.Repeat("?,", ncols), ",") + ")"
-	for start := 0; start < len(rows); start += per {
-		end := min(start+per, len(rows))
-		var b strings.Builder
-		b.WriteString(head)
-		b.WriteString(" VALUES ")
-		args := make([]any, 0, (end-start)*ncols)
-		for i, r := range rows[start:end] {
-			if len(r) != ncols {
-				return fmt.Errorf("insert row with %d values into %d columns", len(r), ncols)
-			}
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(tuple)
+	for _, r := range rows {
+		if len(r) != ncols {
+			return fmt.Errorf("insert row with %d values into %d columns", len(r), ncols)
+		}
+	}
+	query := func(n int) string {
+		return d.rebind(head + " VALUES " + strings.TrimSuffix(strings.Repeat(tuple+",", n), ",") + tail)
+	}
+	args := make([]any, 0, min(per, len(rows))*ncols)
+	flatten := func(rs [][]any) []any {
+		args = args[:0]
+		for _, r := range rs {
 			args = append(args, r...)
 		}
-		b.WriteString(tail)
-		if _, err := tx.ExecContext(ctx, d.rebind(b.String()), args...); err != nil {
+		return args
+	}
+	// Full batches share one prepared statement: parsing a statement of
+	// thousands of placeholders costs as much as running it.
+	full := len(rows) / per
+	if full > 0 {
+		stmt, err := tx.PrepareContext(ctx, query(per))
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for b := range full {
+			if _, err := stmt.ExecContext(ctx, flatten(rows[b*per:(b+1)*per])...); err != nil {
+				return err
+			}
+		}
+	}
+	if rest := rows[full*per:]; len(rest) > 0 {
+		if _, err := tx.ExecContext(ctx, query(len(rest)), flatten(rest)...); err != nil {
 			return err
 		}
 	}

@@ -27,7 +27,7 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
-	_ "modernc.org/sqlite"            // registers the "sqlite" database/sql driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
 )
 
 // DBFile is the SQLite file name inside the data directory.
@@ -155,7 +155,7 @@ func Open(ctx context.Context, cfg Config) (*Ledger, error) {
 		// immediate transactions take the write lock up front, so id
 		// allocation and period checks inside a transaction are safe.
 		dsn := "file:" + cfg.Path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
-			"&_pragma=busy_timeout(30000)&_pragma=foreign_keys(1)&_txlock=immediate"
+			"&_pragma=busy_timeout(30000)&_pragma=foreign_keys(1)&_pragma=cache_size(-65536)&_txlock=immediate"
 		l.db, err = sql.Open("sqlite", dsn)
 	}
 	if err != nil {
@@ -299,7 +299,8 @@ func (l *Ledger) applyBalances(ctx context.Context, tx *sql.Tx, deltas map[balan
 		d := deltas[k]
 		rows = append(rows, []any{k.account, k.currency, d.balance, d.charged})
 	}
-	err := l.d.insertRows(ctx, tx, `INSERT INTO balances (account, currency, balance_micro, charged_micro)`, 4, rows,
+	err := l.d.bulkInsert(ctx, tx, "balances", []string{"account", "currency", "balance_micro", "charged_micro"},
+		[]string{"text", "text", "bigint", "bigint"}, rows,
 		` ON CONFLICT (account, currency) DO UPDATE SET
 			balance_micro = balances.balance_micro + excluded.balance_micro,
 			charged_micro = balances.charged_micro + excluded.charged_micro`)
@@ -331,7 +332,8 @@ func (l *Ledger) ensureTenants(ctx context.Context, tx *sql.Tx, names []string) 
 	for i, n := range fresh {
 		rows[i] = []any{n, now}
 	}
-	if err := l.d.insertRows(ctx, tx, `INSERT INTO tenants (name, created_us)`, 2, rows, ` ON CONFLICT (name) DO NOTHING`); err != nil {
+	if err := l.d.bulkInsert(ctx, tx, "tenants", []string{"name", "created_us"}, []string{"text", "bigint"}, rows,
+		` ON CONFLICT (name) DO NOTHING`); err != nil {
 		return nil, fmt.Errorf("record tenants: %w", err)
 	}
 	return fresh, nil

@@ -154,6 +154,8 @@ func TestLedger_immutable(t *testing.T) {
 			"DELETE FROM entries",
 			"UPDATE postings SET amount_micro = 1",
 			"DELETE FROM postings",
+			"UPDATE usage SET quantity = 1",
+			"DELETE FROM usage",
 		} {
 			err := ledger.ExecForTest(ctx, l, stmt)
 			if err == nil || !strings.Contains(err.Error(), "immutable") {

@@ -146,8 +146,10 @@ func (l *Ledger) topUp(ctx context.Context, t TopUp) (TopUpResult, error) {
 }
 
 // Reverse books a reversal of entry id: the same postings with opposite
-// signs, in the current open period. An entry is reversed at most once
-// and a reversal cannot itself be reversed.
+// signs, in the current open period. Reversing a usage entry takes back
+// all its windows (they show as negative lines on that period's invoice);
+// their checkpoints stay, so the usage is not billed again. An entry is
+// reversed at most once and a reversal cannot itself be reversed.
 func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, error) {
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -157,11 +159,9 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 	var (
 		kind, tenant, currency string
 		amount                 int64
-		meter, plugin          sql.NullString
-		quantity               sql.NullInt64
 	)
-	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT kind, tenant, currency, amount_micro, meter, plugin_sha256, quantity FROM entries WHERE id = ?`), id).
-		Scan(&kind, &tenant, &currency, &amount, &meter, &plugin, &quantity)
+	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT kind, tenant, currency, amount_micro FROM entries WHERE id = ?`), id).
+		Scan(&kind, &tenant, &currency, &amount)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("reverse entry %d: %w", id, ErrNotFound)
 	}
@@ -206,13 +206,9 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 	}
 	now := l.now()
 	period, _ := openPeriod(PeriodOf(now), closed)
-	var q any
-	if quantity.Valid {
-		q = -quantity.Int64
-	}
 	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO entries (id, kind, tenant, currency, amount_micro, period, created_us,
-		meter, quantity, plugin_sha256, idem_key, memo, reverses) VALUES (?, 'reversal', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		ids[0], tenant, currency, -amount, period, now.UnixMicro(), meter, q, plugin, fmt.Sprintf("reversal:%d", id), memo, id); err != nil {
+		idem_key, memo, reverses) VALUES (?, 'reversal', ?, ?, ?, ?, ?, ?, ?, ?)`),
+		ids[0], tenant, currency, -amount, period, now.UnixMicro(), fmt.Sprintf("reversal:%d", id), memo, id); err != nil {
 		if l.d.isUnique(err) {
 			return 0, fmt.Errorf("reverse entry %d: it was already reversed", id)
 		}

@@ -61,14 +61,17 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		query string
 		scan  func(scan func(...any) error) error
 	}{
-		{`SELECT COUNT(*), SUM(CASE WHEN kind = 'usage' THEN 1 ELSE 0 END) FROM entries`, func(s func(...any) error) error {
-			var w *int64
-			if err := s(&r.Entries, &w); err != nil {
+		{`SELECT COUNT(*) FROM entries`, func(s func(...any) error) error { return s(&r.Entries) }},
+		{`SELECT COUNT(*) FROM usage`, func(s func(...any) error) error { return s(&r.Windows) }},
+		{`SELECT e.id, e.amount_micro, COALESCE(SUM(u.amount_micro), 0) FROM entries e
+			LEFT JOIN usage u ON u.tenant = e.tenant AND u.period = e.period AND u.entry_id = e.id
+			WHERE e.kind = 'usage' GROUP BY e.id, e.amount_micro
+			HAVING e.amount_micro <> COALESCE(SUM(u.amount_micro), 0) ORDER BY e.id`, func(s func(...any) error) error {
+			var id, amt, sum int64
+			if err := s(&id, &amt, &sum); err != nil {
 				return err
 			}
-			if w != nil {
-				r.Windows = *w
-			}
+			r.problem("usage entry %d: amount %d but its windows sum to %d", id, amt, sum)
 			return nil
 		}},
 		{`SELECT COUNT(*) FROM postings`, func(s func(...any) error) error { return s(&r.Postings) }},
@@ -110,6 +113,15 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			r.problem("entry %d: amount %d but the tenant account moved by %d", id, amt, posted)
 			return nil
 		}},
+		{`SELECT DISTINCT p.entry_id FROM postings p LEFT JOIN entries e ON e.id = p.entry_id
+			WHERE e.id IS NULL ORDER BY p.entry_id`, func(s func(...any) error) error {
+			var id int64
+			if err := s(&id); err != nil {
+				return err
+			}
+			r.problem("postings of entry %d have no entry", id)
+			return nil
+		}},
 		{`SELECT b.account, b.currency, b.balance_micro, COALESCE(p.total, 0) FROM balances b
 			LEFT JOIN (SELECT account, currency, SUM(amount_micro) AS total FROM postings GROUP BY account, currency) p
 			ON p.account = b.account AND p.currency = b.currency
@@ -138,7 +150,7 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 // verifyChains walks every checkpoint chain in order.
 func (l *Ledger) verifyChains(ctx context.Context, r *Report) error {
 	rows, err := l.db.QueryContext(ctx, `SELECT node, tenant, meter, seq, from_counter, to_counter, quantity, rebased
-		FROM entries WHERE kind = 'usage' ORDER BY node, tenant, meter, seq`)
+		FROM usage ORDER BY node, tenant, meter, seq`)
 	if err != nil {
 		return fmt.Errorf("verify checkpoint chains: %w", err)
 	}
@@ -190,17 +202,23 @@ type UsageLine struct {
 	AmountMicro int64
 }
 
-// UsageLines returns tenant's usage and its reversals booked in period,
-// ordered by meter.
+// UsageLines returns tenant's usage booked in period, less the usage of
+// entries reversed in period, ordered by meter.
 func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]UsageLine, error) {
 	if err := CheckPeriod(period); err != nil {
 		return nil, err
 	}
-	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, COALESCE(plugin_sha256, ''), late,
-		SUM(quantity), SUM(amount_micro) FROM entries
-		WHERE tenant = ? AND period = ? AND kind IN ('usage', 'reversal') AND meter IS NOT NULL
-		GROUP BY meter, currency, COALESCE(plugin_sha256, ''), late
-		ORDER BY meter, late, currency, COALESCE(plugin_sha256, '')`), tenant, period)
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
+			SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage
+			WHERE tenant = ? AND period = ?
+			UNION ALL
+			SELECT u.meter, u.currency, u.plugin_sha256, u.late, -u.quantity, -u.amount_micro
+			FROM entries r JOIN entries o ON o.id = r.reverses
+			JOIN usage u ON u.tenant = o.tenant AND u.period = o.period AND u.entry_id = o.id
+			WHERE r.kind = 'reversal' AND r.tenant = ? AND r.period = ?
+		) lines
+		GROUP BY meter, currency, plugin_sha256, late
+		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
 	if err != nil {
 		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
 	}

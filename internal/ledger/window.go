@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math"
@@ -79,6 +80,17 @@ func (w Window) validate() error {
 	return nil
 }
 
+var (
+	usageCols = []string{"node", "tenant", "meter", "seq", "entry_id", "period", "late", "currency", "amount_micro",
+		"vendor_micro", "plugin_sha256", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
+	usageTypes = []string{"text", "text", "text", "bigint", "bigint", "text", "bigint", "text", "bigint",
+		"bigint", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint"}
+	entryCols    = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node"}
+	entryTypes   = []string{"bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "text"}
+	postingCols  = []string{"entry_id", "account", "currency", "amount_micro"}
+	postingTypes = []string{"bigint", "text", "text", "bigint"}
+)
+
 // Checkpoint is the last committed window of one series.
 type Checkpoint struct {
 	Tenant  string
@@ -91,10 +103,9 @@ type Checkpoint struct {
 // Checkpoints returns node's checkpoint of every series it has billed.
 func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, error) {
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`
-		SELECT e.tenant, e.meter, e.seq, e.to_counter, e.end_us FROM entries e
-		WHERE e.kind = 'usage' AND e.node = ? AND e.seq = (
-			SELECT MAX(m.seq) FROM entries m
-			WHERE m.kind = 'usage' AND m.node = e.node AND m.tenant = e.tenant AND m.meter = e.meter)`), node)
+		SELECT u.tenant, u.meter, u.seq, u.to_counter, u.end_us FROM usage u
+		WHERE u.node = ? AND u.seq = (
+			SELECT MAX(m.seq) FROM usage m WHERE m.node = u.node AND m.tenant = u.tenant AND m.meter = u.meter)`), node)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
 	}
@@ -118,6 +129,10 @@ func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, er
 // CommitWindows writes windows, their charges, postings and balance
 // changes in one transaction: all of them or none. A window already in
 // the ledger fails the whole commit with [ErrDuplicateWindow].
+//
+// The windows of one tenant (per currency and period) form one journal
+// entry: the tenant is debited the sum, the platform and each plugin
+// vendor credited their shares; the windows are its line items.
 func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if len(ws) == 0 {
 		return nil
@@ -127,35 +142,93 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		if err := w.validate(); err != nil {
 			errs = append(errs, err)
 		}
+		if w.Node != ws[0].Node {
+			errs = append(errs, fmt.Errorf("windows of nodes %s and %s in one commit: commit each node's windows separately", ws[0].Node, w.Node))
+			break
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	tx, err := l.db.BeginTx(ctx, nil)
+	// On PostgreSQL the transaction runs on a dedicated connection, so
+	// that the bulk of the rows can go in with COPY on that same
+	// connection.
+	var conn *sql.Conn
+	begin := l.db.BeginTx
+	if l.d == postgres {
+		c, err := l.db.Conn(ctx)
+		if err != nil {
+			return fmt.Errorf("commit windows: connect: %w", err)
+		}
+		defer c.Close()
+		conn, begin = c, c.BeginTx
+	}
+	tx, err := begin(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("commit windows: begin: %w", err)
 	}
 	defer tx.Rollback()
+	insert := func(table string, cols, types []string, rows [][]any) error {
+		if conn != nil && len(rows) >= 64 {
+			return copyRows(ctx, conn, table, cols, rows)
+		}
+		return l.d.bulkInsert(ctx, tx, table, cols, types, rows, "")
+	}
 	closed, err := l.closedPeriods(ctx, tx)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	ids, err := l.d.allocIDs(ctx, tx, len(ws))
+	type group struct {
+		tenant, currency, period string
+		late                     bool
+	}
+	type sums struct {
+		entry   int // index into entries
+		amount  int64
+		vendors map[string]int64
+	}
+	groups := map[group]*sums{}
+	var order []group
+	usage := make([][]any, len(ws))
+	tenants := make([]string, 0, len(ws))
+	for i, w := range ws {
+		period, late := openPeriod(PeriodOf(w.End), closed)
+		g := group{w.Tenant, w.Charge.Currency, period, late}
+		s := groups[g]
+		if s == nil {
+			s = &sums{entry: len(order), vendors: map[string]int64{}}
+			groups[g] = s
+			order = append(order, g)
+			tenants = append(tenants, w.Tenant)
+		}
+		if s.amount > math.MaxInt64-w.Charge.AmountMicro {
+			return fmt.Errorf("commit windows: charges of tenant %s overflow int64: commit fewer windows at once", w.Tenant)
+		}
+		s.amount += w.Charge.AmountMicro
+		if w.Charge.VendorMicro != 0 {
+			s.vendors[w.PluginSHA256] += w.Charge.VendorMicro
+		}
+		// entry_id (index 4) is filled in once ids are allocated.
+		usage[i] = []any{w.Node, w.Tenant, w.Meter, int64(w.Seq), s.entry, period, b2i(late), w.Charge.Currency,
+			w.Charge.AmountMicro, w.Charge.VendorMicro, w.PluginSHA256, int64(w.Quantity), int64(w.FromCounter),
+			int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
+	}
+	ids, err := l.d.allocIDs(ctx, tx, len(order))
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	tenants := make([]string, 0, len(ws))
-	for _, w := range ws {
-		tenants = append(tenants, w.Tenant)
+	for _, u := range usage {
+		u[4] = ids[u[4].(int)]
 	}
 	fresh, err := l.ensureTenants(ctx, tx, tenants)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	now := l.now().UnixMicro()
-	entries := make([][]any, len(ws))
-	postings := make([][]any, 0, 3*len(ws))
-	deltas := map[balanceKey]balanceDelta{}
+	node := ws[0].Node
+	entries := make([][]any, len(order))
+	postings := make([][]any, 0, 3*len(order))
+	deltas := make(map[balanceKey]balanceDelta, len(order)+2)
 	add := func(account, currency string, balance, charged int64) {
 		k := balanceKey{account, currency}
 		d := deltas[k]
@@ -163,36 +236,36 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		d.charged += charged
 		deltas[k] = d
 	}
-	for i, w := range ws {
-		period, late := openPeriod(PeriodOf(w.End), closed)
-		c := w.Charge
-		entries[i] = []any{ids[i], "usage", w.Tenant, c.Currency, c.AmountMicro, period, b2i(late), now,
-			w.Node, w.Meter, int64(w.Seq), int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased),
-			w.Start.UnixMicro(), w.End.UnixMicro(), w.PluginSHA256}
-		if c.AmountMicro == 0 {
+	for i, g := range order {
+		s := groups[g]
+		id := ids[i]
+		entries[i] = []any{id, "usage", g.tenant, g.currency, s.amount, g.period, b2i(g.late), now, node}
+		if s.amount == 0 {
 			continue
 		}
-		platform := c.AmountMicro - c.VendorMicro
-		postings = append(postings, []any{ids[i], TenantAccount(w.Tenant), c.Currency, -c.AmountMicro})
-		add(TenantAccount(w.Tenant), c.Currency, -c.AmountMicro, c.AmountMicro)
-		if platform != 0 {
-			postings = append(postings, []any{ids[i], PlatformAccount, c.Currency, platform})
-			add(PlatformAccount, c.Currency, platform, 0)
+		vendor := int64(0)
+		postings = append(postings, []any{id, TenantAccount(g.tenant), g.currency, -s.amount})
+		add(TenantAccount(g.tenant), g.currency, -s.amount, s.amount)
+		for sha, v := range s.vendors {
+			vendor += v
+			postings = append(postings, []any{id, VendorAccount(sha), g.currency, v})
+			add(VendorAccount(sha), g.currency, v, 0)
 		}
-		if c.VendorMicro != 0 {
-			postings = append(postings, []any{ids[i], VendorAccount(w.PluginSHA256), c.Currency, c.VendorMicro})
-			add(VendorAccount(w.PluginSHA256), c.Currency, c.VendorMicro, 0)
+		if platform := s.amount - vendor; platform != 0 {
+			postings = append(postings, []any{id, PlatformAccount, g.currency, platform})
+			add(PlatformAccount, g.currency, platform, 0)
 		}
 	}
-	err = l.d.insertRows(ctx, tx, `INSERT INTO entries (id, kind, tenant, currency, amount_micro, period, late, created_us,
-		node, meter, seq, quantity, from_counter, to_counter, rebased, start_us, end_us, plugin_sha256)`, 18, entries, "")
-	if err != nil {
+	if err := insert("entries", entryCols, entryTypes, entries); err != nil {
+		return fmt.Errorf("commit windows: insert entries: %w", err)
+	}
+	if err := insert("usage", usageCols, usageTypes, usage); err != nil {
 		if l.d.isUnique(err) {
 			return fmt.Errorf("commit windows: %w (%v)", ErrDuplicateWindow, err)
 		}
-		return fmt.Errorf("commit windows: insert entries: %w", err)
+		return fmt.Errorf("commit windows: insert usage: %w", err)
 	}
-	if err := l.d.insertRows(ctx, tx, `INSERT INTO postings (entry_id, account, currency, amount_micro)`, 4, postings, ""); err != nil {
+	if err := insert("postings", postingCols, postingTypes, postings); err != nil {
 		return fmt.Errorf("commit windows: insert postings: %w", err)
 	}
 	if len(deltas) > 0 {

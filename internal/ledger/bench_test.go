@@ -1,0 +1,50 @@
+package ledger_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/kmeter/kmeter/internal/ledger"
+	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
+	"github.com/kmeter/kmeter/internal/pricing"
+)
+
+// BenchmarkCommitWindows commits one window of 10,000 tenants x 6 meters
+// (60,000 usage entries, their postings and balances) per iteration.
+func BenchmarkCommitWindows(b *testing.B) {
+	const tenants, meters = 10_000, 6
+	for _, be := range ledgertest.Backends() {
+		b.Run(be.Name, func(b *testing.B) {
+			l := be.Open(b)
+			ctx := context.Background()
+			names := make([]string, tenants)
+			for i := range names {
+				names[i] = fmt.Sprintf("tenant-%05d", i)
+			}
+			meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+			ws := make([]ledger.Window, 0, tenants*meters)
+			b.ResetTimer()
+			for seq := uint64(1); seq <= uint64(b.N); seq++ {
+				b.StopTimer()
+				ws = ws[:0]
+				end := t0.Add(time.Duration(seq) * 5 * time.Second)
+				for _, tn := range names {
+					for _, m := range meterNames {
+						ws = append(ws, ledger.Window{Node: "n1", Tenant: tn, Meter: m, Seq: seq,
+							FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10,
+							Start: end.Add(-5 * time.Second), End: end,
+							Charge:       pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7},
+							PluginSHA256: plugin})
+					}
+				}
+				b.StartTimer()
+				if err := l.CommitWindows(ctx, ws); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(tenants*meters), "windows/op")
+		})
+	}
+}
