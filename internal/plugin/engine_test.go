@@ -1,0 +1,336 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/kmeter/kmeter/internal/pricing"
+	"github.com/kmeter/kmeter/sdk/go/abi"
+)
+
+func TestNew_configErrors(t *testing.T) {
+	_, err := New(context.Background(), Config{MemoryLimitPages: 1 << 20, CallTimeout: -1, PoolSize: -1})
+	if err == nil {
+		t.Fatal("New accepted a bad config")
+	}
+	for _, want := range []string{"no Verifier", "MemoryLimitPages", "CallTimeout", "PoolSize"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestEngine_Close_idempotent(t *testing.T) {
+	e, err := New(context.Background(), Config{Verifier: AllowUnsigned(), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustLoad(t, e, fixture(t, "trap"))
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := e.Price(context.Background(), []pricing.Record{rec("a", "m", 1)}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Price after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestEngine_Price_noPlugin(t *testing.T) {
+	e := newEngine(t, nil)
+	if _, err := e.Price(context.Background(), nil); !errors.Is(err, ErrNoPlugin) {
+		t.Fatalf("Price = %v, want ErrNoPlugin", err)
+	}
+}
+
+// TestEncoder_matchesABI checks the host's direct-to-memory encoder
+// against the reference decoder, with shared attribute maps, sorted
+// keys and deduplicated strings.
+func TestEncoder_matchesABI(t *testing.T) {
+	pro := map[string]string{"region": "eu", "plan": "pro"}
+	recs := []pricing.Record{
+		{Tenant: "a", Meter: "m1", Quantity: 1, Start: t0, End: t0.Add(time.Second), Attrs: pro},
+		{Tenant: "a", Meter: "m2", Quantity: 2, Start: t0, End: t0.Add(time.Second), Attrs: pro},
+		{Tenant: "b", Meter: "m2", Quantity: 3, Start: t0, End: t0.Add(2 * time.Second)},
+		{Tenant: "c", Meter: "m2", Quantity: 4, Start: t0, End: t0, Attrs: map[string]string{"z": "1", "a": ""}},
+		{Tenant: "a", Meter: "m1", Quantity: 5, Start: t0, End: t0, Attrs: pro},
+	}
+	var enc encoder
+	n, err := enc.size(recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, n)
+	enc.write(b, recs)
+	got, err := abi.DecodeBatch(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sorted := []abi.Attr{{Key: "plan", Value: "pro"}, {Key: "region", Value: "eu"}}
+	want := []abi.Record{
+		{Tenant: "a", Meter: "m1", Quantity: 1, StartUnixNano: t0.UnixNano(), EndUnixNano: t0.Add(time.Second).UnixNano(), Attrs: sorted},
+		{Tenant: "a", Meter: "m2", Quantity: 2, StartUnixNano: t0.UnixNano(), EndUnixNano: t0.Add(time.Second).UnixNano(), Attrs: sorted},
+		{Tenant: "b", Meter: "m2", Quantity: 3, StartUnixNano: t0.UnixNano(), EndUnixNano: t0.Add(2 * time.Second).UnixNano()},
+		{Tenant: "c", Meter: "m2", Quantity: 4, StartUnixNano: t0.UnixNano(), EndUnixNano: t0.UnixNano(), Attrs: []abi.Attr{{Key: "a", Value: ""}, {Key: "z", Value: "1"}}},
+		{Tenant: "a", Meter: "m1", Quantity: 5, StartUnixNano: t0.UnixNano(), EndUnixNano: t0.UnixNano(), Attrs: sorted},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded\n got %+v\nwant %+v", got, want)
+	}
+	if enc.now != t0.Add(2*time.Second).UnixNano() {
+		t.Fatalf("now = %d, want the latest window end", enc.now)
+	}
+	bad := []pricing.Record{{Tenant: "a", Meter: "m", Start: t0, End: t0.Add(-time.Second)}}
+	if _, err := enc.size(bad); err == nil || !strings.Contains(err.Error(), "ends before it starts") {
+		t.Fatalf("size(reversed window) = %v", err)
+	}
+}
+
+// TestEngine_hotReload prices batches continuously from several
+// goroutines while the live plugin flips between two versions (2 and 3
+// micro-USD per unit). Every batch must be priced entirely by the version
+// its result names, none may fail, and the total billed must equal the
+// sum over batches of quantity x that version's price: nothing lost,
+// nothing priced twice or by a mix of versions.
+func TestEngine_hotReload(t *testing.T) {
+	v1, v2 := examplePlugin(t, "c-flat"), examplePlugin(t, "c-flat-v2")
+	price := map[string]int64{SHA256Hex(v1): 2, SHA256Hex(v2): 3}
+	e := newEngine(t, func(c *Config) { c.PoolSize = 2; c.CallTimeout = 10 * time.Second })
+	mustLoad(t, e, v1)
+
+	const workers = 4
+	swaps := 40
+	if testing.Short() {
+		swaps = 10
+	}
+	var (
+		stop                      atomic.Bool
+		wg                        sync.WaitGroup
+		batches, billed, expected atomic.Int64
+		perVersion                sync.Map
+		firstErr                  error
+		errOnce                   sync.Once
+	)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				recs := make([]pricing.Record, 1+i%7)
+				var qty int64
+				for j := range recs {
+					recs[j] = rec("t", "calls", uint64(w*1000+i+j))
+					qty += int64(w*1000 + i + j)
+				}
+				res, err := e.Price(context.Background(), recs)
+				if err != nil {
+					errOnce.Do(func() { firstErr = err })
+					return
+				}
+				p, ok := price[res.PluginSHA256]
+				if !ok {
+					errOnce.Do(func() { firstErr = errors.New("unknown plugin sha " + res.PluginSHA256) })
+					return
+				}
+				for j, c := range res.Charges {
+					if c.AmountMicro != int64(recs[j].Quantity)*p {
+						errOnce.Do(func() { firstErr = errors.New("a batch mixed plugin versions") })
+						return
+					}
+				}
+				amt, _ := sum(res.Charges)
+				billed.Add(amt)
+				expected.Add(qty * p)
+				batches.Add(1)
+				n, _ := perVersion.LoadOrStore(res.PluginSHA256, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+			}
+		}(w)
+	}
+	for i := 0; i < swaps; i++ {
+		next := v2
+		if i%2 == 1 {
+			next = v1
+		}
+		mustLoad(t, e, next)
+		time.Sleep(2 * time.Millisecond)
+	}
+	stop.Store(true)
+	wg.Wait()
+	if firstErr != nil {
+		t.Fatal(firstErr)
+	}
+	if billed.Load() != expected.Load() {
+		t.Fatalf("billed %d micro-USD, want %d", billed.Load(), expected.Load())
+	}
+	for sha := range price {
+		n, ok := perVersion.Load(sha)
+		if !ok || n.(*atomic.Int64).Load() == 0 {
+			t.Fatalf("version %s priced no batch; the test did not exercise swapping", short(sha))
+		}
+	}
+	if s := e.Stats(); s.Batches != uint64(batches.Load()) || s.Loads != uint64(swaps+1) {
+		t.Fatalf("stats %+v, want %d batches and %d loads", s, batches.Load(), swaps+1)
+	}
+}
+
+// TestEngine_Watch replaces the plugin file on disk and waits for the
+// engine to price with the new version; a broken file keeps the old one.
+func TestEngine_Watch(t *testing.T) {
+	v1, v2 := examplePlugin(t, "c-flat"), examplePlugin(t, "c-flat-v2")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "pricing.wasm")
+	replace := func(b []byte) {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace(v1)
+	e := newEngine(t, nil)
+	if _, err := e.LoadFile(context.Background(), path); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { e.Watch(ctx, path, 5*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	waitFor := func(sha string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			res, err := e.Price(context.Background(), []pricing.Record{rec("a", "m", 10)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.PluginSHA256 == sha {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Fatalf("plugin %s never went live", short(sha))
+	}
+	replace(v2)
+	waitFor(SHA256Hex(v2))
+	replace(fixture(t, "badversion"))
+	for e.Stats().LoadFailures == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if id, _ := e.Live(); id.SHA256 != SHA256Hex(v2) {
+		t.Fatalf("a broken file replaced the live plugin")
+	}
+	replace(v1)
+	waitFor(SHA256Hex(v1))
+}
+
+// TestEngine_shadow runs a candidate (3 micro-USD per unit) beside the
+// live plugin (2 per unit): results and billing stay the live plugin's,
+// and the report shows the difference.
+func TestEngine_shadow(t *testing.T) {
+	v1, v2 := examplePlugin(t, "c-flat"), examplePlugin(t, "c-flat-v2")
+	reports := make(chan ShadowReport, 4)
+	e := newEngine(t, func(c *Config) { c.OnShadow = func(r ShadowReport) { reports <- r } })
+	mustLoad(t, e, v1)
+	if _, err := e.SetShadow(context.Background(), v2); err != nil {
+		t.Fatal(err)
+	}
+	recs := []pricing.Record{rec("a", "m", 10), rec("a", "m", 0), rec("b", "m", 5)}
+	res, err := e.Price(context.Background(), recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if amt, _ := sum(res.Charges); amt != 30 || res.PluginSHA256 != SHA256Hex(v1) {
+		t.Fatalf("live result %+v, want 30 micro-USD from the live plugin", res)
+	}
+	r := <-reports
+	want := ShadowReport{LiveSHA256: SHA256Hex(v1), CandidateSHA256: SHA256Hex(v2), Records: 3, Differing: 2, LiveTotalMicro: 30, CandidateTotalMicro: 45}
+	if !reflect.DeepEqual(r, want) {
+		t.Fatalf("report %+v, want %+v", r, want)
+	}
+	// Same module as shadow: no difference.
+	if _, err := e.SetShadow(context.Background(), v1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Price(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-reports; r.Differing != 0 || r.CandidateTotalMicro != 30 {
+		t.Fatalf("identical shadow reported %+v", r)
+	}
+	e.ClearShadow()
+	if _, err := e.Price(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-reports:
+		t.Fatalf("report after ClearShadow: %+v", r)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if s := e.Stats(); s.Batches != 3 || s.ShadowBatches != 2 || s.ShadowDiffs != 1 {
+		t.Fatalf("stats %+v: want 3 billed batches, 2 shadowed, 1 different", s)
+	}
+}
+
+// TestEngine_PriceEvent prices one streamed record.
+func TestEngine_PriceEvent(t *testing.T) {
+	e := newEngine(t, nil)
+	id := mustLoad(t, e, examplePlugin(t, "c-tls"))
+	c, sha, err := e.PriceEvent(context.Background(), rec("pay", "tls_server_handshakes", 30_000))
+	if err != nil || c.AmountMicro != 30_000 || c.Currency != "USD" || sha != id.SHA256 {
+		t.Fatalf("PriceEvent = %+v, %s, %v", c, sha, err)
+	}
+}
+
+// TestEngine_Isolate gives each batch a fresh instance.
+func TestEngine_Isolate(t *testing.T) {
+	e := newEngine(t, func(c *Config) { c.Isolate = true; c.PoolSize = 2 })
+	mustLoad(t, e, examplePlugin(t, "c-split"))
+	for i := 0; i < 20; i++ {
+		res, err := e.Price(context.Background(), []pricing.Record{rec("a", "m", 10)})
+		if err != nil || res.Charges[0] != (pricing.Charge{AmountMicro: 130, Currency: "USD", VendorMicro: 91}) {
+			t.Fatalf("batch %d: %+v, %v", i, res, err)
+		}
+	}
+}
+
+// TestEngine_Collect checks the Prometheus exposition after one good and
+// one failed batch.
+func TestEngine_Collect(t *testing.T) {
+	e := newEngine(t, nil)
+	mustLoad(t, e, fixture(t, "trap"))
+	if _, err := e.Price(context.Background(), []pricing.Record{rec("a", "m", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Price(context.Background(), trigger()); !errors.Is(err, ErrTrap) {
+		t.Fatalf("Price = %v, want ErrTrap", err)
+	}
+	const want = `
+# HELP kmeter_plugin_batch_failures_total Batches that failed and were handed back to the caller, by reason.
+# TYPE kmeter_plugin_batch_failures_total counter
+kmeter_plugin_batch_failures_total{reason="bad_output"} 0
+kmeter_plugin_batch_failures_total{reason="other"} 0
+kmeter_plugin_batch_failures_total{reason="timeout"} 0
+kmeter_plugin_batch_failures_total{reason="trap"} 1
+# HELP kmeter_plugin_batches_total Batches priced successfully by the live plugin.
+# TYPE kmeter_plugin_batches_total counter
+kmeter_plugin_batches_total 1
+`
+	if err := testutil.CollectAndCompare(e, strings.NewReader(want), "kmeter_plugin_batches_total", "kmeter_plugin_batch_failures_total"); err != nil {
+		t.Fatal(err)
+	}
+}
