@@ -466,19 +466,85 @@ int limit_ingress(struct __sk_buff *skb)
 	return skb_verdict(skb, 0);
 }
 
+// paced: per TCP socket of a tenant, which tenant it belongs to and the
+// pacing cap last applied. Cloned to accepted sockets from the listener.
+struct paced {
+	__u64 tenant;
+	__u64 applied; // bytes/s; 0 = no cap applied
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct paced);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} paced SEC(".maps");
+
+// pacing_rate is the cap for a socket of a tenant with limits l: the
+// egress rate, or ~0 (no cap) when egress is unlimited or above what
+// SO_MAX_PACING_RATE takes from BPF (a 32-bit value).
+static __always_inline __u32 pacing_rate(const struct tenant_limits *l)
+{
+	const struct rate *r = l ? &l->k[KIND_EGRESS] : 0;
+
+	if (!r || !r->on || r->rate == 0 || r->rate >= 0xffffffffULL)
+		return 0xffffffff;
+	return r->rate;
+}
+
 // pace caps the socket's pacing rate at the tenant's egress rate, so that
 // one TCP flow spaces its packets itself (TCP paces internally without an
 // fq qdisc) instead of running into the bucket and backing off after
 // drops. The bucket still enforces the tenant's total over all its flows.
-static __always_inline void pace(struct bpf_sock_addr *ctx, const struct tenant_limits *l)
+// The sockops program below updates the cap when the limit changes.
+static __always_inline void pace(struct bpf_sock_addr *ctx, __u64 tenant, const struct tenant_limits *l)
 {
-	const struct rate *r = &l->k[KIND_EGRESS];
+	struct bpf_sock *sk = ctx->sk;
+	struct paced *p;
+	__u32 v = pacing_rate(l);
+
+	if (!sk)
+		return;
+	p = bpf_sk_storage_get(&paced, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!p)
+		return;
+	p->tenant = tenant;
+	p->applied = v;
+	if (v != 0xffffffff)
+		bpf_setsockopt(ctx, SOL_SOCKET_, SO_MAX_PACING_RATE_, &v, sizeof(v));
+}
+
+SEC("sockops")
+int limit_sockops(struct bpf_sock_ops *ops)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct paced *p;
+	struct tenant_limits *l;
 	__u32 v;
 
-	if (!r->on || r->rate == 0 || r->rate >= 0xffffffffULL)
-		return;
-	v = r->rate;
-	bpf_setsockopt(ctx, SOL_SOCKET_, SO_MAX_PACING_RATE_, &v, sizeof(v));
+	if (!sk)
+		return 1;
+	switch (ops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		// Only sockets of tenants pay for a callback on every RTT sample.
+		if (bpf_sk_storage_get(&paced, sk, 0, 0))
+			bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_RTT_CB:
+		p = bpf_sk_storage_get(&paced, sk, 0, 0);
+		if (!p)
+			return 1;
+		l = bpf_map_lookup_elem(&limits, &p->tenant);
+		v = pacing_rate(l);
+		if (v != p->applied) {
+			p->applied = v;
+			bpf_setsockopt(ops, SOL_SOCKET_, SO_MAX_PACING_RATE_, &v, sizeof(v));
+		}
+		return 1;
+	}
+	return 1;
 }
 
 static __always_inline int connect_verdict(struct bpf_sock_addr *ctx)
@@ -501,7 +567,7 @@ static __always_inline int connect_verdict(struct bpf_sock_addr *ctx)
 		count(tenant, C_CONNECT_DENIED);
 		return 0; // connect() fails with EPERM
 	}
-	pace(ctx, l);
+	pace(ctx, tenant, l);
 	return 1;
 }
 
@@ -528,9 +594,9 @@ static __always_inline int bind_verdict(struct bpf_sock_addr *ctx)
 	tp = tenant_of_current();
 	if (!tp)
 		return 1;
-	l = bpf_map_lookup_elem(&limits, tp);
-	if (l)
-		pace(ctx, l);
+	__u64 tenant = *tp;
+	l = bpf_map_lookup_elem(&limits, &tenant);
+	pace(ctx, tenant, l);
 	return 1;
 }
 

@@ -125,3 +125,110 @@ func TestEnforcer_egressBandwidth(t *testing.T) {
 		t.Errorf("unlimited tenant B slowed to %.3f of its own unlimited rate next to limited A, want >= %.2f", ratio, minRatio)
 	}
 }
+
+// timeline records when each byte count arrived at a receiver.
+type timeline struct {
+	start time.Time
+	at    []time.Duration
+	total []int64
+}
+
+// rate returns the goodput between from and to after start.
+func (tl timeline) rate(from, to time.Duration) float64 {
+	var a, b int64
+	for i, d := range tl.at {
+		if d <= from {
+			a = tl.total[i]
+		}
+		if d <= to {
+			b = tl.total[i]
+		}
+	}
+	return float64(b-a) / (to - from).Seconds()
+}
+
+// timelineReceiver accepts one connection and records its bytes over
+// time since start.
+func timelineReceiver(t *testing.T, start time.Time) (string, <-chan timeline) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan timeline, 1)
+	go func() {
+		tl := timeline{start: start}
+		defer func() { ch <- tl }()
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1<<20)
+		var n int64
+		for {
+			k, err := c.Read(buf)
+			now := time.Now()
+			n += int64(k)
+			tl.at = append(tl.at, now.Sub(tl.start))
+			tl.total = append(tl.total, n)
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+// TestEnforcer_egressLiveChange raises and lowers a tenant's egress limit
+// while one of its TCP connections sends: the established connection
+// follows each new rate (its pacing cap is updated from the kernel on the
+// next ACK), without being reset.
+func TestEnforcer_egressLiveChange(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends for 6 s")
+	}
+	e, _ := openTest(t)
+	a := testutil.NewCgroup(t, "a")
+	set := func(rate uint64) {
+		t.Helper()
+		if err := e.SetLimit(a.Rel, Limit{Egress: rate, EgressBurst: DefaultByteBurst(rate)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(4 << 20)
+	start := time.Now()
+	addr, ch := timelineReceiver(t, start)
+	cmd := a.SelfCommand(t, "send", addr, "6.5")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(start.Add(2 * time.Second)))
+	set(16 << 20)
+	time.Sleep(time.Until(start.Add(4 * time.Second)))
+	set(4 << 20)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("sender: %v", err)
+	}
+	tl := <-ch
+	drops, _ := e.Enforced()
+	t.Logf("egress drops: %d", drops[a.Rel][EgressDrop])
+	s := time.Second
+	for _, w := range []struct {
+		from, to time.Duration
+		want     float64
+	}{
+		{s / 2, 2 * s, 4 << 20},
+		{5 * s / 2, 4 * s, 16 << 20},
+		{9 * s / 2, 6 * s, 4 << 20},
+	} {
+		// Windows are from the sender's start and begin 0.5 s after each
+		// change, when the process runs and the next ACK has come.
+		got := tl.rate(w.from, w.to)
+		t.Logf("%v..%v: %.2f MiB/s, limit %.0f MiB/s", w.from, w.to, got/(1<<20), w.want/(1<<20))
+		if r := got / w.want; r < 0.9 || r > 1.1 {
+			t.Errorf("%v..%v: %.2f MiB/s, want %.0f MiB/s +-10%%", w.from, w.to, got/(1<<20), w.want/(1<<20))
+		}
+	}
+}

@@ -143,6 +143,7 @@ func Open(cfg Config) (_ *Enforcer, err error) {
 		{"connect6", e.objs.LimitConnect6, ebpf.AttachCGroupInet6Connect},
 		{"bind4", e.objs.LimitBind4, ebpf.AttachCGroupInet4Bind},
 		{"bind6", e.objs.LimitBind6, ebpf.AttachCGroupInet6Bind},
+		{"sockops", e.objs.LimitSockops, ebpf.AttachCGroupSockOps},
 	} {
 		l, reused, err := meter.AttachPinned(filepath.Join(dir, "link_"+a.name), a.prog, func() (link.Link, error) {
 			return link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupDir, Attach: a.attach, Program: a.prog})
@@ -187,7 +188,7 @@ func (e *Enforcer) Unpin() error {
 	for _, l := range e.links {
 		errs = append(errs, l.Unpin())
 	}
-	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes} {
+	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes, e.objs.Paced} {
 		errs = append(errs, m.Unpin())
 	}
 	return errors.Join(errs...)

@@ -27,6 +27,12 @@ type limiterCounterKey struct {
 	Pad  uint32
 }
 
+type limiterPaced struct {
+	_       structs.HostLayout
+	Tenant  uint64
+	Applied uint64
+}
+
 type limiterRate struct {
 	_         structs.HostLayout
 	Rate      uint64
@@ -89,6 +95,7 @@ const (
 	limiterMapCounters       = "counters"
 	limiterMapHandshakes     = "handshakes"
 	limiterMapLimits         = "limits"
+	limiterMapPaced          = "paced"
 	limiterMapSliceLimits    = "slice_limits"
 	limiterMapSliceStats     = "slice_stats"
 	limiterMapSlices         = "slices"
@@ -99,6 +106,7 @@ const (
 	limiterProgLimitConnect6 = "limit_connect6"
 	limiterProgLimitEgress   = "limit_egress"
 	limiterProgLimitIngress  = "limit_ingress"
+	limiterProgLimitSockops  = "limit_sockops"
 )
 
 // loadLimiter returns the embedded CollectionSpec for limiter.
@@ -149,6 +157,7 @@ type limiterProgramSpecs struct {
 	LimitConnect6 *ebpf.ProgramSpec `ebpf:"limit_connect6"`
 	LimitEgress   *ebpf.ProgramSpec `ebpf:"limit_egress"`
 	LimitIngress  *ebpf.ProgramSpec `ebpf:"limit_ingress"`
+	LimitSockops  *ebpf.ProgramSpec `ebpf:"limit_sockops"`
 }
 
 // limiterMapSpecs contains maps before they are loaded into the kernel.
@@ -159,6 +168,7 @@ type limiterMapSpecs struct {
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
+	Paced       *ebpf.MapSpec `ebpf:"paced"`
 	SliceLimits *ebpf.MapSpec `ebpf:"slice_limits"`
 	SliceStats  *ebpf.MapSpec `ebpf:"slice_stats"`
 	Slices      *ebpf.MapSpec `ebpf:"slices"`
@@ -195,6 +205,7 @@ type limiterMaps struct {
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Handshakes  *ebpf.Map `ebpf:"handshakes"`
 	Limits      *ebpf.Map `ebpf:"limits"`
+	Paced       *ebpf.Map `ebpf:"paced"`
 	SliceLimits *ebpf.Map `ebpf:"slice_limits"`
 	SliceStats  *ebpf.Map `ebpf:"slice_stats"`
 	Slices      *ebpf.Map `ebpf:"slices"`
@@ -207,6 +218,7 @@ func (m *limiterMaps) Close() error {
 		m.Counters,
 		m.Handshakes,
 		m.Limits,
+		m.Paced,
 		m.SliceLimits,
 		m.SliceStats,
 		m.Slices,
@@ -230,6 +242,7 @@ type limiterPrograms struct {
 	LimitConnect6 *ebpf.Program `ebpf:"limit_connect6"`
 	LimitEgress   *ebpf.Program `ebpf:"limit_egress"`
 	LimitIngress  *ebpf.Program `ebpf:"limit_ingress"`
+	LimitSockops  *ebpf.Program `ebpf:"limit_sockops"`
 }
 
 func (p *limiterPrograms) Close() error {
@@ -240,6 +253,7 @@ func (p *limiterPrograms) Close() error {
 		p.LimitConnect6,
 		p.LimitEgress,
 		p.LimitIngress,
+		p.LimitSockops,
 	)
 }
 

@@ -167,11 +167,12 @@ type Limit struct {
 	TLSRate, TLSBurst         uint64 // handshakes/s, handshakes
 }
 
-// DefaultByteBurst is the byte burst used when none is given: 100 ms of the
-// rate, but at least [MinByteBurst]. A tight burst keeps a TCP sender near
-// the rate: a large one lets it overshoot and then back off hard.
+// DefaultByteBurst is the byte burst used when none is given: 100 ms of
+// the rate, but at least 1 MiB, so that a new TCP connection's first
+// window (ten 64 KiB segments on loopback) fits and a paced flow never
+// meets the drop path.
 func DefaultByteBurst(rate uint64) uint64 {
-	return max(rate/10, MinByteBurst)
+	return max(rate/10, 1<<20)
 }
 
 // Parse validates s and fills in default bursts. All problems are
