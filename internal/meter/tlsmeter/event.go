@@ -120,13 +120,14 @@ func decodeRaw(sample []byte, ev *RawEvent) error {
 }
 
 // newEvent turns a raw record into an Event; monoToWall converts the
-// kernel's CLOCK_MONOTONIC nanoseconds into Unix nanoseconds.
-func newEvent(r *RawEvent, monoToWall int64) Event {
+// kernel's CLOCK_MONOTONIC nanoseconds into Unix nanoseconds. Strings come
+// from names, when not nil.
+func newEvent(r *RawEvent, monoToWall int64, names *interner) Event {
 	e := Event{
 		Time:         time.Unix(0, int64(r.TimestampNs)+monoToWall),
 		CgroupID:     r.CgroupId,
 		PID:          r.Pid,
-		Comm:         cString(unsafe.Slice((*byte)(unsafe.Pointer(&r.Comm[0])), len(r.Comm))),
+		Comm:         names.get(cBytes(unsafe.Slice((*byte)(unsafe.Pointer(&r.Comm[0])), len(r.Comm)))),
 		Kind:         Kind(r.Hello.Kind),
 		Version:      Version(r.Hello.Version),
 		HelloRetry:   r.Hello.Flags&flagHelloRetry != 0,
@@ -143,14 +144,42 @@ func newEvent(r *RawEvent, monoToWall int64) Event {
 	e.Src = netip.AddrPortFrom(src, r.Sport)
 	e.Dst = netip.AddrPortFrom(dst, r.Dport)
 	if n := int(r.Hello.SniLen); n > 0 && n <= SNIMax {
-		e.SNI = string(unsafe.Slice((*byte)(unsafe.Pointer(&r.Hello.Sni[0])), n))
+		e.SNI = names.get(unsafe.Slice((*byte)(unsafe.Pointer(&r.Hello.Sni[0])), n))
 	}
 	return e
 }
 
-func cString(b []byte) string {
+func cBytes(b []byte) []byte {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]
 	}
-	return string(b)
+	return b
+}
+
+// maxInterned bounds the strings an interner keeps.
+const maxInterned = 4096
+
+// interner hands out one string per distinct comm or server name: a host
+// sees few of them, so decoding an event then allocates nothing. A nil
+// interner allocates every string.
+type interner struct {
+	m map[string]string
+}
+
+func (in *interner) get(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if in == nil {
+		return string(b)
+	}
+	if s, ok := in.m[string(b)]; ok {
+		return s
+	}
+	if len(in.m) >= maxInterned {
+		clear(in.m)
+	}
+	s := string(b)
+	in.m[s] = s
+	return s
 }

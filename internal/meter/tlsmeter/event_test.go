@@ -84,7 +84,7 @@ func TestDecode(t *testing.T) {
 			if err := decodeRaw(rawRecord(tt.raw), &raw); err != nil {
 				t.Fatal(err)
 			}
-			got := newEvent(&raw, 5_000)
+			got := newEvent(&raw, 5_000, &interner{m: map[string]string{}})
 			if got.Time.UnixNano() != int64(tt.raw.TimestampNs)+5_000 {
 				t.Errorf("time %d, want %d", got.Time.UnixNano(), int64(tt.raw.TimestampNs)+5_000)
 			}
@@ -100,5 +100,50 @@ func TestDecode_shortRecord(t *testing.T) {
 	var raw RawEvent
 	if err := decodeRaw(make([]byte, rawEventSize-8), &raw); err == nil {
 		t.Fatal("decoded a short record")
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	raw := RawEvent{CgroupId: 42, Pid: 7, Sport: 40000, Dport: 8443, IpVersion: 4}
+	setString(raw.Comm[:], "curl")
+	raw.Hello.SniLen = 11
+	setString(raw.Hello.Sni[:], "example.com")
+	rec := rawRecord(raw)
+	for _, bb := range []struct {
+		name  string
+		names *interner
+	}{{"interned", &interner{m: map[string]string{}}}, {"allocating", nil}} {
+		b.Run(bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var ev RawEvent
+			for b.Loop() {
+				if err := decodeRaw(rec, &ev); err != nil {
+					b.Fatal(err)
+				}
+				_ = newEvent(&ev, 0, bb.names)
+			}
+		})
+	}
+}
+
+func TestInterner(t *testing.T) {
+	in := &interner{m: map[string]string{}}
+	a := in.get([]byte("example.com"))
+	b := in.get([]byte("example.com"))
+	if a != "example.com" || unsafe.StringData(a) != unsafe.StringData(b) {
+		t.Errorf("repeated name not shared: %q %q", a, b)
+	}
+	if got := in.get(nil); got != "" {
+		t.Errorf("empty name = %q", got)
+	}
+	for i := 0; i < maxInterned+10; i++ {
+		in.get([]byte(strings.Repeat("x", i%200) + string(rune('a'+i%26)) + string(rune(i))))
+	}
+	if len(in.m) > maxInterned {
+		t.Errorf("interner holds %d names, limit %d", len(in.m), maxInterned)
+	}
+	var nilIn *interner
+	if got := nilIn.get([]byte("x")); got != "x" {
+		t.Errorf("nil interner = %q", got)
 	}
 }

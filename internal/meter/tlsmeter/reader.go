@@ -24,6 +24,7 @@ type Reader struct {
 	rec        ringbuf.Record
 	delivered  atomic.Uint64
 	monoToWall int64
+	names      *interner
 }
 
 // RingStats account for every event the kernel tried to emit.
@@ -50,7 +51,7 @@ func (m *Meter) Events() (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read tls events: %w", err)
 	}
-	r := &Reader{m: m, rd: rd, stats: m.maps.RingStats, monoToWall: monoToWall()}
+	r := &Reader{m: m, rd: rd, stats: m.maps.RingStats, monoToWall: monoToWall(), names: &interner{m: make(map[string]string)}}
 	m.readers[r] = struct{}{}
 	return r, nil
 }
@@ -100,13 +101,14 @@ func (r *Reader) Read(ctx context.Context) (Event, error) {
 			return Event{}, err
 		}
 		r.delivered.Add(1)
-		return newEvent(&raw, r.monoToWall), nil
+		return newEvent(&raw, r.monoToWall, r.names), nil
 	}
 }
 
-// Decode turns a raw record into an [Event].
+// Decode turns a raw record into an [Event]. Like ReadRaw it must not be
+// called concurrently with the Reader's other reads.
 func (r *Reader) Decode(raw *RawEvent) Event {
-	return newEvent(raw, r.monoToWall)
+	return newEvent(raw, r.monoToWall, r.names)
 }
 
 // Stats reads the kernel's produced and dropped counters and this
