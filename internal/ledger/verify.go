@@ -238,3 +238,37 @@ func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]Usage
 	}
 	return ls, nil
 }
+
+// Total is what one (node, tenant, meter) series has billed.
+type Total struct {
+	Node        string `json:"node"`
+	Tenant      string `json:"tenant"`
+	Meter       string `json:"meter"`
+	Windows     int64  `json:"windows"`
+	Quantity    int64  `json:"quantity"`
+	AmountMicro int64  `json:"amount_micro"`
+}
+
+// Totals returns the billed totals of every series, ordered by node,
+// tenant and meter. Reversals are not subtracted: this is what was
+// metered and billed, for reconciling against the kernel's counters.
+func (l *Ledger) Totals(ctx context.Context) ([]Total, error) {
+	rows, err := l.db.QueryContext(ctx, `SELECT node, tenant, meter, COUNT(*), SUM(quantity), SUM(amount_micro)
+		FROM usage GROUP BY node, tenant, meter ORDER BY node, tenant, meter`)
+	if err != nil {
+		return nil, fmt.Errorf("usage totals: %w", err)
+	}
+	defer rows.Close()
+	var ts []Total
+	for rows.Next() {
+		var t Total
+		if err := rows.Scan(&t.Node, &t.Tenant, &t.Meter, &t.Windows, &t.Quantity, &t.AmountMicro); err != nil {
+			return nil, fmt.Errorf("usage totals: %w", err)
+		}
+		ts = append(ts, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("usage totals: %w", err)
+	}
+	return ts, nil
+}

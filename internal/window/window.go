@@ -1,0 +1,389 @@
+// Package window turns cumulative kernel counters into usage windows and
+// bills each window exactly once.
+//
+// Every interval a [Biller] reads each (tenant, meter) counter, prices the
+// growth since the last checkpoint and commits the window, its charges
+// and the new checkpoint to the ledger in one transaction keyed by (node,
+// tenant, meter, seq). The checkpoint lives only in the ledger, so after a
+// crash the next agent resumes from it; pinned kernel counters kept
+// counting meanwhile, so nothing is lost and nothing is billed twice.
+package window
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmeter/kmeter/internal/ledger"
+	"github.com/kmeter/kmeter/internal/pricing"
+)
+
+// Key names one billed series on a node.
+type Key struct {
+	Tenant string
+	Meter  string
+}
+
+func (k Key) String() string { return k.Tenant + "/" + k.Meter }
+
+// Source reads cumulative usage: per (tenant, meter) a count that only
+// grows while the kernel maps live. A count that goes down means the maps
+// were re-created; the biller re-bases it.
+type Source interface {
+	Read(ctx context.Context) (map[Key]uint64, error)
+}
+
+// SourceFunc adapts a function to [Source].
+type SourceFunc func(ctx context.Context) (map[Key]uint64, error)
+
+// Read implements [Source].
+func (f SourceFunc) Read(ctx context.Context) (map[Key]uint64, error) { return f(ctx) }
+
+// Store is the part of the ledger the biller needs; *ledger.Ledger
+// implements it.
+type Store interface {
+	Checkpoints(ctx context.Context, node string) ([]ledger.Checkpoint, error)
+	CommitWindows(ctx context.Context, ws []ledger.Window) error
+}
+
+// Route is the pricer chosen for a series. Name identifies it (the
+// plugin path); records with the same Name are priced in one batch.
+type Route struct {
+	Name   string
+	Pricer pricing.Pricer
+}
+
+// Pricers picks the pricer of a series; [Router] implements it from the
+// config's pricing rules.
+type Pricers interface {
+	PricerFor(tenant, meter string) (Route, error)
+}
+
+// FaultPoint is a place in [Biller.Tick] where tests inject a crash.
+type FaultPoint int
+
+const (
+	// AfterPrice is after pricing, before the ledger commit.
+	AfterPrice FaultPoint = iota
+	// AfterCommit is after the ledger commit, before the biller updates
+	// its in-memory checkpoints.
+	AfterCommit
+)
+
+// Config configures a [Biller].
+type Config struct {
+	// NodeID is this agent's name in the ledger's idempotency keys. It
+	// must be stable across restarts and unique in a fleet.
+	NodeID  string
+	Source  Source
+	Ledger  Store
+	Pricers Pricers
+	// Interval is the window length; default 5s.
+	Interval time.Duration
+	// Attrs returns a tenant's attributes for pricing; optional.
+	Attrs func(tenant string) map[string]string
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// Fault, when set, is called at each [FaultPoint]; an error aborts the
+	// tick there as a crash would. For tests.
+	Fault func(FaultPoint) error
+	// Log receives warnings (counter resets, held windows); default
+	// slog.Default().
+	Log *slog.Logger
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("node id is empty (set node_id in the config; it must be unique in the fleet)"))
+	}
+	if c.Source == nil {
+		errs = append(errs, errors.New("usage source is nil"))
+	}
+	if c.Ledger == nil {
+		errs = append(errs, errors.New("ledger is nil"))
+	}
+	if c.Pricers == nil {
+		errs = append(errs, errors.New("pricers are nil"))
+	}
+	if c.Interval < 0 {
+		errs = append(errs, fmt.Errorf("interval %v is negative", c.Interval))
+	}
+	return errors.Join(errs...)
+}
+
+// Biller bills usage windows of one node. Its methods are safe for
+// concurrent use; ticks run one at a time.
+type Biller struct {
+	cfg     Config
+	started time.Time
+	write   prometheus.Histogram
+
+	mu sync.Mutex
+	// cps are the checkpoints as committed; stale means a commit may or
+	// may not have landed and they must be read again from the ledger.
+	cps   map[Key]ledger.Checkpoint
+	stale bool
+	// unbilled is counted but not (yet) billed usage per series: held
+	// by a pricing failure or a failed commit.
+	unbilled        map[Key]uint64
+	resets          map[Key]uint64
+	pricingFailures map[string]uint64
+	lastTick        time.Time
+}
+
+// New validates cfg and loads the node's checkpoints from the ledger.
+func New(ctx context.Context, cfg Config) (*Biller, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("window biller: %w", err)
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	b := &Biller{
+		cfg:     cfg,
+		started: cfg.Now(),
+		write: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "kmeter_ledger_write_seconds",
+			Help:    "Time to commit one usage window (all series of the node) to the ledger.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		unbilled:        map[Key]uint64{},
+		resets:          map[Key]uint64{},
+		pricingFailures: map[string]uint64{},
+	}
+	if err := b.load(ctx); err != nil {
+		return nil, err
+	}
+	b.lastTick = b.started
+	return b, nil
+}
+
+func (b *Biller) load(ctx context.Context) error {
+	cps, err := b.cfg.Ledger.Checkpoints(ctx, b.cfg.NodeID)
+	if err != nil {
+		return fmt.Errorf("load checkpoints: %w", err)
+	}
+	b.cps = make(map[Key]ledger.Checkpoint, len(cps))
+	for _, c := range cps {
+		b.cps[Key{c.Tenant, c.Meter}] = c
+	}
+	b.stale = false
+	return nil
+}
+
+// TickResult says what one tick did.
+type TickResult struct {
+	// Windows were committed, billing Quantity units in total.
+	Windows  int
+	Quantity uint64
+	// Held series were counted but not billed (pricing failed); their
+	// usage is billed by a later tick.
+	Held int
+	// Rebased series had a counter that went backwards.
+	Rebased int
+}
+
+// Tick bills one window: it reads the source, prices the growth of every
+// series since its checkpoint and commits all windows in one ledger
+// transaction. A series whose pricing fails is held: its checkpoint does
+// not move and the next tick bills the accumulated growth. A failed
+// commit leaves every series unbilled until a later tick.
+func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var res TickResult
+	if b.stale {
+		if err := b.load(ctx); err != nil {
+			return res, err
+		}
+	}
+	counts, err := b.cfg.Source.Read(ctx)
+	if err != nil {
+		return res, fmt.Errorf("read usage: %w", err)
+	}
+	now := b.cfg.Now()
+	type series struct {
+		key Key
+		w   ledger.Window
+	}
+	var pending []series
+	for _, k := range slices.SortedFunc(maps.Keys(counts), compareKeys) {
+		v := counts[k]
+		cp := b.cps[k]
+		w := ledger.Window{Node: b.cfg.NodeID, Tenant: k.Tenant, Meter: k.Meter, Seq: cp.Seq + 1,
+			FromCounter: cp.Counter, ToCounter: v, Start: cp.End, End: now}
+		if cp.Seq == 0 {
+			w.Start = b.started
+		}
+		switch {
+		case v < cp.Counter:
+			// The maps were re-created and the counter restarted at zero:
+			// what it counted since is real usage, what it counted
+			// between the checkpoint and the reset is gone.
+			w.Rebased, w.Quantity = true, v
+			res.Rebased++
+			b.resets[k]++
+			b.cfg.Log.Warn("usage counter went backwards; re-basing it", "tenant", k.Tenant, "meter", k.Meter,
+				"checkpoint", cp.Counter, "now", v)
+		case v == cp.Counter:
+			delete(b.unbilled, k)
+			continue
+		default:
+			w.Quantity = v - cp.Counter
+		}
+		pending = append(pending, series{k, w})
+	}
+	// Price per route, one batch per pricer.
+	type batch struct {
+		route Route
+		idx   []int
+	}
+	var batches []*batch
+	byName := map[string]*batch{}
+	priced := make([]bool, len(pending))
+	for i, s := range pending {
+		r, err := b.cfg.Pricers.PricerFor(s.key.Tenant, s.key.Meter)
+		if err != nil {
+			b.hold(s.key, s.w.Quantity, "", err)
+			continue
+		}
+		bt := byName[r.Name]
+		if bt == nil {
+			bt = &batch{route: r}
+			byName[r.Name] = bt
+			batches = append(batches, bt)
+		}
+		bt.idx = append(bt.idx, i)
+	}
+	for _, bt := range batches {
+		recs := make([]pricing.Record, len(bt.idx))
+		for j, i := range bt.idx {
+			w := pending[i].w
+			recs[j] = pricing.Record{Tenant: w.Tenant, Meter: w.Meter, Quantity: w.Quantity, Start: w.Start, End: w.End}
+			if b.cfg.Attrs != nil {
+				recs[j].Attrs = b.cfg.Attrs(w.Tenant)
+			}
+		}
+		out, err := bt.route.Pricer.Price(ctx, recs)
+		if err == nil && len(out.Charges) != len(recs) {
+			err = fmt.Errorf("pricer returned %d charges for %d records", len(out.Charges), len(recs))
+		}
+		if err != nil {
+			for _, i := range bt.idx {
+				b.hold(pending[i].key, pending[i].w.Quantity, bt.route.Name, err)
+			}
+			continue
+		}
+		for j, i := range bt.idx {
+			pending[i].w.Charge = out.Charges[j]
+			pending[i].w.PluginSHA256 = out.PluginSHA256
+			priced[i] = true
+		}
+	}
+	ws := make([]ledger.Window, 0, len(pending))
+	for i, s := range pending {
+		if priced[i] {
+			ws = append(ws, s.w)
+		} else {
+			res.Held++
+		}
+	}
+	if err := b.fault(AfterPrice); err != nil {
+		return res, err
+	}
+	if len(ws) > 0 {
+		start := time.Now()
+		err := b.cfg.Ledger.CommitWindows(ctx, ws)
+		b.write.Observe(time.Since(start).Seconds())
+		if err != nil {
+			// The commit may have landed (a lost reply) or not: ask the
+			// ledger before the next tick. Duplicate keys make a retry of
+			// a landed window fail rather than bill twice.
+			b.stale = true
+			for _, w := range ws {
+				b.unbilled[Key{w.Tenant, w.Meter}] = w.Quantity
+			}
+			return res, fmt.Errorf("commit window: %w", err)
+		}
+	}
+	if err := b.fault(AfterCommit); err != nil {
+		b.stale = true
+		return res, err
+	}
+	for _, w := range ws {
+		k := Key{w.Tenant, w.Meter}
+		b.cps[k] = ledger.Checkpoint{Tenant: w.Tenant, Meter: w.Meter, Seq: w.Seq, Counter: w.ToCounter, End: w.End}
+		delete(b.unbilled, k)
+		res.Windows++
+		res.Quantity += w.Quantity
+	}
+	b.lastTick = now
+	return res, nil
+}
+
+func (b *Biller) hold(k Key, qty uint64, route string, err error) {
+	b.unbilled[k] = qty
+	b.pricingFailures[route]++
+	b.cfg.Log.Warn("pricing failed; holding usage for the next window", "tenant", k.Tenant, "meter", k.Meter,
+		"quantity", qty, "pricer", route, "err", err)
+}
+
+func (b *Biller) fault(p FaultPoint) error {
+	if b.cfg.Fault == nil {
+		return nil
+	}
+	return b.cfg.Fault(p)
+}
+
+// Unbilled returns the usage counted but not billed per series, such as
+// usage held by a pricing failure.
+func (b *Biller) Unbilled() map[Key]uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return maps.Clone(b.unbilled)
+}
+
+// Run ticks every interval until ctx ends, then bills a last window so
+// that a graceful stop leaves nothing unbilled. Tick errors are logged
+// and retried on the next tick; Run returns ctx's end as nil.
+func (b *Biller) Run(ctx context.Context) error {
+	t := time.NewTicker(b.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if _, err := b.Tick(final); err != nil {
+				return fmt.Errorf("final window: %w", err)
+			}
+			return nil
+		case <-t.C:
+			if _, err := b.Tick(ctx); err != nil && ctx.Err() == nil {
+				b.cfg.Log.Error("usage window", "err", err)
+			}
+		}
+	}
+}
+
+func compareKeys(a, b Key) int {
+	if c := strings.Compare(a.Tenant, b.Tenant); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Meter, b.Meter)
+}
