@@ -187,4 +187,3 @@ func TestBiller_crashLoop(t *testing.T) {
 		}
 	})
 }
-
