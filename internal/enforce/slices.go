@@ -150,6 +150,16 @@ func (e *Enforcer) SetSlices(slices []Slice) error {
 	if e.closed {
 		return ErrClosed
 	}
+	for _, s := range slices {
+		if s.ID == 0 {
+			return fmt.Errorf("slice %q: id must be 1 or more", s.Name)
+		}
+		if s.Egress > 0 {
+			if err := (Limit{Egress: s.Egress, EgressBurst: s.EgressBurst}).validate(); err != nil {
+				return fmt.Errorf("slice %q: %w", s.Name, err)
+			}
+		}
+	}
 	// Resolve tenants first so that an unknown tenant changes nothing.
 	keys := map[string]uint64{"": 0}
 	for _, s := range slices {

@@ -94,6 +94,7 @@ func TestEnforcer_slices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	slices[1].EgressBurst = MinByteBurst // tight, so 200 KB must see drops
 	if err := e.SetSlices(slices); err != nil {
 		t.Fatal(err)
 	}
