@@ -91,13 +91,15 @@ func New(cfg Config) (*Verifier, error) {
 		v.now = time.Now
 	}
 	var errs []error
+	var keysErr error
 	if cfg.KeysDir != "" {
-		keys, err := readKeysDir(cfg.KeysDir)
-		errs = append(errs, err)
+		var keys []sign.PublicKey
+		keys, keysErr = readKeysDir(cfg.KeysDir)
+		errs = append(errs, keysErr)
 		v.keys = append(v.keys, keys...)
 	}
-	if len(v.keys) == 0 && len(errs) == 1 && errs[0] == nil {
-		errs = append(errs, fmt.Errorf("no trusted keys: put publisher .pub files in the keys directory (%q)", cfg.KeysDir))
+	if len(v.keys) == 0 && keysErr == nil {
+		errs = append(errs, fmt.Errorf("no trusted keys: put publisher .pub files in the keys directory (%q) or pass keys", cfg.KeysDir))
 	}
 	if v.host == "" {
 		path := cfg.HostIDFile

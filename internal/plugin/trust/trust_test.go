@@ -272,6 +272,7 @@ func TestNew_errors(t *testing.T) {
 		want []string
 	}{
 		{"no keys", Config{KeysDir: empty, HostID: "h"}, []string{"no trusted keys"}},
+		{"no keys dir and no keys", Config{HostID: "h"}, []string{"no trusted keys"}},
 		{"missing keys dir", Config{KeysDir: filepath.Join(dir, "nope"), HostID: "h"}, []string{"trusted keys", "no such file"}},
 		{"bad key file", Config{KeysDir: bad, HostID: "h"}, []string{"broken.pub", "33 bytes"}},
 		{"all problems at once", Config{KeysDir: bad, HostIDFile: filepath.Join(dir, "machine-id"), RevocationFile: badRev},
