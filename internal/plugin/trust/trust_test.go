@@ -307,3 +307,25 @@ func TestNew_hostIDFile(t *testing.T) {
 		t.Fatalf("host id = %q", v.HostID())
 	}
 }
+
+// TestVerifier_everyByteFlipOfLicensedModule flips every byte of a signed,
+// licensed module (licence bytes included) and requires a refusal each
+// time.
+func TestVerifier_everyByteFlipOfLicensedModule(t *testing.T) {
+	k := key(t, 1)
+	v, err := New(Config{Keys: []sign.PublicKey{k.Public()}, HostID: "host-a", Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := build(t, k, ptr(validLicence()))
+	if _, err := v.Verify(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	for pos := range m {
+		flipped := bytes.Clone(m)
+		flipped[pos] ^= 0x01
+		if id, err := v.Verify(context.Background(), flipped); err == nil {
+			t.Fatalf("byte %d flipped: accepted as %+v", pos, id)
+		}
+	}
+}
