@@ -219,7 +219,11 @@ func newPluginInspectCmd() *cobra.Command {
 			for _, e := range info.Exports {
 				fmt.Fprintf(w, "  %-6s %s\n", sign.KindName(e.Kind), e.Name)
 			}
-			fmt.Fprintf(w, "custom sections: %s\n", strings.Join(info.CustomSections, ", "))
+			custom := "none"
+			if len(info.CustomSections) > 0 {
+				custom = strings.Join(info.CustomSections, ", ")
+			}
+			fmt.Fprintf(w, "custom sections: %s\n", custom)
 			return nil
 		},
 	}
