@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"io"
@@ -16,6 +17,10 @@ import (
 
 	"github.com/kmeter/kmeter/internal/ledger"
 )
+
+// ErrManyCurrencies means the tenant was charged in several currencies
+// in the period and no currency was picked.
+var ErrManyCurrencies = errors.New("charged in more than one currency")
 
 // Source is where usage lines come from; *ledger.Ledger implements it.
 type Source interface {
@@ -72,7 +77,7 @@ func Build(ctx context.Context, src Source, tenant, period, currency string) (In
 			currency = seen[0]
 		default:
 			slices.Sort(seen)
-			return Invoice{}, fmt.Errorf("invoice: %s was charged in %s in %s: pick one currency (--currency)", tenant, strings.Join(seen, " and "), period)
+			return Invoice{}, fmt.Errorf("invoice: %s was %w (%s) in %s: pick one with --currency or ?currency=", tenant, ErrManyCurrencies, strings.Join(seen, " and "), period)
 		}
 	}
 	inv := Invoice{Tenant: tenant, Period: period, Currency: currency, Lines: []Line{}}

@@ -61,6 +61,8 @@ var (
 	ErrKeyReused = errors.New("idempotency key already used with a different request")
 	// ErrUnknownTenant means the ledger has never seen the tenant.
 	ErrUnknownTenant = errors.New("unknown tenant")
+	// ErrInvalid means a request was malformed; the error says how.
+	ErrInvalid = errors.New("invalid request")
 	// ErrNotFound means a ledger entry does not exist.
 	ErrNotFound = errors.New("no such ledger entry")
 )

@@ -64,7 +64,7 @@ type TopUpResult struct {
 // TopUp applies t once per idempotency key.
 func (l *Ledger) TopUp(ctx context.Context, t TopUp) (TopUpResult, error) {
 	if err := t.validate(); err != nil {
-		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
+		return TopUpResult{}, fmt.Errorf("top-up: %w: %w", ErrInvalid, err)
 	}
 	res, err := l.topUp(ctx, t)
 	if err != nil && l.d.isUnique(err) {
