@@ -11,7 +11,7 @@ import (
 // refuses the module when Verify returns an error. Implementations are
 // safe for concurrent use.
 //
-// The production implementation lives in internal/plugin/sign: it checks
+// The production implementation lives in internal/plugin/trust: it checks
 // the publisher's signature carried in the module's custom section and the
 // licence, and records both on the audit chain.
 type Verifier interface {
@@ -27,7 +27,7 @@ type Identity struct {
 	// Signer is the hex public key of the publisher that signed the
 	// module, or "" when the module was accepted unsigned.
 	Signer string
-	// Licence is whatever the Verifier attached (internal/plugin/sign sets
+	// Licence is whatever the Verifier attached (internal/plugin/trust sets
 	// its own licence type here); the engine only carries it along.
 	Licence any
 	// MaxCalls is the number of calls into this module its licence allows
@@ -50,7 +50,7 @@ func SHA256Hex(module []byte) string {
 // DEVELOPMENT ONLY. It turns off signature and licence checks entirely:
 // pirated, altered or unknown plugins will load and bill. The engine logs a
 // warning on every load it accepts this way. Never use it in production;
-// use the verifier from internal/plugin/sign.
+// use the verifier from internal/plugin/trust.
 func AllowUnsigned() Verifier { return unsignedVerifier{} }
 
 type unsignedVerifier struct{}
