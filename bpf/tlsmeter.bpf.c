@@ -109,17 +109,24 @@ int tls_egress(struct __sk_buff *skb)
 	__u64 cgid, tgid;
 	__u8 *seen;
 
-	if (tls_skb_tcp_flow(skb, 0, &flow) || flow.payload_len == 0)
-		return 1;
+	/* Cheapest checks first: most packets belong to sockets whose first
+	 * payload was already seen, or are not TCP at all. */
 	sk = skb->sk;
 	if (!sk)
 		return 1;
 	sk = bpf_sk_fullsock(sk);
-	if (!sk)
+	if (!sk || sk->protocol != TLS_IPPROTO_TCP)
 		return 1;
-	seen = bpf_sk_storage_get(&sk_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!seen || *seen)
+	seen = bpf_sk_storage_get(&sk_seen, sk, 0, 0);
+	if (seen && *seen)
 		return 1;
+	if (tls_skb_tcp_flow(skb, 0, &flow) || flow.payload_len == 0)
+		return 1;
+	if (!seen) {
+		seen = bpf_sk_storage_get(&sk_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!seen || *seen)
+			return 1;
+	}
 	*seen = 1;
 
 	kind = tls_skb_hello_kind(skb, flow.payload_off, flow.payload_len);

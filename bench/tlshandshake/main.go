@@ -1,0 +1,309 @@
+// Command tlshandshake measures the cost of kmeter's meters on TLS
+// handshakes: fresh crypto/tls 1.3 connections over loopback (ECDSA P-256
+// certificate), with every meter attached and with no program attached,
+// in interleaved rounds of the same run, and reports the ratio of
+// handshake rates (meters on / off).
+//
+// Run as root: go run ./bench/tlshandshake -rounds 20 -n 300
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/kmeter/kmeter/internal/hostfs"
+	"github.com/kmeter/kmeter/internal/meter"
+	"github.com/kmeter/kmeter/internal/meter/netbytes"
+	"github.com/kmeter/kmeter/internal/meter/sockstate"
+	"github.com/kmeter/kmeter/internal/meter/syscalls"
+	"github.com/kmeter/kmeter/internal/meter/tlsmeter"
+)
+
+// opener opens one meter.
+type opener struct {
+	name string
+	open func(meter.Config) (meter.Meter, error)
+}
+
+var meters = []opener{
+	{tlsmeter.Name, func(c meter.Config) (meter.Meter, error) { return tlsmeter.Open(c) }},
+	{"syscalls", func(c meter.Config) (meter.Meter, error) { return syscalls.Open(c) }},
+	{"sockstate", func(c meter.Config) (meter.Meter, error) { return sockstate.Open(c) }},
+	{"netbytes", func(c meter.Config) (meter.Meter, error) { return netbytes.Open(c) }},
+}
+
+func main() {
+	rounds := flag.Int("rounds", 20, "interleaved rounds")
+	n := flag.Int("n", 300, "handshakes per phase of a round")
+	only := flag.String("meters", "", "comma-separated meters to attach (default: all)")
+	hold := flag.String("hold", "", "internal: open the meters pinned here, print their names, wait for stdin to close")
+	flag.Parse()
+	var err error
+	if *hold != "" {
+		err = holdMeters(*hold, *only)
+	} else {
+		err = run(context.Background(), *rounds, *n, *only)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "tlshandshake:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, rounds, n int, only string) error {
+	base := "/sys/fs/bpf/kmeter-bench-tls"
+	if err := hostfs.EnsureBPFFS(base); err != nil {
+		return err
+	}
+	defer os.RemoveAll(base)
+	srv, err := newServer()
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	go srv.serve()
+
+	// Warm up: the first handshakes pay for lazy initialisation.
+	if _, err := handshakes(ctx, srv.addr, n); err != nil {
+		return err
+	}
+	var on, off []float64
+	var names []string
+	for r := 0; r < rounds; r++ {
+		// Alternate the order so drift in machine load hits both sides.
+		for _, meters := range [][]bool{{r%2 == 0}, {r%2 != 0}} {
+			if !meters[0] {
+				runtime.GC()
+				rate, err := handshakes(ctx, srv.addr, n)
+				if err != nil {
+					return err
+				}
+				off = append(off, rate)
+				continue
+			}
+			pin := filepath.Join(base, fmt.Sprintf("round-%d", r))
+			h, err := startHolder(pin, only)
+			if err != nil {
+				return err
+			}
+			names = h.names
+			rate, err := handshakes(ctx, srv.addr, n)
+			if err := h.stop(); err != nil {
+				return err
+			}
+			if err != nil {
+				return err
+			}
+			on = append(on, rate)
+		}
+		fmt.Printf("round %2d: off %7.0f/s  on %7.0f/s  ratio %.3f\n", r+1, off[r], on[r], on[r]/off[r])
+	}
+	ratios := make([]float64, len(on))
+	for i := range on {
+		ratios[i] = on[i] / off[i]
+	}
+	fmt.Printf("meters on: %s\n", strings.Join(names, ", "))
+	if len(names) == 0 {
+		return errors.New("no meter was attached")
+	}
+	fmt.Printf("handshakes/s median: off %.0f, on %.0f\n", median(off), median(on))
+	fmt.Printf("ratio on/off: median of rounds %.3f, of medians %.3f\n", median(ratios), median(on)/median(off))
+	return nil
+}
+
+// holder is a child process holding the meters attached, so that loading
+// them (kernel BTF parsing, large allocations, garbage collection) never
+// runs in the process whose handshakes are measured.
+type holder struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	names []string
+}
+
+func startHolder(pinDir, only string) (*holder, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "-hold", pinDir, "-meters", only)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start meter holder: %w", err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("meter holder: %w", err)
+	}
+	return &holder{cmd: cmd, stdin: stdin, names: strings.Fields(line)}, nil
+}
+
+// stop closes the holder's stdin; it detaches the meters and exits.
+func (h *holder) stop() error {
+	_ = h.stdin.Close()
+	if err := h.cmd.Wait(); err != nil {
+		return fmt.Errorf("meter holder: %w", err)
+	}
+	return nil
+}
+
+// holdMeters opens the meters under pinDir, prints their names, waits for
+// stdin to close, then closes them and removes their pins.
+func holdMeters(pinDir, only string) error {
+	cgroupDir, err := hostfs.Cgroup2Dir("/proc/mounts")
+	if err != nil {
+		return err
+	}
+	var use []opener
+	for _, m := range meters {
+		if only == "" || slices.Contains(strings.Split(only, ","), m.name) {
+			use = append(use, m)
+		}
+	}
+	opened, err := openAll(use, meter.Config{PinDir: pinDir, CgroupDir: cgroupDir})
+	if err != nil {
+		return err
+	}
+	defer closeAll(opened, pinDir)
+	var names []string
+	for _, m := range opened {
+		names = append(names, m.Status().Meter)
+	}
+	// Finish this process's garbage collection now, so it does not run
+	// beside the measured handshakes.
+	debug.FreeOSMemory()
+	fmt.Println(strings.Join(names, " "))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+func openAll(use []opener, cfg meter.Config) ([]meter.Meter, error) {
+	var opened []meter.Meter
+	for _, o := range use {
+		m, err := o.open(cfg)
+		if err != nil {
+			closeAll(opened, cfg.PinDir)
+			return nil, fmt.Errorf("open %s: %w", o.name, err)
+		}
+		opened = append(opened, m)
+	}
+	return opened, nil
+}
+
+// closeAll closes the meters and removes their pins, which detaches them.
+func closeAll(ms []meter.Meter, pinDir string) {
+	for _, m := range ms {
+		_ = m.Close()
+	}
+	_ = os.RemoveAll(pinDir)
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// handshakes makes n fresh TLS 1.3 connections and returns handshakes/s.
+func handshakes(ctx context.Context, addr string, n int) (float64, error) {
+	cfg := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, ServerName: "bench.kmeter.test"}
+	d := tls.Dialer{Config: cfg}
+	buf := make([]byte, 1)
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return 0, fmt.Errorf("handshake: %w", err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			c.Close()
+			return 0, err
+		}
+		c.Close()
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+type server struct {
+	net.Listener
+	addr string
+}
+
+func newServer() (*server, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "bench.kmeter.test"},
+		DNSNames:     []string{"bench.kmeter.test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		MinVersion:   tls.VersionTLS13,
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &server{Listener: ln, addr: ln.Addr().String()}, nil
+}
+
+func (s *server) serve() {
+	for {
+		c, err := s.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			continue
+		}
+		go func() {
+			defer c.Close()
+			_, _ = c.Write([]byte{1}) // completes the handshake first
+			_, _ = io.Copy(io.Discard, c)
+		}()
+	}
+}
