@@ -56,6 +56,14 @@ struct rate {
 // money policy applied by user space).
 struct tenant_limits {
 	struct rate k[NUM_LIMIT_KINDS];
+	__u32 sliced; // 1 when slice rules name this tenant
+	__u32 _pad;
+};
+
+// settings are switches for the whole host.
+struct host_settings {
+	__u32 wildcard_slices; // 1 when slice rules for every tenant exist
+	__u32 _pad;
 };
 
 struct bucket_key {
@@ -134,6 +142,14 @@ struct {
 	__type(value, struct tenant_limits);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } limits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct host_settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} settings SEC(".maps");
 
 // slice_limits: slice id -> egress limit of the slice.
 struct {
@@ -245,12 +261,14 @@ static __always_inline int take(__u64 id, __u32 kind, const struct rate *r, __u6
 	bpf_spin_lock(&b->lock);
 	if (now > b->last_ns) {
 		elapsed = now - b->last_ns;
-		if (elapsed >= r->max_idle_ns)
+		// elapsed * rate < burst_n here, and full - tokens stays below
+		// 2^63 (debt is at most one packet), so nothing overflows even
+		// with an 8 GiB burst.
+		if (elapsed >= r->max_idle_ns || b->tokens >= full ||
+		    elapsed * r->rate >= (__u64)(full - b->tokens))
 			b->tokens = full;
 		else
 			b->tokens += (__s64)(elapsed * r->rate);
-		if (b->tokens > full)
-			b->tokens = full;
 		b->last_ns = now;
 	}
 	// A full bucket always lets one event through, even one larger than
@@ -341,7 +359,10 @@ static __always_inline void parse_flow(struct __sk_buff *skb, int egress, struct
 	f->port = bpf_ntohs(egress ? ports[1] : ports[0]);
 }
 
-static __always_inline __u32 match_slice(__u64 tenant, struct flow *f)
+// match_slice looks the flow up in the tenant's own rules (when own) and
+// then in the rules for every tenant (when any): an LPM lookup costs tens
+// of nanoseconds, so packets of tenants without slices skip it.
+static __always_inline __u32 match_slice(__u64 tenant, struct flow *f, int own, int any)
 {
 	struct slice_key k = {};
 	struct slice_val *v;
@@ -349,10 +370,15 @@ static __always_inline __u32 match_slice(__u64 tenant, struct flow *f)
 	__builtin_memcpy(k.addr, f->addr, 16);
 	for (int pass = 0; pass < 2; pass++) {
 		k.prefixlen = 64 + 128;
-		if (pass == 0)
+		if (pass == 0) {
+			if (!own)
+				continue;
 			__builtin_memcpy(k.tenant, &tenant, 8);
-		else
+		} else {
+			if (!any)
+				break;
 			__builtin_memset(k.tenant, 0, 8);
+		}
 		v = bpf_map_lookup_elem(&slices, &k);
 		if (!v)
 			continue;
@@ -424,9 +450,14 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, int egress)
 			return drop;
 		}
 	}
+	__u32 zero = 0;
+	struct host_settings *g = bpf_map_lookup_elem(&settings, &zero);
+	int own = l && l->sliced, any = g && g->wildcard_slices;
+	if (!own && !any)
+		return 1;
 	parse_flow(skb, egress, &f);
 	if (f.ok)
-		slice = match_slice(tenant, &f);
+		slice = match_slice(tenant, &f, own, any);
 	if (!slice)
 		return 1;
 	struct slice_counts *st = bpf_map_lookup_elem(&slice_stats, &slice);

@@ -20,7 +20,7 @@ type goodput struct {
 func (g goodput) rate() float64 { return float64(g.bytes) / g.dur.Seconds() }
 
 // receiver accepts one connection and measures goodput after warmup.
-func receiver(t *testing.T, warmup time.Duration) (string, <-chan goodput) {
+func receiver(t testing.TB, warmup time.Duration) (string, <-chan goodput) {
 	t.Helper()
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {

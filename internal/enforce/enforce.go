@@ -188,7 +188,7 @@ func (e *Enforcer) Unpin() error {
 	for _, l := range e.links {
 		errs = append(errs, l.Unpin())
 	}
-	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes, e.objs.Paced} {
+	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes, e.objs.Paced, e.objs.Settings} {
 		errs = append(errs, m.Unpin())
 	}
 	return errors.Join(errs...)
@@ -336,6 +336,9 @@ func (e *Enforcer) sync(name string, t *tenantState) error {
 	}
 	eff := t.policy.apply(t.limit)
 	kl := kernelLimits(eff, t.policy.Kind == PolicyBlockConnections)
+	if t.sliced {
+		kl.Sliced = 1
+	}
 	// Limits first, then the tenants entries that make them visible.
 	if err := e.objs.Limits.Put(t.key, kl); err != nil {
 		return fmt.Errorf("write limits of %q: %w", name, err)

@@ -23,11 +23,12 @@ import (
 
 func TestMain(m *testing.M) {
 	testutil.RunHelper(map[string]func([]string) error{
-		"connect": helperConnect,
-		"send":    helperSend,
-		"echo":    helperEcho,
-		"tls":     helperTLS,
-		"udp":     helperUDP,
+		"connect":   helperConnect,
+		"send":      helperSend,
+		"echo":      helperEcho,
+		"tls":       helperTLS,
+		"udp":       helperUDP,
+		"progbench": helperProgBench,
 	})
 	os.Exit(m.Run())
 }

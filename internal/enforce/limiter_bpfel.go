@@ -27,6 +27,12 @@ type limiterCounterKey struct {
 	Pad  uint32
 }
 
+type limiterHostSettings struct {
+	_              structs.HostLayout
+	WildcardSlices uint32
+	Pad            uint32
+}
+
 type limiterPaced struct {
 	_       structs.HostLayout
 	Tenant  uint64
@@ -83,8 +89,10 @@ type limiterTbucket struct {
 }
 
 type limiterTenantLimits struct {
-	_ structs.HostLayout
-	K [4]limiterRate
+	_      structs.HostLayout
+	K      [4]limiterRate
+	Sliced uint32
+	Pad    uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -96,6 +104,7 @@ const (
 	limiterMapHandshakes     = "handshakes"
 	limiterMapLimits         = "limits"
 	limiterMapPaced          = "paced"
+	limiterMapSettings       = "settings"
 	limiterMapSliceLimits    = "slice_limits"
 	limiterMapSliceStats     = "slice_stats"
 	limiterMapSlices         = "slices"
@@ -169,6 +178,7 @@ type limiterMapSpecs struct {
 	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
 	Limits      *ebpf.MapSpec `ebpf:"limits"`
 	Paced       *ebpf.MapSpec `ebpf:"paced"`
+	Settings    *ebpf.MapSpec `ebpf:"settings"`
 	SliceLimits *ebpf.MapSpec `ebpf:"slice_limits"`
 	SliceStats  *ebpf.MapSpec `ebpf:"slice_stats"`
 	Slices      *ebpf.MapSpec `ebpf:"slices"`
@@ -206,6 +216,7 @@ type limiterMaps struct {
 	Handshakes  *ebpf.Map `ebpf:"handshakes"`
 	Limits      *ebpf.Map `ebpf:"limits"`
 	Paced       *ebpf.Map `ebpf:"paced"`
+	Settings    *ebpf.Map `ebpf:"settings"`
 	SliceLimits *ebpf.Map `ebpf:"slice_limits"`
 	SliceStats  *ebpf.Map `ebpf:"slice_stats"`
 	Slices      *ebpf.Map `ebpf:"slices"`
@@ -219,6 +230,7 @@ func (m *limiterMaps) Close() error {
 		m.Handshakes,
 		m.Limits,
 		m.Paced,
+		m.Settings,
 		m.SliceLimits,
 		m.SliceStats,
 		m.Slices,

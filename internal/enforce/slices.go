@@ -193,6 +193,17 @@ func (e *Enforcer) SetSlices(slices []Slice) error {
 	if err := e.replaceSliceMaps(slices, entries); err != nil {
 		return err
 	}
+	var set limiterHostSettings
+	for _, s := range slices {
+		for _, r := range s.Rules {
+			if r.Tenant == "" {
+				set.WildcardSlices = 1
+			}
+		}
+	}
+	if err := e.objs.Settings.Put(uint32(0), set); err != nil {
+		return fmt.Errorf("write slice settings: %w", err)
+	}
 	for name, t := range e.tenants {
 		if _, ok := keys[name]; !ok && t.sliced {
 			t.sliced = false
