@@ -39,8 +39,13 @@ func Helpers() map[string]func([]string) error {
 type TCPReport struct {
 	// Conns is the number of connections made or accepted.
 	Conns int `json:"conns"`
-	// Bytes is the payload sent (client) or received (server).
+	// Bytes is the payload the application sent (client) or received
+	// (server).
 	Bytes uint64 `json:"bytes"`
+	// BytesSent is the payload TCP sent, retransmissions included
+	// (tcpi_bytes_sent): what crossed the loopback, beyond Bytes when
+	// segments were lost (for example to a full backlog on a busy host).
+	BytesSent uint64 `json:"bytes_sent"`
 	// SegsOut and SegsIn are TCP segments sent and received, summed
 	// over the connections (tcpi_segs_out/in, read after the other side
 	// closed, so they include the handshake and FIN exchange as far as
@@ -195,6 +200,7 @@ func addTCPInfo(rep *TCPReport, c *net.TCPConn) error {
 	if ierr != nil {
 		return fmt.Errorf("tcp_info: %w", ierr)
 	}
+	rep.BytesSent += info.Bytes_sent
 	rep.SegsOut += uint64(info.Segs_out)
 	rep.SegsIn += uint64(info.Segs_in)
 	return nil
