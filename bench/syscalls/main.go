@@ -8,7 +8,7 @@
 // timings with nothing attached, so slow drifts of a shared machine cancel
 // out; the report gives medians over rounds of the thread's CPU time.
 //
-//	go build -o /tmp/bench-syscalls ./bench/syscalls && sudo /tmp/bench-syscalls -n 1000000 -rounds 7
+//	go run ./bench/syscalls           # as root; about 90 s
 //
 // It needs root, bpffs and tracefs, and bpftrace on PATH (-bpftrace="" skips it).
 package main
@@ -49,8 +49,8 @@ type setup struct {
 }
 
 func main() {
-	n := flag.Int("n", 1_000_000, "getppid calls per timing")
-	rounds := flag.Int("rounds", 7, "rounds over all setups")
+	n := flag.Int("n", 300_000, "getppid calls per timing")
+	rounds := flag.Int("rounds", 9, "rounds over all setups")
 	bpftrace := flag.String("bpftrace", "bpftrace", "bpftrace binary; empty skips it")
 	pinBase := flag.String("pin", "/sys/fs/bpf", "bpffs directory for the meter's temporary pins")
 	cpu := flag.Int("cpu", 0, "CPU to run the loop on; -1 lets the scheduler choose")
