@@ -138,17 +138,7 @@ func (inv Invoice) writeCSV(w io.Writer) error {
 	return nil
 }
 
-// money renders micro-units as a decimal amount of the currency.
-func money(micro int64) string {
-	sign := ""
-	u := uint64(micro)
-	if micro < 0 {
-		sign, u = "-", uint64(-micro)
-	}
-	return fmt.Sprintf("%s%d.%06d", sign, u/1_000_000, u%1_000_000)
-}
-
-var htmlTemplate = template.Must(template.New("invoice").Funcs(template.FuncMap{"money": money}).Parse(`<!DOCTYPE html>
+var htmlTemplate = template.Must(template.New("invoice").Funcs(template.FuncMap{"money": ledger.FormatAmount}).Parse(`<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>Invoice {{.Tenant}} {{.Period}}</title>
 <style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}td.n{text-align:right}.late{background:#fff3cd}</style>
