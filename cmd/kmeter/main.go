@@ -37,6 +37,7 @@ func newRootCmd() *cobra.Command {
 		newPluginCmd(),
 		newAuditCmd(),
 		newTraceCmd(),
+		newTenantsCmd(), newTopupCmd(), newInvoiceCmd(), newLedgerCmd(),
 	)
 	return root
 }
