@@ -219,3 +219,42 @@ int tls_bench_emit(struct bench_args *args)
 	args->emitted = a.emitted;
 	return 0;
 }
+
+/* Parser test harness, never attached: run with BPF_PROG_TEST_RUN on a
+ * crafted Ethernet frame, it stores what bpf/include/tls.h finds in
+ * parse_out, so Go tests can check the parser byte by byte. The loader
+ * leaves it out of the meter. */
+struct parse_result {
+	struct tls_flow flow;
+	struct tls_hello hello;
+	__s32 flow_ret;
+	__s32 parse_ret;
+	__u32 kind;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct parse_result);
+} parse_out SEC(".maps");
+
+SEC("tc")
+int tls_parse_test(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct parse_result *res = bpf_map_lookup_elem(&parse_out, &zero);
+
+	if (!res)
+		return 0;
+	__builtin_memset(res, 0, sizeof(*res));
+	res->flow_ret = tls_skb_tcp_flow(skb, 14 /* ETH_HLEN */, &res->flow);
+	if (res->flow_ret)
+		return 0;
+	res->kind = tls_skb_hello_kind(skb, res->flow.payload_off, res->flow.payload_len);
+	if (res->kind != TLS_HELLO_NONE)
+		res->parse_ret = tls_skb_parse_hello(skb, res->flow.payload_off, res->flow.payload_len,
+						     res->kind, &res->hello);
+	return 0;
+}

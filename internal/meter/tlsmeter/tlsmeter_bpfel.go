@@ -19,6 +19,34 @@ type tlsmeterBenchArgs struct {
 	Emitted uint32
 }
 
+type tlsmeterParseResult struct {
+	_    structs.HostLayout
+	Flow struct {
+		_          structs.HostLayout
+		Saddr      [16]uint8
+		Daddr      [16]uint8
+		Sport      uint16
+		Dport      uint16
+		IpVersion  uint8
+		Pad        [3]uint8
+		PayloadOff uint32
+		PayloadLen uint32
+	}
+	Hello struct {
+		_       structs.HostLayout
+		Version uint16
+		Kind    uint8
+		Flags   uint8
+		SniLen  uint16
+		Pad     [2]uint8
+		Sni     [128]int8
+	}
+	FlowRet  int32
+	ParseRet int32
+	Kind     uint32
+	Pad      uint32
+}
+
 type tlsmeterTlsCounts struct {
 	_      structs.HostLayout
 	Client uint64
@@ -61,10 +89,12 @@ type tlsmeterTlsRingStats struct {
 const (
 	tlsmeterMapEvents         = "events"
 	tlsmeterMapHandshakes     = "handshakes"
+	tlsmeterMapParseOut       = "parse_out"
 	tlsmeterMapRingStats      = "ring_stats"
 	tlsmeterMapSkSeen         = "sk_seen"
 	tlsmeterProgTlsBenchEmit  = "tls_bench_emit"
 	tlsmeterProgTlsEgress     = "tls_egress"
+	tlsmeterProgTlsParseTest  = "tls_parse_test"
 	tlsmeterVarUnusedTlsEvent = "unused_tls_event"
 )
 
@@ -112,6 +142,7 @@ type tlsmeterSpecs struct {
 type tlsmeterProgramSpecs struct {
 	TlsBenchEmit *ebpf.ProgramSpec `ebpf:"tls_bench_emit"`
 	TlsEgress    *ebpf.ProgramSpec `ebpf:"tls_egress"`
+	TlsParseTest *ebpf.ProgramSpec `ebpf:"tls_parse_test"`
 }
 
 // tlsmeterMapSpecs contains maps before they are loaded into the kernel.
@@ -120,6 +151,7 @@ type tlsmeterProgramSpecs struct {
 type tlsmeterMapSpecs struct {
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
+	ParseOut   *ebpf.MapSpec `ebpf:"parse_out"`
 	RingStats  *ebpf.MapSpec `ebpf:"ring_stats"`
 	SkSeen     *ebpf.MapSpec `ebpf:"sk_seen"`
 }
@@ -153,6 +185,7 @@ func (o *tlsmeterObjects) Close() error {
 type tlsmeterMaps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
+	ParseOut   *ebpf.Map `ebpf:"parse_out"`
 	RingStats  *ebpf.Map `ebpf:"ring_stats"`
 	SkSeen     *ebpf.Map `ebpf:"sk_seen"`
 }
@@ -161,6 +194,7 @@ func (m *tlsmeterMaps) Close() error {
 	return _TlsmeterClose(
 		m.Events,
 		m.Handshakes,
+		m.ParseOut,
 		m.RingStats,
 		m.SkSeen,
 	)
@@ -179,12 +213,14 @@ type tlsmeterVariables struct {
 type tlsmeterPrograms struct {
 	TlsBenchEmit *ebpf.Program `ebpf:"tls_bench_emit"`
 	TlsEgress    *ebpf.Program `ebpf:"tls_egress"`
+	TlsParseTest *ebpf.Program `ebpf:"tls_parse_test"`
 }
 
 func (p *tlsmeterPrograms) Close() error {
 	return _TlsmeterClose(
 		p.TlsBenchEmit,
 		p.TlsEgress,
+		p.TlsParseTest,
 	)
 }
 
