@@ -52,9 +52,11 @@ struct rate {
 	__u32 _pad;
 };
 
-// limits are the effective limits of one tenant (configured limit with the
-// money policy applied by user space).
+// tenant_limits are the effective limits of one tenant (configured limit
+// with the money policy applied by user space), stored under each of the
+// tenant's subtree roots, so that finding the tenant finds its limits.
 struct tenant_limits {
+	__u64 key; // tenant key: keys buckets and counters across all roots
 	struct rate k[NUM_LIMIT_KINDS];
 	__u32 sliced; // 1 when slice rules name this tenant
 	__u32 _pad;
@@ -125,23 +127,14 @@ struct slice_counts {
 	__u64 rx_packets;
 };
 
-// tenants: cgroup id of a tenant subtree root -> tenant key.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} tenants SEC(".maps");
-
-// limits: tenant key -> effective limits.
+// tenants: cgroup id of a tenant subtree root -> the tenant's limits.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct tenant_limits);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} limits SEC(".maps");
+} tenants SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -283,9 +276,9 @@ static __always_inline int take(__u64 id, __u32 kind, const struct rate *r, __u6
 	return ok;
 }
 
-static __always_inline __u64 *tenant_of_skb(struct __sk_buff *skb)
+static __always_inline struct tenant_limits *tenant_of_skb(struct __sk_buff *skb)
 {
-	__u64 *t;
+	struct tenant_limits *t;
 
 	for (int lvl = 1; lvl <= MAX_DEPTH; lvl++) {
 		__u64 id = bpf_skb_ancestor_cgroup_id(skb, lvl);
@@ -298,17 +291,21 @@ static __always_inline __u64 *tenant_of_skb(struct __sk_buff *skb)
 	return 0;
 }
 
-static __always_inline __u64 *tenant_of_current(void)
+// tenant_of_current returns the limits of the current task's tenant and
+// sets *root to the subtree root that named it.
+static __always_inline struct tenant_limits *tenant_of_current(__u64 *root)
 {
-	__u64 *t;
+	struct tenant_limits *t;
 
 	for (int lvl = 1; lvl <= MAX_DEPTH; lvl++) {
 		__u64 id = bpf_get_current_ancestor_cgroup_id(lvl);
 		if (!id)
 			return 0;
 		t = bpf_map_lookup_elem(&tenants, &id);
-		if (t)
+		if (t) {
+			*root = id;
 			return t;
+		}
 	}
 	return 0;
 }
@@ -432,16 +429,13 @@ static __always_inline int tls_verdict(struct __sk_buff *skb, __u64 tenant, cons
 // TCP reduces its window at once.
 static __always_inline int skb_verdict(struct __sk_buff *skb, int egress)
 {
-	__u64 *tp = tenant_of_skb(skb);
-	__u64 tenant = tp ? *tp : 0;
-	struct tenant_limits *l = 0;
+	struct tenant_limits *l = tenant_of_skb(skb);
+	__u64 tenant = l ? l->key : 0;
 	const int drop = egress ? 2 : 0;
 	__u32 kind = egress ? KIND_EGRESS : KIND_INGRESS;
 	__u32 slice = 0;
 	struct flow f = {};
 
-	if (tenant)
-		l = bpf_map_lookup_elem(&limits, &tenant);
 	if (l) {
 		if (egress && l->k[KIND_TLS].on && !tls_verdict(skb, tenant, &l->k[KIND_TLS]))
 			return drop; // counted once per socket in tls_verdict
@@ -497,10 +491,11 @@ int limit_ingress(struct __sk_buff *skb)
 	return skb_verdict(skb, 0);
 }
 
-// paced: per TCP socket of a tenant, which tenant it belongs to and the
-// pacing cap last applied. Cloned to accepted sockets from the listener.
+// paced: per TCP socket of a tenant, the subtree root that names its
+// tenant and the pacing cap last applied. Cloned to accepted sockets from
+// the listener.
 struct paced {
-	__u64 tenant;
+	__u64 root;
 	__u64 applied; // bytes/s; 0 = no cap applied
 };
 
@@ -529,7 +524,7 @@ static __always_inline __u32 pacing_rate(const struct tenant_limits *l)
 // fq qdisc) instead of running into the bucket and backing off after
 // drops. The bucket still enforces the tenant's total over all its flows.
 // The sockops program below updates the cap when the limit changes.
-static __always_inline void pace(struct bpf_sock_addr *ctx, __u64 tenant, const struct tenant_limits *l)
+static __always_inline void pace(struct bpf_sock_addr *ctx, __u64 root, const struct tenant_limits *l)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct paced *p;
@@ -540,7 +535,7 @@ static __always_inline void pace(struct bpf_sock_addr *ctx, __u64 tenant, const 
 	p = bpf_sk_storage_get(&paced, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!p)
 		return;
-	p->tenant = tenant;
+	p->root = root;
 	p->applied = v;
 	if (v != 0xffffffff)
 		bpf_setsockopt(ctx, SOL_SOCKET_, SO_MAX_PACING_RATE_, &v, sizeof(v));
@@ -567,7 +562,7 @@ int limit_sockops(struct bpf_sock_ops *ops)
 		p = bpf_sk_storage_get(&paced, sk, 0, 0);
 		if (!p)
 			return 1;
-		l = bpf_map_lookup_elem(&limits, &p->tenant);
+		l = bpf_map_lookup_elem(&tenants, &p->root);
 		v = pacing_rate(l);
 		if (v != p->applied) {
 			p->applied = v;
@@ -580,25 +575,21 @@ int limit_sockops(struct bpf_sock_ops *ops)
 
 static __always_inline int connect_verdict(struct bpf_sock_addr *ctx)
 {
-	__u64 *tp;
 	struct tenant_limits *l;
+	__u64 root = 0;
 
 	// Only TCP makes connections; a UDP connect() only sets a default
 	// destination and is not limited.
 	if (ctx->type != SOCK_STREAM)
 		return 1;
-	tp = tenant_of_current();
-	if (!tp)
-		return 1;
-	__u64 tenant = *tp;
-	l = bpf_map_lookup_elem(&limits, &tenant);
+	l = tenant_of_current(&root);
 	if (!l)
 		return 1;
-	if (l->k[KIND_CONNECT].on && !take(tenant, KIND_CONNECT, &l->k[KIND_CONNECT], 1)) {
-		count(tenant, C_CONNECT_DENIED);
+	if (l->k[KIND_CONNECT].on && !take(l->key, KIND_CONNECT, &l->k[KIND_CONNECT], 1)) {
+		count(l->key, C_CONNECT_DENIED);
 		return 0; // connect() fails with EPERM
 	}
-	pace(ctx, tenant, l);
+	pace(ctx, root, l);
 	return 1;
 }
 
@@ -617,17 +608,14 @@ int limit_connect6(struct bpf_sock_addr *ctx)
 // bind_verdict paces listening sockets: accepted sockets inherit the cap.
 static __always_inline int bind_verdict(struct bpf_sock_addr *ctx)
 {
-	__u64 *tp;
 	struct tenant_limits *l;
+	__u64 root = 0;
 
 	if (ctx->type != SOCK_STREAM)
 		return 1;
-	tp = tenant_of_current();
-	if (!tp)
-		return 1;
-	__u64 tenant = *tp;
-	l = bpf_map_lookup_elem(&limits, &tenant);
-	pace(ctx, tenant, l);
+	l = tenant_of_current(&root);
+	if (l)
+		pace(ctx, root, l);
 	return 1;
 }
 

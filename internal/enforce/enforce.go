@@ -188,7 +188,7 @@ func (e *Enforcer) Unpin() error {
 	for _, l := range e.links {
 		errs = append(errs, l.Unpin())
 	}
-	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.Limits, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes, e.objs.Paced, e.objs.Settings} {
+	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes, e.objs.Paced, e.objs.Settings} {
 		errs = append(errs, m.Unpin())
 	}
 	return errors.Join(errs...)
@@ -339,13 +339,10 @@ func (e *Enforcer) sync(name string, t *tenantState) error {
 	if t.sliced {
 		kl.Sliced = 1
 	}
-	// Limits first, then the tenants entries that make them visible.
-	if err := e.objs.Limits.Put(t.key, kl); err != nil {
-		return fmt.Errorf("write limits of %q: %w", name, err)
-	}
+	kl.Key = t.key
 	for _, root := range t.roots {
-		if err := e.objs.Tenants.Put(root, t.key); err != nil {
-			return fmt.Errorf("write tenant %q root %d: %w", name, root, err)
+		if err := e.objs.Tenants.Put(root, kl); err != nil {
+			return fmt.Errorf("write limits of %q under cgroup %d: %w", name, root, err)
 		}
 	}
 	// A kind that became unlimited loses its bucket, so that a later limit
@@ -370,7 +367,6 @@ func (e *Enforcer) deleteKernel(t *tenantState) error {
 	for _, root := range t.roots {
 		del(e.objs.Tenants, root)
 	}
-	del(e.objs.Limits, t.key)
 	for k := uint32(0); k < numLimitKinds; k++ {
 		del(e.objs.Buckets, limiterBucketKey{Id: t.key, Kind: k})
 	}

@@ -35,7 +35,7 @@ type limiterHostSettings struct {
 
 type limiterPaced struct {
 	_       structs.HostLayout
-	Tenant  uint64
+	Root    uint64
 	Applied uint64
 }
 
@@ -90,6 +90,7 @@ type limiterTbucket struct {
 
 type limiterTenantLimits struct {
 	_      structs.HostLayout
+	Key    uint64
 	K      [4]limiterRate
 	Sliced uint32
 	Pad    uint32
@@ -102,7 +103,6 @@ const (
 	limiterMapBuckets        = "buckets"
 	limiterMapCounters       = "counters"
 	limiterMapHandshakes     = "handshakes"
-	limiterMapLimits         = "limits"
 	limiterMapPaced          = "paced"
 	limiterMapSettings       = "settings"
 	limiterMapSliceLimits    = "slice_limits"
@@ -176,7 +176,6 @@ type limiterMapSpecs struct {
 	Buckets     *ebpf.MapSpec `ebpf:"buckets"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
-	Limits      *ebpf.MapSpec `ebpf:"limits"`
 	Paced       *ebpf.MapSpec `ebpf:"paced"`
 	Settings    *ebpf.MapSpec `ebpf:"settings"`
 	SliceLimits *ebpf.MapSpec `ebpf:"slice_limits"`
@@ -214,7 +213,6 @@ type limiterMaps struct {
 	Buckets     *ebpf.Map `ebpf:"buckets"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Handshakes  *ebpf.Map `ebpf:"handshakes"`
-	Limits      *ebpf.Map `ebpf:"limits"`
 	Paced       *ebpf.Map `ebpf:"paced"`
 	Settings    *ebpf.Map `ebpf:"settings"`
 	SliceLimits *ebpf.Map `ebpf:"slice_limits"`
@@ -228,7 +226,6 @@ func (m *limiterMaps) Close() error {
 		m.Buckets,
 		m.Counters,
 		m.Handshakes,
-		m.Limits,
 		m.Paced,
 		m.Settings,
 		m.SliceLimits,

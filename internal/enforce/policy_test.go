@@ -45,8 +45,8 @@ func TestEnforcer_SetPolicy_blockConnections(t *testing.T) {
 		t.Errorf("connect_denied = %d, want 1", d)
 	}
 	// Nothing left to enforce: the tenant is gone from the kernel maps.
-	var key uint64
-	if err := e.objs.Tenants.Lookup(cg.ID, &key); err == nil {
+	var kl limiterTenantLimits
+	if err := e.objs.Tenants.Lookup(cg.ID, &kl); err == nil {
 		t.Errorf("tenant %s still in the tenants map after its policy was lifted", cg.Rel)
 	}
 }
@@ -63,7 +63,7 @@ func TestEnforcer_SetPolicy_floorBandwidth(t *testing.T) {
 		t.Fatal(err)
 	}
 	var kl limiterTenantLimits
-	if err := e.objs.Limits.Lookup(cg.ID, &kl); err != nil {
+	if err := e.objs.Tenants.Lookup(cg.ID, &kl); err != nil {
 		t.Fatal(err)
 	}
 	for kind, want := range map[int]uint64{kindEgress: 128 << 10, kindIngress: 128 << 10, kindConnect: 5} {
@@ -74,7 +74,7 @@ func TestEnforcer_SetPolicy_floorBandwidth(t *testing.T) {
 	if err := e.SetPolicy(cg.ID, Policy{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.objs.Limits.Lookup(cg.ID, &kl); err != nil {
+	if err := e.objs.Tenants.Lookup(cg.ID, &kl); err != nil {
 		t.Fatal(err)
 	}
 	if kl.K[kindEgress].Rate != 10<<20 || kl.K[kindIngress].On != 0 {
