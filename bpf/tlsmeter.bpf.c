@@ -19,12 +19,14 @@ struct tls_counts {
 	__u64 server;
 };
 
-/* Ring buffer accounting: produced is every event the program tried to
+/* Accounting: produced is every event the program tried to
  * emit, dropped every one the ring buffer had no room for, so a reader
  * that counts what it delivered can check delivered + dropped == produced. */
-struct tls_ring_stats {
+struct tls_stats {
 	__u64 produced;
 	__u64 dropped;
+	/* Handshakes not counted: the handshakes map was full. */
+	__u64 uncounted;
 };
 
 /* One handshake, as read from the ring buffer. */
@@ -42,7 +44,9 @@ struct tls_event {
 	struct tls_hello hello;
 };
 
-/* Keep in sync with countsMaxEntries in internal/meter/tlsmeter/tlsmeter.go. */
+/* Cgroups with counts; past this, handshakes of new cgroups are only
+ * counted as uncounted.
+ * Keep in sync with countsMaxEntries in internal/meter/tlsmeter/tlsmeter.go. */
 #define COUNTS_MAX_ENTRIES 16384
 
 struct {
@@ -57,9 +61,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct tls_ring_stats);
+	__type(value, struct tls_stats);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ring_stats SEC(".maps");
+} stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -85,7 +89,7 @@ const struct tls_event *unused_tls_event __attribute__((unused));
 static __always_inline struct tls_event *reserve_event(void)
 {
 	__u32 zero = 0;
-	struct tls_ring_stats *st = bpf_map_lookup_elem(&ring_stats, &zero);
+	struct tls_stats *st = bpf_map_lookup_elem(&stats, &zero);
 	struct tls_event *e;
 
 	/* Atomic even though per-CPU: a softirq may interrupt a program
@@ -138,10 +142,14 @@ int tls_egress(struct __sk_buff *skb)
 	if (!c) {
 		bpf_map_update_elem(&handshakes, &cgid, &zero_counts, BPF_NOEXIST);
 		c = bpf_map_lookup_elem(&handshakes, &cgid);
-		if (!c)
-			return 1;
 	}
-	if (kind == TLS_HELLO_CLIENT)
+	if (!c) {
+		__u32 zero = 0;
+		struct tls_stats *st = bpf_map_lookup_elem(&stats, &zero);
+
+		if (st)
+			__sync_fetch_and_add(&st->uncounted, 1);
+	} else if (kind == TLS_HELLO_CLIENT)
 		__sync_fetch_and_add(&c->client, 1);
 	else
 		__sync_fetch_and_add(&c->server, 1);

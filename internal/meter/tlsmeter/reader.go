@@ -51,7 +51,7 @@ func (m *Meter) Events() (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read tls events: %w", err)
 	}
-	r := &Reader{m: m, rd: rd, stats: m.maps.RingStats, monoToWall: monoToWall(), names: &interner{m: make(map[string]string)}}
+	r := &Reader{m: m, rd: rd, stats: m.maps.Stats, monoToWall: monoToWall(), names: &interner{m: make(map[string]string)}}
 	m.readers[r] = struct{}{}
 	return r, nil
 }
@@ -116,7 +116,7 @@ func (r *Reader) Decode(raw *RawEvent) Event {
 // delivered during the call is already counted as produced.
 func (r *Reader) Stats() (RingStats, error) {
 	delivered := r.delivered.Load()
-	var percpu []tlsmeterTlsRingStats
+	var percpu []tlsmeterTlsStats
 	if err := r.stats.Lookup(uint32(0), &percpu); err != nil {
 		return RingStats{}, fmt.Errorf("read tls ring stats: %w", err)
 	}

@@ -33,6 +33,10 @@ const Name = "tlsmeter"
 // Hook is the kernel hook the meter attaches to.
 const Hook = "cgroup_skb/egress"
 
+// countsMaxEntries is how many cgroups the kernel keeps counts for.
+// Keep in sync with COUNTS_MAX_ENTRIES in bpf/tlsmeter.bpf.c.
+const countsMaxEntries = 16384
+
 // linkPin is the name of the pinned link inside the meter's pin directory.
 const linkPin = "tls_egress_link"
 
@@ -46,13 +50,13 @@ type objects struct {
 type maps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
-	RingStats  *ebpf.Map `ebpf:"ring_stats"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 	SkSeen     *ebpf.Map `ebpf:"sk_seen"`
 }
 
 func (m *maps) close() error {
 	var errs []error
-	for _, c := range []*ebpf.Map{m.Events, m.Handshakes, m.RingStats, m.SkSeen} {
+	for _, c := range []*ebpf.Map{m.Events, m.Handshakes, m.Stats, m.SkSeen} {
 		if c != nil {
 			errs = append(errs, c.Close())
 		}
@@ -207,6 +211,22 @@ func (m *Meter) ReadInto(c meter.Counts) error {
 		return fmt.Errorf("read tls counts: %w", err)
 	}
 	return nil
+}
+
+// Uncounted returns how many handshakes were seen but not counted because
+// the kernel's counts map already held countsMaxEntries cgroups. A value
+// above zero means the counts of some cgroups are incomplete; the agent
+// should report them as unavailable rather than trust them.
+func (m *Meter) Uncounted() (uint64, error) {
+	var percpu []tlsmeterTlsStats
+	if err := m.maps.Stats.Lookup(uint32(0), &percpu); err != nil {
+		return 0, fmt.Errorf("read tls meter stats: %w", err)
+	}
+	var n uint64
+	for _, v := range percpu {
+		n += v.Uncounted
+	}
+	return n, nil
 }
 
 // Close stops the readers made by [Meter.Events] and releases the meter.

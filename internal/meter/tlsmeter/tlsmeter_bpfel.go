@@ -77,10 +77,11 @@ type tlsmeterTlsEvent struct {
 	_ [4]byte
 }
 
-type tlsmeterTlsRingStats struct {
-	_        structs.HostLayout
-	Produced uint64
-	Dropped  uint64
+type tlsmeterTlsStats struct {
+	_         structs.HostLayout
+	Produced  uint64
+	Dropped   uint64
+	Uncounted uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -90,8 +91,8 @@ const (
 	tlsmeterMapEvents         = "events"
 	tlsmeterMapHandshakes     = "handshakes"
 	tlsmeterMapParseOut       = "parse_out"
-	tlsmeterMapRingStats      = "ring_stats"
 	tlsmeterMapSkSeen         = "sk_seen"
+	tlsmeterMapStats          = "stats"
 	tlsmeterProgTlsBenchEmit  = "tls_bench_emit"
 	tlsmeterProgTlsEgress     = "tls_egress"
 	tlsmeterProgTlsParseTest  = "tls_parse_test"
@@ -152,8 +153,8 @@ type tlsmeterMapSpecs struct {
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Handshakes *ebpf.MapSpec `ebpf:"handshakes"`
 	ParseOut   *ebpf.MapSpec `ebpf:"parse_out"`
-	RingStats  *ebpf.MapSpec `ebpf:"ring_stats"`
 	SkSeen     *ebpf.MapSpec `ebpf:"sk_seen"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // tlsmeterVariableSpecs contains global variables before they are loaded into the kernel.
@@ -186,8 +187,8 @@ type tlsmeterMaps struct {
 	Events     *ebpf.Map `ebpf:"events"`
 	Handshakes *ebpf.Map `ebpf:"handshakes"`
 	ParseOut   *ebpf.Map `ebpf:"parse_out"`
-	RingStats  *ebpf.Map `ebpf:"ring_stats"`
 	SkSeen     *ebpf.Map `ebpf:"sk_seen"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *tlsmeterMaps) Close() error {
@@ -195,8 +196,8 @@ func (m *tlsmeterMaps) Close() error {
 		m.Events,
 		m.Handshakes,
 		m.ParseOut,
-		m.RingStats,
 		m.SkSeen,
+		m.Stats,
 	)
 }
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/kmeter/kmeter/internal/meter"
@@ -468,4 +469,50 @@ func TestReader_Read_contextEnds(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Read still blocked 10s after its context ended")
 	}
+}
+
+// TestMeter_uncounted fills the counts map the way thousands of cgroups
+// would, then checks that a handshake of one more cgroup is reported as
+// uncounted instead of vanishing.
+func TestMeter_uncounted(t *testing.T) {
+	m := openMeter(t, testutil.PinDir(t))
+	if got := m.maps.Handshakes.MaxEntries(); got != countsMaxEntries {
+		t.Fatalf("counts map holds %d cgroups, countsMaxEntries says %d", got, countsMaxEntries)
+	}
+	zero := make([]tlsmeterTlsCounts, mustPossibleCPUs(t)) // one value per CPU
+	for id := uint64(1); ; id++ {
+		if err := m.maps.Handshakes.Update(id<<40, zero, ebpf.UpdateNoExist); err != nil {
+			if errors.Is(err, ebpf.ErrKeyExist) {
+				continue
+			}
+			break // full
+		}
+	}
+	a := testutil.NewCgroup(t, "client")
+	b := testutil.NewCgroup(t, "server")
+	pair{
+		server: b, client: a,
+		serverHelper: "tls-server", clientHelper: "tls-client",
+		listen:     "127.0.0.1:0",
+		serverArgs: []string{"-n", "3"},
+		clientArgs: []string{"-n", "3"},
+	}.run(t)
+	n, err := m.Uncounted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other processes may have handshaked in new cgroups meanwhile.
+	if n < 6 {
+		t.Errorf("uncounted = %d, want at least 6 (3 client + 3 server)", n)
+	}
+	checkCounts(t, m, map[uint64][2]uint64{a.ID: {0, 0}, b.ID: {0, 0}})
+}
+
+func mustPossibleCPUs(t *testing.T) int {
+	t.Helper()
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
