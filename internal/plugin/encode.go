@@ -3,7 +3,6 @@ package plugin
 import (
 	"encoding/binary"
 	"fmt"
-	"reflect"
 	"slices"
 	"unsafe"
 
@@ -11,117 +10,132 @@ import (
 	"github.com/kmeter/kmeter/sdk/go/abi"
 )
 
-// encoder writes a batch of [pricing.Record]s in the ABI v1 layout
-// (sdk/go/abi) straight into guest memory. It stores a string once per run
-// of equal consecutive values and an attribute map once per run of records
-// sharing it, and sorts attribute keys so the same batch always encodes to
-// the same bytes. An encoder is reused by one instance at a time.
+// encoder builds a batch of [pricing.Record]s in the ABI v1 layout
+// (sdk/go/abi) in one pass over the records, into buffers it reuses, then
+// copies it into guest memory. A string value is stored once when the
+// records share it (same backing memory, as tenant and meter names from
+// the config do), an attribute map once per run of records sharing it,
+// and attribute keys are sorted, so decoding is deterministic. An encoder
+// is used by one instance at a time.
 type encoder struct {
-	keys  []string // sorted keys of each distinct attribute map, in order
-	first []uint32 // per record: index of its first attribute
-	now   int64    // latest window end in the batch
+	head  []byte // header and fixed-size records
+	attrs []byte
+	strs  []byte
+	keys  []string
+	seen  [64]strSlot // small direct-mapped cache: string data pointer -> offset
+	now   int64       // latest window end in the batch
 }
 
+// strSlot remembers where a string was stored. ptr is an address kept
+// as an integer: the strings outlive the encode call that compares it, and
+// no write barrier is needed.
+type strSlot struct {
+	ptr uintptr
+	n   int
+	off uint32
+}
+
+// str stores s in the string area (or finds it stored) and returns its
+// offset and length.
+func (e *encoder) str(s string) (uint32, uint32) {
+	if len(s) == 0 {
+		return 0, 0
+	}
+	p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
+	slot := &e.seen[(p>>4)&63]
+	if slot.ptr == p && slot.n == len(s) {
+		return slot.off, uint32(len(s))
+	}
+	off := uint32(len(e.strs))
+	e.strs = append(e.strs, s...)
+	*slot = strSlot{ptr: p, n: len(s), off: off}
+	return off, uint32(len(s))
+}
+
+// mapID identifies an attribute map by its header pointer, so records
+// sharing one map share one attribute run.
 func mapID(m map[string]string) unsafe.Pointer {
 	if len(m) == 0 {
 		return nil
 	}
-	return reflect.ValueOf(m).UnsafePointer()
+	return *(*unsafe.Pointer)(unsafe.Pointer(&m))
 }
 
-// size validates recs, plans the attribute table and returns the encoded
-// length.
-func (e *encoder) size(recs []pricing.Record) (int, error) {
-	e.keys = e.keys[:0]
-	e.first = slices.Grow(e.first[:0], len(recs))[:len(recs)]
-	strLen := 0
-	var prev unsafe.Pointer
-	var prevFirst uint32
+// encode validates recs and encodes them into the encoder's buffers;
+// size and copyTo then place the batch in guest memory.
+func (e *encoder) encode(recs []pricing.Record) error {
+	le := binary.LittleEndian
+	n := len(recs)
+	e.head = slices.Grow(e.head[:0], abi.BatchHeader+n*abi.RecordSize)[:abi.BatchHeader+n*abi.RecordSize]
+	e.attrs = e.attrs[:0]
+	e.strs = e.strs[:0]
+	e.seen = [64]strSlot{}
 	e.now = 0
+	var prevMap unsafe.Pointer
+	var prevFirst uint32
 	for i := range recs {
 		r := &recs[i]
-		if r.End.Before(r.Start) {
-			return 0, fmt.Errorf("record %d (tenant %q, meter %q): window ends before it starts", i, r.Tenant, r.Meter)
+		start, end := r.Start.UnixNano(), r.End.UnixNano()
+		if end < start {
+			return fmt.Errorf("record %d (tenant %q, meter %q): window ends before it starts", i, r.Tenant, r.Meter)
 		}
-		if end := r.End.UnixNano(); i == 0 || end > e.now {
+		if i == 0 || end > e.now {
 			e.now = end
 		}
-		if i == 0 || r.Tenant != recs[i-1].Tenant {
-			strLen += len(r.Tenant)
-		}
-		if i == 0 || r.Meter != recs[i-1].Meter {
-			strLen += len(r.Meter)
-		}
-		id := mapID(r.Attrs)
-		switch {
-		case id == nil:
-			e.first[i] = 0
-		case id == prev:
-			e.first[i] = prevFirst
-		default:
-			prev, prevFirst = id, uint32(len(e.keys))
-			e.first[i] = prevFirst
-			start := len(e.keys)
-			for k, v := range r.Attrs {
-				e.keys = append(e.keys, k)
-				strLen += len(k) + len(v)
-			}
-			slices.Sort(e.keys[start:])
-		}
-	}
-	total := abi.BatchHeader + len(recs)*abi.RecordSize + len(e.keys)*abi.AttrSize + strLen
-	if total > 1<<31-1 {
-		return 0, fmt.Errorf("batch encodes to %d bytes, more than 2 GiB: split it", total)
-	}
-	return total, nil
-}
-
-// write encodes recs into b, which must be exactly size(recs) long; size
-// must have been called with the same recs just before.
-func (e *encoder) write(b []byte, recs []pricing.Record) {
-	le := binary.LittleEndian
-	nk := len(e.keys)
-	attrs := b[abi.BatchHeader+len(recs)*abi.RecordSize:]
-	strs := attrs[nk*abi.AttrSize:]
-	le.PutUint32(b[0:], abi.BatchMagic)
-	le.PutUint32(b[4:], uint32(len(recs)))
-	le.PutUint32(b[8:], uint32(nk))
-	le.PutUint32(b[12:], uint32(len(strs)))
-	so := 0
-	var tOff, tLen, mOff, mLen uint32
-	written := 0 // attribute entries already written
-	for i := range recs {
-		r := &recs[i]
-		if i == 0 || r.Tenant != recs[i-1].Tenant {
-			tOff, tLen = uint32(so), uint32(len(r.Tenant))
-			so += copy(strs[so:], r.Tenant)
-		}
-		if i == 0 || r.Meter != recs[i-1].Meter {
-			mOff, mLen = uint32(so), uint32(len(r.Meter))
-			so += copy(strs[so:], r.Meter)
-		}
-		rb := b[abi.BatchHeader+i*abi.RecordSize : abi.BatchHeader+(i+1)*abi.RecordSize]
+		rb := (*[abi.RecordSize]byte)(e.head[abi.BatchHeader+i*abi.RecordSize:])
+		tOff, tLen := e.str(r.Tenant)
+		mOff, mLen := e.str(r.Meter)
 		le.PutUint32(rb[0:], tOff)
 		le.PutUint32(rb[4:], tLen)
 		le.PutUint32(rb[8:], mOff)
 		le.PutUint32(rb[12:], mLen)
 		le.PutUint64(rb[16:], r.Quantity)
-		le.PutUint64(rb[24:], uint64(r.Start.UnixNano()))
-		le.PutUint64(rb[32:], uint64(r.End.UnixNano()))
-		le.PutUint32(rb[40:], e.first[i])
-		le.PutUint32(rb[44:], uint32(len(r.Attrs)))
-		if len(r.Attrs) > 0 && int(e.first[i]) == written {
-			for _, k := range e.keys[written : written+len(r.Attrs)] {
-				v := r.Attrs[k]
-				ab := attrs[written*abi.AttrSize:]
-				le.PutUint32(ab[0:], uint32(so))
-				le.PutUint32(ab[4:], uint32(len(k)))
-				so += copy(strs[so:], k)
-				le.PutUint32(ab[8:], uint32(so))
-				le.PutUint32(ab[12:], uint32(len(v)))
-				so += copy(strs[so:], v)
-				written++
+		le.PutUint64(rb[24:], uint64(start))
+		le.PutUint64(rb[32:], uint64(end))
+		first := uint32(0)
+		if id := mapID(r.Attrs); id != nil {
+			if id != prevMap {
+				prevMap, prevFirst = id, uint32(len(e.attrs)/abi.AttrSize)
+				e.writeAttrs(r.Attrs)
 			}
+			first = prevFirst
 		}
+		le.PutUint32(rb[40:], first)
+		le.PutUint32(rb[44:], uint32(len(r.Attrs)))
 	}
+	if e.size() > 1<<31-1 {
+		return fmt.Errorf("batch encodes to %d bytes, more than 2 GiB: split it", e.size())
+	}
+	le.PutUint32(e.head[0:], abi.BatchMagic)
+	le.PutUint32(e.head[4:], uint32(n))
+	le.PutUint32(e.head[8:], uint32(len(e.attrs)/abi.AttrSize))
+	le.PutUint32(e.head[12:], uint32(len(e.strs)))
+	return nil
+}
+
+// writeAttrs appends one attribute run, keys sorted.
+func (e *encoder) writeAttrs(m map[string]string) {
+	e.keys = e.keys[:0]
+	for k := range m {
+		e.keys = append(e.keys, k)
+	}
+	slices.Sort(e.keys)
+	for _, k := range e.keys {
+		ko, kl := e.str(k)
+		vo, vl := e.str(m[k])
+		e.attrs = binary.LittleEndian.AppendUint32(e.attrs, ko)
+		e.attrs = binary.LittleEndian.AppendUint32(e.attrs, kl)
+		e.attrs = binary.LittleEndian.AppendUint32(e.attrs, vo)
+		e.attrs = binary.LittleEndian.AppendUint32(e.attrs, vl)
+	}
+}
+
+// size returns the encoded batch's length.
+func (e *encoder) size() int { return len(e.head) + len(e.attrs) + len(e.strs) }
+
+// copyTo copies the encoded batch into dst, which is size() bytes long.
+func (e *encoder) copyTo(dst []byte) {
+	n := copy(dst, e.head)
+	n += copy(dst[n:], e.attrs)
+	copy(dst[n:], e.strs)
 }

@@ -83,7 +83,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	// Anonymous instances (name "") may coexist; no start functions run
 	// implicitly; no args, env, files or real clocks.
-	e.modCfg = wazero.NewModuleConfig().WithName("").WithStartFunctions()
+	// The sys context's random source is never reachable by guests (WASI
+	// comes from our own host module); a constant reader saves seeding a
+	// math/rand source on every instantiation.
+	e.modCfg = wazero.NewModuleConfig().WithName("").WithStartFunctions().WithRandSource(zeroReader{})
 	e.mem = newMemoryPool(4 * (cfg.PoolSize + 2))
 	e.bg.Add(1)
 	go e.shadowLoop()
@@ -172,7 +175,7 @@ func (e *Engine) prepare(ctx context.Context, module []byte) (*version, error) {
 	}
 	// The first instance proves the module instantiates and speaks our
 	// ABI before it can price anything.
-	first, err := v.newInstance(ctx)
+	first, err := v.newInstance(ctx, true)
 	if err != nil {
 		_ = compiled.Close(ctx)
 		if !errors.Is(err, ErrRefused) {
@@ -218,7 +221,7 @@ func (v *version) fill(ctx context.Context) {
 		case <-v.refill:
 		}
 		for len(v.pool) < cap(v.pool) && ctx.Err() == nil {
-			in, err := v.newInstance(ctx)
+			in, err := v.newInstance(ctx, false)
 			if err != nil {
 				if ctx.Err() == nil {
 					v.e.cfg.Logger.Error("warm plugin instance", "plugin_sha256", v.id.SHA256, "err", err)
@@ -245,13 +248,15 @@ func (v *version) kick() {
 func (v *version) get(ctx context.Context) (*instance, error) {
 	select {
 	case in := <-v.pool:
-		v.kick()
+		if v.e.cfg.Isolate {
+			v.kick() // this instance will not come back
+		}
 		return in, nil
 	default:
 	}
 	v.e.stats.poolMisses.Add(1)
 	v.kick()
-	return v.newInstance(ctx)
+	return v.newInstance(ctx, false)
 }
 
 // put returns a healthy instance to the pool.
@@ -410,6 +415,13 @@ func (e *Engine) Close() error {
 		e.closeErr = errors.Join(errs...)
 	})
 	return e.closeErr
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 func short(sha string) string {

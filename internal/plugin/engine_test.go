@@ -67,12 +67,11 @@ func TestEncoder_matchesABI(t *testing.T) {
 		{Tenant: "a", Meter: "m1", Quantity: 5, Start: t0, End: t0, Attrs: pro},
 	}
 	var enc encoder
-	n, err := enc.size(recs)
-	if err != nil {
+	if err := enc.encode(recs); err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, n)
-	enc.write(b, recs)
+	b := make([]byte, enc.size())
+	enc.copyTo(b)
 	got, err := abi.DecodeBatch(b)
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +91,7 @@ func TestEncoder_matchesABI(t *testing.T) {
 		t.Fatalf("now = %d, want the latest window end", enc.now)
 	}
 	bad := []pricing.Record{{Tenant: "a", Meter: "m", Start: t0, End: t0.Add(-time.Second)}}
-	if _, err := enc.size(bad); err == nil || !strings.Contains(err.Error(), "ends before it starts") {
+	if err := enc.encode(bad); err == nil || !strings.Contains(err.Error(), "ends before it starts") {
 		t.Fatalf("size(reversed window) = %v", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/sys"
@@ -24,14 +25,20 @@ type instance struct {
 	enc   encoder
 	cur   abi.CurrencyCache
 	stack [2]uint64
+	// inPtr and inCap describe the input buffer the guest handed out at
+	// the last kmeter_alloc call.
+	inPtr uint32
+	inCap int
 }
 
-// newInstance instantiates v's module and checks its ABI version before
-// any ABI function runs. No guest code runs at instantiation (start
+// newInstance instantiates v's module. With checkVersion (the first
+// instance of each loaded module) it checks the ABI version before any ABI
+// function runs; later instances are the same code in the same initial
+// state, so they skip that call and its stack. No guest code runs at instantiation (start
 // functions are refused, see scanSections); a WASI reactor's _initialize
 // (the Go runtime's init) runs first because its exports abort until it
 // has, and it can reach only the safe host imports.
-func (v *version) newInstance(ctx context.Context) (*instance, error) {
+func (v *version) newInstance(ctx context.Context, checkVersion bool) (*instance, error) {
 	ctx = v.e.instCtx(ctx)
 	if v.usesHost || v.hasInit {
 		// Let _initialize log (a Go runtime's fatal error goes to fd 2).
@@ -59,6 +66,9 @@ func (v *version) newInstance(ctx context.Context) (*instance, error) {
 			return nil, fmt.Errorf("%w: %s: %v", ErrRefused, exportInit, err)
 		}
 	}
+	if !checkVersion {
+		return in, nil
+	}
 	if err := in.mod.ExportedFunction(exportVersion).CallWithStack(ctx, in.stack[:]); err != nil {
 		in.close(ctx)
 		return nil, fmt.Errorf("%w: call %s: %v", ErrRefused, exportVersion, err)
@@ -77,24 +87,34 @@ func (in *instance) close(ctx context.Context) { _ = in.mod.Close(ctx) }
 // record to dst. Any error leaves dst as it was and means the instance
 // must be discarded.
 func (in *instance) call(ctx context.Context, st *callState, recs []pricing.Record, event bool, dst []pricing.Charge) ([]pricing.Charge, error) {
-	size, err := in.enc.size(recs)
-	if err != nil {
+	if err := in.enc.encode(recs); err != nil {
 		return dst, fmt.Errorf("encode batch: %w", err)
 	}
+	size := in.enc.size()
 	if st != nil {
 		st.now = in.enc.now
 		ctx = context.WithValue(ctx, callStateKey{}, st)
 	}
-	in.stack[0] = uint64(size)
-	if err := in.alloc.CallWithStack(ctx, in.stack[:]); err != nil {
-		return dst, classify(ctx, exportAlloc, err)
+	// The input buffer from an earlier kmeter_alloc is reused while the
+	// batch fits: one guest call per batch in the steady state.
+	if size > in.inCap {
+		in.stack[0] = uint64(size)
+		if err := in.alloc.CallWithStack(ctx, in.stack[:]); err != nil {
+			return dst, classify(ctx, exportAlloc, err)
+		}
+		in.inPtr, in.inCap = uint32(in.stack[0]), 0
+		if in.inPtr == 0 {
+			return dst, fmt.Errorf("%w: %s(%d) returned 0: out of memory (cap %d pages)", ErrBadOutput, exportAlloc, size, in.mem.Size()/65536)
+		}
+		in.inCap = size
 	}
-	ptr := uint32(in.stack[0])
+	ptr := in.inPtr
 	buf, ok := in.mem.Read(ptr, uint32(size))
-	if !ok || ptr == 0 && size > 0 {
-		return dst, fmt.Errorf("%w: %s(%d) returned %#x, outside memory (%d bytes): out of memory?", ErrBadOutput, exportAlloc, size, ptr, in.mem.Size())
+	if !ok {
+		in.inCap = 0
+		return dst, fmt.Errorf("%w: %s(%d) returned %#x, outside memory (%d bytes)", ErrBadOutput, exportAlloc, size, ptr, in.mem.Size())
 	}
-	in.enc.write(buf, recs)
+	in.enc.copyTo(buf)
 	fn := in.price
 	if event && in.event != nil {
 		fn = in.event
@@ -122,23 +142,30 @@ func (in *instance) call(ctx context.Context, st *callState, recs []pricing.Reco
 // on any error dst is returned unchanged, so no partial charges escape.
 func decodeCharges(b []byte, n int, cur *abi.CurrencyCache, dst []pricing.Charge) ([]pricing.Charge, error) {
 	le := binary.LittleEndian
-	if le.Uint32(b) != abi.ChargesMagic || int(le.Uint32(b[4:])) != n {
-		return dst, fmt.Errorf("%w: charges header is not KMC1 with %d charges", ErrBadOutput, n)
+	if len(b) != abi.ChargesSize(n) || le.Uint32(b) != abi.ChargesMagic || int(le.Uint32(b[4:])) != n {
+		return dst, fmt.Errorf("%w: charges are not a KMC1 block of %d charges", ErrBadOutput, n)
 	}
 	base := len(dst)
-	for i := 0; i < n; i++ {
-		cb := b[abi.ChargesHeader+i*abi.ChargeSize:]
+	grown := slices.Grow(dst, n)
+	out := grown[base : base+n]
+	var lastCode uint64 // currency field of the previous charge, and its string
+	var last string
+	for i := range out {
+		cb := (*[abi.ChargeSize]byte)(b[abi.ChargesHeader+i*abi.ChargeSize:])
 		amt, ven := int64(le.Uint64(cb[0:])), int64(le.Uint64(cb[8:]))
-		if err := abi.CheckCharge(amt, ven); err != nil {
-			return dst[:base], fmt.Errorf("%w: charge %d: %v", ErrBadOutput, i, err)
+		if amt < 0 || ven < 0 || ven > amt {
+			return dst, fmt.Errorf("%w: charge %d: %v", ErrBadOutput, i, abi.CheckCharge(amt, ven))
 		}
-		c, ok := cur.Parse(cb[16:24])
-		if !ok {
-			return dst[:base], fmt.Errorf("%w: charge %d: currency %q is not a three-letter ISO 4217 code", ErrBadOutput, i, cb[16:24])
+		if code := le.Uint64(cb[16:]); code != lastCode || last == "" {
+			c, ok := cur.Parse(cb[16:24])
+			if !ok {
+				return dst, fmt.Errorf("%w: charge %d: currency %q is not a three-letter ISO 4217 code", ErrBadOutput, i, cb[16:24])
+			}
+			lastCode, last = code, c
 		}
-		dst = append(dst, pricing.Charge{AmountMicro: amt, Currency: c, VendorMicro: ven})
+		out[i] = pricing.Charge{AmountMicro: amt, Currency: last, VendorMicro: ven}
 	}
-	return dst, nil
+	return grown[:base+n], nil
 }
 
 // classify turns a guest call error into ErrTimeout or ErrTrap.
@@ -150,9 +177,7 @@ func classify(ctx context.Context, fn string, err error) error {
 			return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, err)
 		}
 	}
-	if ctx.Err() != nil && exit != nil {
-		return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, err)
-	}
+
 	return fmt.Errorf("%w: %s: %v", ErrTrap, fn, err)
 }
 

@@ -23,6 +23,7 @@ export const ERR_NOMEM: i64 = -3;
 export const ERR_OVERFLOW: i64 = -4;
 
 let top: usize = 0;
+let inputEnd: usize = 0;
 
 function bump(size: usize): usize {
   const p = (top + 7) & ~(<usize>7);
@@ -40,11 +41,14 @@ export function kmeter_abi_version(): i32 {
   return ABI_VERSION;
 }
 
-// The host calls kmeter_alloc once at the start of every batch, which
-// frees everything from the previous batch.
+// kmeter_alloc frees everything and reserves the input buffer. The host
+// may write later batches into the same buffer without calling it again
+// (ABI v1, "Memory"), so beginCharges frees only what lies after it.
 export function kmeter_alloc(size: u32): usize {
   top = __heap_base;
-  return bump(<usize>size);
+  const p = bump(<usize>size);
+  inputEnd = top;
+  return p;
 }
 
 // recordCount returns the number of records, or -1 if the batch is not a
@@ -81,6 +85,7 @@ export function meterIs(batch: usize, i: i32, s: string): bool {
 // beginCharges reserves the output for n charges (all zero, USD) and
 // returns its address, or 0 when out of memory.
 export function beginCharges(n: i32): usize {
+  top = inputEnd;
   const out = bump(8 + <usize>n * CHARGE_SIZE);
   if (out == 0) return 0;
   store<u32>(out, CHARGES_MAGIC);

@@ -128,10 +128,13 @@ static inline void kmeter_split(kmeter_charge *c, int64_t num, int64_t den) {
 /* Provided by the plugin. */
 static int kmeter_price_record(const kmeter_batch *b, uint32_t i, kmeter_charge *out);
 
-/* A bump allocator over linear memory: every batch starts with one
- * kmeter_alloc call, which frees everything from the previous batch. */
+/* A bump allocator over linear memory. kmeter_alloc frees everything and
+ * reserves the input buffer; the host may write several later batches
+ * into that same buffer without calling kmeter_alloc again (ABI v1,
+ * "Memory"), so kmeter_price frees only what lies after it. */
 extern unsigned char __heap_base;
 static uintptr_t kmeter_heap_top;
+static uintptr_t kmeter_input_end;
 
 static void *kmeter_bump(uint32_t size) {
 	uintptr_t p = (kmeter_heap_top + 7) & ~(uintptr_t)7;
@@ -152,7 +155,9 @@ KMETER_EXPORT("kmeter_abi_version") int32_t kmeter_abi_version(void) { return KM
 
 KMETER_EXPORT("kmeter_alloc") uint32_t kmeter_alloc(uint32_t size) {
 	kmeter_heap_top = (uintptr_t)&__heap_base;
-	return (uint32_t)(uintptr_t)kmeter_bump(size);
+	void *p = kmeter_bump(size);
+	kmeter_input_end = kmeter_heap_top;
+	return (uint32_t)(uintptr_t)p;
 }
 
 KMETER_EXPORT("kmeter_price") int64_t kmeter_price(uint32_t in, uint32_t len) {
@@ -172,6 +177,7 @@ KMETER_EXPORT("kmeter_price") int64_t kmeter_price(uint32_t in, uint32_t len) {
 	b.attrs = (const kmeter_attr *)(p + 16 + b.n * 48);
 	b.strings = (const char *)(p + 16 + b.n * 48 + b.n_attrs * 16);
 
+	kmeter_heap_top = kmeter_input_end;
 	uint32_t out_len = 8 + b.n * 24;
 	uint32_t *out = (uint32_t *)kmeter_bump(out_len);
 	if (!out)

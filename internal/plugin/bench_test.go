@@ -1,0 +1,142 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/kmeter/kmeter/internal/pricing"
+)
+
+// latencies records per-operation durations and reports percentiles.
+type latencies []time.Duration
+
+func (l latencies) report(b *testing.B) {
+	if len(l) == 0 {
+		return
+	}
+	slices.Sort(l)
+	b.ReportMetric(float64(l[len(l)/2].Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(l[len(l)*99/100].Nanoseconds()), "p99-ns")
+}
+
+func benchVersion(b *testing.B, e *Engine) *version {
+	b.Helper()
+	v, err := e.acquire(false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(v.users.Done)
+	return v
+}
+
+// BenchmarkPluginColdStart measures a fresh isolated instance of the C
+// flat example, from the compiled module to its first priced batch:
+// instantiate (own zeroed memory), check kmeter_abi_version, write the
+// batch, call kmeter_price, decode. Closing the instance is outside the
+// timed sample but inside the loop.
+func BenchmarkPluginColdStart(b *testing.B) {
+	e := newEngine(b, func(c *Config) { c.PoolSize = 1; c.CallTimeout = 5 * time.Second })
+	mustLoad(b, e, examplePlugin(b, "c-flat"))
+	v := benchVersion(b, e)
+	ctx := context.Background()
+	recs := []pricing.Record{rec("tenant-0", "syscalls", 21)}
+	dst := make([]pricing.Charge, 0, 1)
+	lat := make(latencies, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		in, err := v.newInstance(ctx, false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out, err := in.call(ctx, nil, recs, false, dst[:0])
+		lat = append(lat, time.Since(start))
+		if err != nil || out[0].AmountMicro != 42 {
+			b.Fatalf("%v %+v", err, out)
+		}
+		in.close(ctx)
+	}
+	b.StopTimer()
+	lat.report(b)
+}
+
+// BenchmarkPluginPooledFirstBatch measures Engine.Price for a tenant
+// never seen before, served by a warm instance from the pool.
+func BenchmarkPluginPooledFirstBatch(b *testing.B) {
+	e := newEngine(b, func(c *Config) { c.CallTimeout = 5 * time.Second })
+	mustLoad(b, e, examplePlugin(b, "c-flat"))
+	ctx := context.Background()
+	tenants := make([]string, b.N)
+	for i := range tenants {
+		tenants[i] = fmt.Sprintf("tenant-%d", i)
+	}
+	lat := make(latencies, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		recs := []pricing.Record{rec(tenants[i], "syscalls", 21)}
+		start := time.Now()
+		res, err := e.Price(ctx, recs)
+		lat = append(lat, time.Since(start))
+		if err != nil || res.Charges[0].AmountMicro != 42 {
+			b.Fatalf("%v %+v", err, res)
+		}
+	}
+	b.StopTimer()
+	lat.report(b)
+}
+
+// batch1024 returns 1024 records, 64 tenants x 16 meters, sorted by
+// tenant, with names and attribute maps shared as they are when they come
+// from the config, and their total price with the C flat example.
+func batch1024() ([]pricing.Record, int64) {
+	meters := make([]string, 16)
+	for i := range meters {
+		meters[i] = fmt.Sprintf("meter_%02d", i)
+	}
+	recs := make([]pricing.Record, 0, 1024)
+	var want int64
+	for t := 0; t < 64; t++ {
+		tenant := fmt.Sprintf("tenant-%02d", t)
+		attrs := map[string]string{"plan": "pro", "region": "eu-west"}
+		for _, m := range meters {
+			q := uint64(len(recs))
+			r := rec(tenant, m, q)
+			r.Attrs = attrs
+			recs = append(recs, r)
+			want += 2 * int64(q)
+		}
+	}
+	return recs, want
+}
+
+// BenchmarkPluginPriceBatch measures Engine.Price on a 1024-record batch
+// (64 tenants x 16 meters, tenant attributes shared per tenant) with the
+// C flat example; ns/record is the cost per record.
+func BenchmarkPluginPriceBatch(b *testing.B) {
+	e := newEngine(b, func(c *Config) { c.CallTimeout = 5 * time.Second })
+	mustLoad(b, e, examplePlugin(b, "c-flat"))
+	ctx := context.Background()
+	recs, want := batch1024()
+	lat := make(latencies, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		res, err := e.Price(ctx, recs)
+		lat = append(lat, time.Since(start))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got, _ := sum(res.Charges); got != want {
+			b.Fatalf("total %d, want %d", got, want)
+		}
+	}
+	b.StopTimer()
+	lat.report(b)
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(recs)), "ns/record")
+}
