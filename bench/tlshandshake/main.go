@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -30,6 +31,10 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmeter/kmeter/internal/hostfs"
 	"github.com/kmeter/kmeter/internal/meter"
@@ -87,8 +92,20 @@ func run(ctx context.Context, rounds, n int, only string) error {
 	if _, err := handshakes(ctx, srv.addr, n); err != nil {
 		return err
 	}
-	var on, off []float64
-	var names []string
+	// The kernel's own accounting of the time spent in the meters'
+	// programs: a measure of their cost that the machine's noise does not
+	// swamp (an upper bound: preemption inside a program counts too).
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable BPF run time stats: %w", err)
+	}
+	defer stats.Close()
+	var (
+		on, off       []float64
+		names         []string
+		perProg       = map[string]progCost{}
+		bpfHandshakes int
+	)
 	for r := 0; r < rounds; r++ {
 		// Alternate the order so drift in machine load hits both sides.
 		for _, meters := range [][]bool{{r%2 == 0}, {r%2 != 0}} {
@@ -107,7 +124,27 @@ func run(ctx context.Context, rounds, n int, only string) error {
 				return err
 			}
 			names = h.names
+			progs, err := pinnedPrograms(pin)
+			if err != nil {
+				_ = h.stop()
+				return err
+			}
+			before := programStats(progs)
 			rate, err := handshakes(ctx, srv.addr, n)
+			for i, st := range programStats(progs) {
+				name := progs[i].String()
+				if info, err := progs[i].Info(); err == nil {
+					name = info.Name
+				}
+				d := perProg[name]
+				d.runtime += st.Runtime - before[i].Runtime
+				d.runs += st.RunCount - before[i].RunCount
+				perProg[name] = d
+			}
+			bpfHandshakes += n
+			for _, p := range progs {
+				p.Close()
+			}
 			if err := h.stop(); err != nil {
 				return err
 			}
@@ -128,7 +165,63 @@ func run(ctx context.Context, rounds, n int, only string) error {
 	}
 	fmt.Printf("handshakes/s median: off %.0f, on %.0f\n", median(off), median(on))
 	fmt.Printf("ratio on/off: median of rounds %.3f, of medians %.3f\n", median(ratios), median(on)/median(off))
+	// Programs on system-wide hooks (sys_enter) also run for every other
+	// process on the machine: their time per handshake is an upper bound.
+	var total time.Duration
+	for _, name := range slices.Sorted(maps.Keys(perProg)) {
+		c := perProg[name]
+		per := c.runtime / time.Duration(bpfHandshakes)
+		total += per
+		fmt.Printf("  %-24s %8d runs  %6.0f ns/run  %9v per handshake\n", name, c.runs, float64(c.runtime)/float64(max(c.runs, 1)), per)
+	}
+	fmt.Printf("BPF run time of the meters: %v per handshake = %.2f%% of a handshake at the median off rate (ratio bound %.4f)\n",
+		total, 100*total.Seconds()*median(off), 1-total.Seconds()*median(off))
 	return nil
+}
+
+// pinnedPrograms returns the programs of the links pinned under dir.
+func pinnedPrograms(dir string) ([]*ebpf.Program, error) {
+	var progs []*ebpf.Program
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return nil // a pinned map
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			return err
+		}
+		p, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			return err
+		}
+		progs = append(progs, p)
+		return nil
+	})
+	if err == nil && len(progs) == 0 {
+		err = fmt.Errorf("no pinned link under %s", dir)
+	}
+	return progs, err
+}
+
+type progCost struct {
+	runtime time.Duration
+	runs    uint64
+}
+
+// programStats reads the kernel's run time and count of progs.
+func programStats(progs []*ebpf.Program) []ebpf.ProgramStats {
+	out := make([]ebpf.ProgramStats, len(progs))
+	for i, p := range progs {
+		if st, err := p.Stats(); err == nil {
+			out[i] = *st
+		}
+	}
+	return out
 }
 
 // holder is a child process holding the meters attached, so that loading
@@ -181,6 +274,9 @@ func (h *holder) stop() error {
 func holdMeters(pinDir, only string) error {
 	cgroupDir, err := hostfs.Cgroup2Dir("/proc/mounts")
 	if err != nil {
+		return err
+	}
+	if err := hostfs.EnsureBPFFS(pinDir); err != nil {
 		return err
 	}
 	var use []opener
