@@ -156,7 +156,7 @@ func Open(ctx context.Context, cfg Config) (*Ledger, error) {
 		// synchronous=FULL makes a committed window survive power loss;
 		// immediate transactions take the write lock up front, so id
 		// allocation and period checks inside a transaction are safe.
-		dsn := "file:" + cfg.Path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
+		dsn := "file:" + cfg.Path + "?_pragma=page_size(16384)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
 			"&_pragma=busy_timeout(30000)&_pragma=foreign_keys(1)&_pragma=cache_size(-65536)&_txlock=immediate"
 		l.db, err = sql.Open("sqlite", dsn)
 	}

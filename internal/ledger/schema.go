@@ -27,8 +27,8 @@ var tables = []string{
 		created_us BIGINT NOT NULL
 	)`,
 	// entries is the journal: one entry per top-up, per reversal, and per
-	// (window commit, tenant, currency, period) for usage. Its postings
-	// sum to zero.
+	// (window commit, tenant, currency, period, plugin) for usage. Its
+	// postings sum to zero.
 	`CREATE TABLE entries (
 		id {{id}},
 		kind TEXT NOT NULL CHECK (kind IN ('usage', 'topup', 'reversal')),
@@ -39,6 +39,7 @@ var tables = []string{
 		late SMALLINT NOT NULL DEFAULT 0,
 		created_us BIGINT NOT NULL,
 		node TEXT,
+		plugin_sha256 TEXT,
 		idem_key TEXT,
 		body_sha256 TEXT,
 		balance_after_micro BIGINT,
@@ -51,31 +52,29 @@ var tables = []string{
 	`CREATE UNIQUE INDEX entries_idem_key ON entries (idem_key) WHERE idem_key IS NOT NULL`,
 	`CREATE UNIQUE INDEX entries_reverses ON entries (reverses) WHERE reverses IS NOT NULL`,
 	`CREATE INDEX entries_tenant_period ON entries (tenant, period)`,
-	// usage holds the billed windows, the source documents of usage
-	// entries. The primary key (node, tenant, meter, seq) is the window's
-	// idempotency key, unique for ever; the row with the highest seq of a
-	// series is its checkpoint (to_counter). Invoices read line items here.
+	// usage holds the billed windows, the line items of usage entries.
+	// (node, tenant, meter, seq) is the window's idempotency key, unique
+	// for ever; the row with the highest seq of a series is its
+	// checkpoint (to_counter). Period, currency and plugin are the
+	// entry's: rows stay narrow, and the entry_id index grows at its end
+	// because ids only increase.
 	`CREATE TABLE usage (
 		node TEXT NOT NULL,
 		tenant TEXT NOT NULL,
 		meter TEXT NOT NULL,
 		seq BIGINT NOT NULL,
 		entry_id BIGINT NOT NULL,
-		period TEXT NOT NULL,
-		late SMALLINT NOT NULL,
-		currency TEXT NOT NULL,
 		amount_micro BIGINT NOT NULL,
 		vendor_micro BIGINT NOT NULL,
-		plugin_sha256 TEXT NOT NULL,
 		quantity BIGINT NOT NULL,
 		from_counter BIGINT NOT NULL,
 		to_counter BIGINT NOT NULL,
 		rebased SMALLINT NOT NULL,
 		start_us BIGINT NOT NULL,
-		end_us BIGINT NOT NULL,
-		PRIMARY KEY (node, tenant, meter, seq)
-	){{without_rowid}}`,
-	`CREATE INDEX usage_tenant_period ON usage (tenant, period)`,
+		end_us BIGINT NOT NULL
+	)`,
+	`CREATE UNIQUE INDEX usage_window ON usage (node, tenant, meter, seq)`,
+	`CREATE INDEX usage_entry ON usage (entry_id)`,
 	// postings: credit positive, debit negative; each entry's postings
 	// sum to zero. entry_id has no foreign key: a per-row check would
 	// double the cost of a window commit, postings are only written in the
@@ -104,8 +103,8 @@ var tables = []string{
 
 // forDialect fills the few spellings that differ: in SQLite only
 // "INTEGER PRIMARY KEY" is the rowid itself, and WITHOUT ROWID stores
-// usage and postings in their primary-key b-tree alone - one b-tree
-// insert per row instead of two.
+// postings in their primary-key b-tree alone - one b-tree insert per row
+// instead of two.
 func forDialect(stmts []string, d dialect) []string {
 	r := strings.NewReplacer("{{id}}", "INTEGER PRIMARY KEY", "{{without_rowid}}", " WITHOUT ROWID")
 	if d == postgres {

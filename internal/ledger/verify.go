@@ -64,7 +64,7 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		{`SELECT COUNT(*) FROM entries`, func(s func(...any) error) error { return s(&r.Entries) }},
 		{`SELECT COUNT(*) FROM usage`, func(s func(...any) error) error { return s(&r.Windows) }},
 		{`SELECT e.id, e.amount_micro, COALESCE(SUM(u.amount_micro), 0) FROM entries e
-			LEFT JOIN usage u ON u.tenant = e.tenant AND u.period = e.period AND u.entry_id = e.id
+			LEFT JOIN usage u ON u.entry_id = e.id
 			WHERE e.kind = 'usage' GROUP BY e.id, e.amount_micro
 			HAVING e.amount_micro <> COALESCE(SUM(u.amount_micro), 0) ORDER BY e.id`, func(s func(...any) error) error {
 			var id, amt, sum int64
@@ -209,13 +209,13 @@ func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]Usage
 		return nil, err
 	}
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
-			SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage
-			WHERE tenant = ? AND period = ?
+			SELECT u.meter, e.currency, e.plugin_sha256, e.late, u.quantity, u.amount_micro
+			FROM entries e JOIN usage u ON u.entry_id = e.id
+			WHERE e.tenant = ? AND e.period = ? AND e.kind = 'usage'
 			UNION ALL
-			SELECT u.meter, u.currency, u.plugin_sha256, u.late, -u.quantity, -u.amount_micro
-			FROM entries r JOIN entries o ON o.id = r.reverses
-			JOIN usage u ON u.tenant = o.tenant AND u.period = o.period AND u.entry_id = o.id
-			WHERE r.kind = 'reversal' AND r.tenant = ? AND r.period = ?
+			SELECT u.meter, o.currency, o.plugin_sha256, o.late, -u.quantity, -u.amount_micro
+			FROM entries r JOIN entries o ON o.id = r.reverses JOIN usage u ON u.entry_id = o.id
+			WHERE r.tenant = ? AND r.period = ? AND r.kind = 'reversal'
 		) lines
 		GROUP BY meter, currency, plugin_sha256, late
 		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)

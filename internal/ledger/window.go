@@ -81,12 +81,12 @@ func (w Window) validate() error {
 }
 
 var (
-	usageCols = []string{"node", "tenant", "meter", "seq", "entry_id", "period", "late", "currency", "amount_micro",
-		"vendor_micro", "plugin_sha256", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
-	usageTypes = []string{"text", "text", "text", "bigint", "bigint", "text", "bigint", "text", "bigint",
-		"bigint", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint"}
-	entryCols    = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node"}
-	entryTypes   = []string{"bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "text"}
+	usageCols = []string{"node", "tenant", "meter", "seq", "entry_id", "amount_micro",
+		"vendor_micro", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
+	usageTypes = []string{"text", "text", "text", "bigint", "bigint", "bigint",
+		"bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint"}
+	entryCols    = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256"}
+	entryTypes   = []string{"bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "text", "text"}
 	postingCols  = []string{"entry_id", "account", "currency", "amount_micro"}
 	postingTypes = []string{"bigint", "text", "text", "bigint"}
 )
@@ -130,9 +130,10 @@ func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, er
 // changes in one transaction: all of them or none. A window already in
 // the ledger fails the whole commit with [ErrDuplicateWindow].
 //
-// The windows of one tenant (per currency and period) form one journal
-// entry: the tenant is debited the sum, the platform and each plugin
-// vendor credited their shares; the windows are its line items.
+// The windows of one tenant (per currency, period and pricing plugin)
+// form one journal entry: the tenant is debited the sum, the platform
+// and the plugin's vendor credited their shares; the windows are its line
+// items.
 func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if len(ws) == 0 {
 		return nil
@@ -179,13 +180,12 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	type group struct {
-		tenant, currency, period string
-		late                     bool
+		tenant, currency, period, plugin string
+		late                             bool
 	}
 	type sums struct {
-		entry   int // index into entries
-		amount  int64
-		vendors map[string]int64
+		entry          int // index into entries
+		amount, vendor int64
 	}
 	groups := map[group]*sums{}
 	var order []group
@@ -193,10 +193,10 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	tenants := make([]string, 0, len(ws))
 	for i, w := range ws {
 		period, late := openPeriod(PeriodOf(w.End), closed)
-		g := group{w.Tenant, w.Charge.Currency, period, late}
+		g := group{w.Tenant, w.Charge.Currency, period, w.PluginSHA256, late}
 		s := groups[g]
 		if s == nil {
-			s = &sums{entry: len(order), vendors: map[string]int64{}}
+			s = &sums{entry: len(order)}
 			groups[g] = s
 			order = append(order, g)
 			tenants = append(tenants, w.Tenant)
@@ -205,13 +205,10 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			return fmt.Errorf("commit windows: charges of tenant %s overflow int64: commit fewer windows at once", w.Tenant)
 		}
 		s.amount += w.Charge.AmountMicro
-		if w.Charge.VendorMicro != 0 {
-			s.vendors[w.PluginSHA256] += w.Charge.VendorMicro
-		}
+		s.vendor += w.Charge.VendorMicro
 		// entry_id (index 4) is filled in once ids are allocated.
-		usage[i] = []any{w.Node, w.Tenant, w.Meter, int64(w.Seq), s.entry, period, b2i(late), w.Charge.Currency,
-			w.Charge.AmountMicro, w.Charge.VendorMicro, w.PluginSHA256, int64(w.Quantity), int64(w.FromCounter),
-			int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
+		usage[i] = []any{w.Node, w.Tenant, w.Meter, int64(w.Seq), s.entry, w.Charge.AmountMicro, w.Charge.VendorMicro,
+			int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
 	}
 	ids, err := l.d.allocIDs(ctx, tx, len(order))
 	if err != nil {
@@ -239,19 +236,17 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	for i, g := range order {
 		s := groups[g]
 		id := ids[i]
-		entries[i] = []any{id, "usage", g.tenant, g.currency, s.amount, g.period, b2i(g.late), now, node}
+		entries[i] = []any{id, "usage", g.tenant, g.currency, s.amount, g.period, b2i(g.late), now, node, g.plugin}
 		if s.amount == 0 {
 			continue
 		}
-		vendor := int64(0)
 		postings = append(postings, []any{id, TenantAccount(g.tenant), g.currency, -s.amount})
 		add(TenantAccount(g.tenant), g.currency, -s.amount, s.amount)
-		for sha, v := range s.vendors {
-			vendor += v
-			postings = append(postings, []any{id, VendorAccount(sha), g.currency, v})
-			add(VendorAccount(sha), g.currency, v, 0)
+		if s.vendor != 0 {
+			postings = append(postings, []any{id, VendorAccount(g.plugin), g.currency, s.vendor})
+			add(VendorAccount(g.plugin), g.currency, s.vendor, 0)
 		}
-		if platform := s.amount - vendor; platform != 0 {
+		if platform := s.amount - s.vendor; platform != 0 {
 			postings = append(postings, []any{id, PlatformAccount, g.currency, platform})
 			add(PlatformAccount, g.currency, platform, 0)
 		}
