@@ -86,6 +86,7 @@ struct tbucket {
 	__u64 last_ns;   // bpf_ktime_get_ns of the last refill
 	__u64 since_ns;  // when the bucket was created full
 	__u64 passed;    // events (or bytes) let through
+	__u64 refilled_n; // nano-tokens added by refills, after the cap at burst
 };
 
 // Counter kinds. Keep in sync with the counter kinds in
@@ -258,10 +259,14 @@ static __always_inline int take(__u64 id, __u32 kind, const struct rate *r, __u6
 		// 2^63 (debt is at most one packet), so nothing overflows even
 		// with an 8 GiB burst.
 		if (elapsed >= r->max_idle_ns || b->tokens >= full ||
-		    elapsed * r->rate >= (__u64)(full - b->tokens))
+		    elapsed * r->rate >= (__u64)(full - b->tokens)) {
+			if (b->tokens < full)
+				b->refilled_n += full - b->tokens;
 			b->tokens = full;
-		else
+		} else {
 			b->tokens += (__s64)(elapsed * r->rate);
+			b->refilled_n += elapsed * r->rate;
+		}
 		b->last_ns = now;
 	}
 	// A full bucket always lets one event through, even one larger than

@@ -81,11 +81,12 @@ type limiterTbucket struct {
 		_   structs.HostLayout
 		Val uint32
 	}
-	Pad     uint32
-	Tokens  int64
-	LastNs  uint64
-	SinceNs uint64
-	Passed  uint64
+	Pad       uint32
+	Tokens    int64
+	LastNs    uint64
+	SinceNs   uint64
+	Passed    uint64
+	RefilledN uint64
 }
 
 type limiterTenantLimits struct {
