@@ -55,21 +55,38 @@ func (a *Attached) Close() error {
 // order (the first is the preferred one), with maps pinned under dir and
 // the link pinned at dir/linkName. All hooks share one link pin, so a
 // restarted agent that picks another hook replaces the old link instead
-// of counting every event twice. mode restricts the choice to the first
-// or to the other hooks. The error says why each hook tried failed.
+// of counting every event twice. When the pinned link already runs one of
+// the hooks' programs (an earlier agent chose it), that hook is tried
+// first, so a restart keeps it without a gap. mode restricts the choice
+// to the first or to the other hooks. The error says why each hook tried
+// failed.
 func LoadAttach(spec *ebpf.CollectionSpec, dir, linkName string, mode HookMode, hooks []Hook) (*Attached, error) {
-	var errs []error
-	for i, h := range hooks {
+	linkPath := filepath.Join(dir, linkName)
+	order := make([]int, 0, len(hooks))
+	for i := range hooks {
 		if (mode == HookPreferredOnly && i > 0) || (mode == HookFallbackOnly && i == 0) {
 			continue
 		}
+		order = append(order, i)
+	}
+	if running := pinnedProgramName(linkPath); running != "" {
+		for j, i := range order {
+			if progName(spec, hooks[i].Program) == running {
+				order[0], order[j] = order[j], order[0]
+				break
+			}
+		}
+	}
+	var errs []error
+	for _, i := range order {
+		h := hooks[i]
 		if h.Probe != nil {
 			if err := h.Probe(); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
 				continue
 			}
 		}
-		a, err := loadAttach(spec, filepath.Join(dir, linkName), dir, h)
+		a, err := loadAttach(spec, linkPath, dir, h)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
 			continue
@@ -81,6 +98,44 @@ func LoadAttach(spec *ebpf.CollectionSpec, dir, linkName string, mode HookMode, 
 		return nil, errors.New("no hook to try")
 	}
 	return nil, errors.Join(errs...)
+}
+
+// pinnedProgramName returns the kernel name of the program run by the
+// link pinned at path, or "" when there is none.
+func pinnedProgramName(path string) string {
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		return ""
+	}
+	defer l.Close()
+	li, err := l.Info()
+	if err != nil {
+		return ""
+	}
+	p, err := ebpf.NewProgramFromID(li.Program)
+	if err != nil {
+		return ""
+	}
+	defer p.Close()
+	pi, err := p.Info()
+	if err != nil {
+		return ""
+	}
+	return pi.Name
+}
+
+// progName is the name the kernel knows program name of spec by: the
+// kernel keeps at most 15 bytes.
+func progName(spec *ebpf.CollectionSpec, name string) string {
+	p := spec.Programs[name]
+	if p == nil {
+		return ""
+	}
+	n := p.Name
+	if len(n) > 15 {
+		n = n[:15]
+	}
+	return n
 }
 
 func loadAttach(spec *ebpf.CollectionSpec, linkPath, dir string, h Hook) (*Attached, error) {

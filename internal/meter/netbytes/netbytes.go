@@ -62,9 +62,12 @@ type Meter struct {
 
 var _ meter.Meter = (*Meter)(nil)
 
-// Open loads the meter and attaches it at the cgroup v2 root
-// cfg.CgroupDir. When an earlier agent left the same programs attached
-// under cfg.PinDir, its links and counts are kept ([meter.Status.Reused]).
+// Open loads the meter and attaches it at cfg.CgroupDir, which should be
+// the cgroup v2 mount point (a sub-directory meters only its subtree).
+// cfg.PinDir must be an existing directory on bpffs (hostfs.EnsureBPFFS
+// prepares one). When an earlier agent left the same programs attached
+// under cfg.PinDir, its links and counts are kept ([meter.Status.Reused]);
+// links attached to another cgroup are replaced.
 func Open(cfg meter.Config) (_ *Meter, err error) {
 	if err := meter.CheckConfig(cfg, true); err != nil {
 		return nil, fmt.Errorf("open netbytes meter: %w", err)

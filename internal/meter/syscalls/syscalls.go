@@ -59,7 +59,8 @@ type Meter struct {
 var _ meter.Meter = (*Meter)(nil)
 
 // Open loads and attaches the syscalls meter with the default options.
-// cfg.PinDir must be on bpffs; cfg.CgroupDir is not used.
+// cfg.PinDir must be an existing directory on bpffs (hostfs.EnsureBPFFS
+// prepares one); cfg.CgroupDir is not used.
 func Open(cfg meter.Config) (*Meter, error) {
 	return OpenWith(cfg, Options{})
 }
