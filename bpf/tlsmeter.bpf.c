@@ -71,7 +71,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
-/* Per socket: the first payload was seen (whatever it was). */
+/* Per socket that sent a hello: its handshake was counted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -107,35 +107,44 @@ int tls_egress(struct __sk_buff *skb)
 {
 	struct tls_flow flow;
 	struct bpf_sock *sk;
+	struct bpf_tcp_sock *tp;
 	enum tls_hello_kind kind;
 	struct tls_counts *c, zero_counts = {};
 	struct tls_event *e;
 	__u64 cgid, tgid;
 	__u8 *seen;
 
-	/* Cheapest checks first: most packets belong to sockets whose first
-	 * payload was already seen, or are not TCP at all. */
+	/* Cheapest checks first. The kernel counts the data segments a TCP
+	 * socket sent (data_segs_out, retransmissions included) before the
+	 * segment reaches this hook, so the first payload is the only one
+	 * where the count equals this segment's own segment count: later
+	 * data, a retransmission of the first payload, or the second
+	 * ClientHello after a HelloRetryRequest all see a larger count. A
+	 * socket that carried data before the program was attached never
+	 * qualifies. Pure ACKs and SYNs have no payload and are skipped
+	 * below. */
 	sk = skb->sk;
 	if (!sk)
 		return 1;
 	sk = bpf_sk_fullsock(sk);
 	if (!sk || sk->protocol != TLS_IPPROTO_TCP)
 		return 1;
-	seen = bpf_sk_storage_get(&sk_seen, sk, 0, 0);
-	if (seen && *seen)
+	tp = bpf_tcp_sock(sk);
+	if (!tp || tp->data_segs_out != (skb->gso_segs > 1 ? skb->gso_segs : 1))
 		return 1;
 	if (tls_skb_tcp_flow(skb, 0, &flow) || flow.payload_len == 0)
 		return 1;
-	if (!seen) {
-		seen = bpf_sk_storage_get(&sk_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!seen || *seen)
-			return 1;
-	}
-	*seen = 1;
-
 	kind = tls_skb_hello_kind(skb, flow.payload_off, flow.payload_len);
 	if (kind == TLS_HELLO_NONE)
 		return 1;
+	/* Count a socket's handshake once, whatever happens to the kernel's
+	 * segment counter (a repaired or migrated socket starts again at 0).
+	 * The mark is made only for sockets that sent a hello: creating
+	 * socket storage costs microseconds, too much for every socket. */
+	seen = bpf_sk_storage_get(&sk_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!seen || *seen)
+		return 1;
+	*seen = 1;
 
 	cgid = bpf_skb_cgroup_id(skb);
 	c = bpf_map_lookup_elem(&handshakes, &cgid);

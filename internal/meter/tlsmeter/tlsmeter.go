@@ -5,13 +5,17 @@
 // handshake headers of the first payload each TCP socket sends, on any
 // port, over IPv4 and IPv6: a ClientHello counts as
 // [meter.TLSClientHandshakes], a ServerHello as [meter.TLSServerHandshakes]
-// of the socket's cgroup. Per-socket storage remembers that the first
-// payload was seen, so retransmissions, later data that looks like a hello
-// and the second ClientHello after a HelloRetryRequest are not counted.
+// of the socket's cgroup.
 //
-// Sockets that already carried data when the program was first attached
-// have their next payload taken as the first one; only a complete hello
-// header counts, so TLS traffic in the middle of a stream is not counted.
+// The first payload is recognised by the kernel's own count of data
+// segments the socket sent (tcp_sock data_segs_out, retransmissions
+// included), so retransmissions, later data that looks like a hello and
+// the second ClientHello after a HelloRetryRequest are not counted, and
+// neither is anything a socket sends when it already carried data before
+// the meter was attached. Socket storage then marks each counted socket,
+// so it is never counted twice; it is created only for sockets that sent a
+// hello, because creating it for every socket would cost microseconds per
+// connection.
 package tlsmeter
 
 import (
