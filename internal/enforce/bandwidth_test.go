@@ -232,3 +232,23 @@ func TestEnforcer_egressLiveChange(t *testing.T) {
 		}
 	}
 }
+
+// TestEnforcer_largestLimitNeverDrops is a regression test: with the
+// largest rate and burst the token arithmetic must not overflow into a
+// negative bucket that drops everything.
+func TestEnforcer_largestLimitNeverDrops(t *testing.T) {
+	e, _ := openTest(t)
+	cg := testutil.NewCgroup(t, "max")
+	if err := e.SetLimit(cg.Rel, Limit{Egress: MaxByteRate, EgressBurst: MaxByteBurst}); err != nil {
+		t.Fatal(err)
+	}
+	addr, got := udpSink(t, "127.0.0.1:0")
+	for i := 0; i < 3; i++ { // later rounds refill a nearly full bucket
+		sendUDP(t, cg, addr, 100, 1000)
+		time.Sleep(50 * time.Millisecond)
+	}
+	drops, _ := e.Enforced()
+	if got.Load() != 300 || drops[cg.Rel][EgressDrop] != 0 {
+		t.Errorf("%d of 300 datagrams arrived, %d egress drops", got.Load(), drops[cg.Rel][EgressDrop])
+	}
+}

@@ -241,3 +241,32 @@ func TestEnforcer_badInput(t *testing.T) {
 		t.Errorf("a rejected limit was stored")
 	}
 }
+
+func TestParseLimits(t *testing.T) {
+	got, err := ParseLimits([]config.Limit{
+		{Tenant: "shop", Egress: "10MiB/s", ConnectRate: "100/s", ConnectBurst: 50},
+		{Tenant: "/batch", TLSRate: "5/s"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Limit{
+		"shop":   {Egress: 10 << 20, EgressBurst: DefaultByteBurst(10 << 20), ConnectRate: 100, ConnectBurst: 50},
+		"/batch": {TLSRate: 5, TLSBurst: 5},
+	}
+	if len(got) != len(want) || got["shop"] != want["shop"] || got["/batch"] != want["/batch"] {
+		t.Errorf("ParseLimits = %+v, want %+v", got, want)
+	}
+	_, err = ParseLimits([]config.Limit{
+		{Tenant: "shop", Egress: "10MiB/s"},
+		{Tenant: "shop", Ingress: "1MiB/s"},
+		{Tenant: "", Egress: "1MiB/s"},
+		{Tenant: "idle"},
+		{Tenant: "typo", ConnectRate: "100/sec"},
+	})
+	for _, w := range []string{`limits[1] (tenant "shop"): the tenant has two limits entries`, "limits[2]: tenant is empty", `limits[3] (tenant "idle"): sets no rate`, `limits[4] (tenant "typo"): connect rate: rate "100/sec": must end in /s`} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("ParseLimits error %v does not say %q", err, w)
+		}
+	}
+}
