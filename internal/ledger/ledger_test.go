@@ -335,13 +335,19 @@ func TestLedger_rebasedWindow(t *testing.T) {
 	ctx := context.Background()
 	w1 := window("n1", "shop", "syscalls", 1, 0, 100, 100, 0)
 	w2 := ledger.Window{Node: "n1", Tenant: "shop", Meter: "syscalls", Seq: 2, FromCounter: 100, ToCounter: 30, Rebased: true,
-		Quantity: 30, Start: w1.End, End: w1.End.Add(time.Second), Charge: pricing.Charge{AmountMicro: 30, Currency: "USD"}}
-	if err := l.CommitWindows(ctx, []ledger.Window{w1, w2}); err != nil {
+		Start: w1.End, End: w1.End.Add(time.Second)}
+	w3 := window("n1", "shop", "syscalls", 3, 30, 5, 5, 0)
+	bad := w2
+	bad.Quantity = 30
+	if err := l.CommitWindows(ctx, []ledger.Window{w1, bad}); err == nil || !strings.Contains(err.Error(), "quantity 30 does not match") {
+		t.Fatalf("a rebased window that bills: err = %v", err)
+	}
+	if err := l.CommitWindows(ctx, []ledger.Window{w1, w2, w3}); err != nil {
 		t.Fatal(err)
 	}
 	mustVerify(t, l)
-	if got := balance(t, l, "shop"); got != -130 {
-		t.Errorf("balance = %d, want -130", got)
+	if got := balance(t, l, "shop"); got != -105 {
+		t.Errorf("balance = %d, want -105", got)
 	}
 }
 

@@ -177,7 +177,7 @@ func (l *Ledger) verifyChains(ctx context.Context, r *Report) error {
 		}
 		want := to - from
 		if rebased == 1 {
-			want = to
+			want = 0
 		}
 		if qty != want {
 			r.problem("%s: window %d bills %d for counters %d -> %d", key, seq, qty, from, to)

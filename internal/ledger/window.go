@@ -26,11 +26,12 @@ type Window struct {
 	// previous checkpoint and now; ToCounter becomes the new checkpoint.
 	FromCounter uint64
 	ToCounter   uint64
-	// Rebased is set when the counter went backwards (its maps were
-	// re-created): the counter restarted at zero, so Quantity is ToCounter
-	// and FromCounter records the value that was lost track of.
+	// Rebased is set when the counter went backwards (maps re-created, or
+	// a tenant's sum lost a cgroup): the window bills nothing and moves
+	// the checkpoint down to ToCounter. Growth from there is billed as
+	// usual. Billing ToCounter instead could bill usage twice.
 	Rebased bool
-	// Quantity is ToCounter-FromCounter, or ToCounter when Rebased.
+	// Quantity is ToCounter-FromCounter, or 0 when Rebased.
 	Quantity uint64
 	Start    time.Time
 	End      time.Time
@@ -52,7 +53,7 @@ func (w Window) validate() error {
 	}
 	want := w.ToCounter - w.FromCounter
 	if w.Rebased {
-		want = w.ToCounter
+		want = 0
 	} else if w.ToCounter < w.FromCounter {
 		errs = append(errs, fmt.Errorf("counter went backwards (%d -> %d) without a rebase", w.FromCounter, w.ToCounter))
 	}

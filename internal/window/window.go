@@ -194,7 +194,8 @@ type TickResult struct {
 	// Held series were counted but not billed (pricing failed); their
 	// usage is billed by a later tick.
 	Held int
-	// Rebased series had a counter that went backwards.
+	// Rebased series had a counter that went backwards; they were
+	// re-based without billing.
 	Rebased int
 }
 
@@ -232,13 +233,14 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		}
 		switch {
 		case v < cp.Counter:
-			// The maps were re-created and the counter restarted at zero:
-			// what it counted since is real usage, what it counted
-			// between the checkpoint and the reset is gone.
-			w.Rebased, w.Quantity = true, v
+			// The maps were re-created (or the tenant's sum lost a
+			// cgroup). Which part of v is new usage is unknowable, so the
+			// window bills nothing and re-bases: under-billing by at most
+			// v, reported, rather than risking billing usage twice.
+			w.Rebased = true
 			res.Rebased++
 			b.resets[k]++
-			b.cfg.Log.Warn("usage counter went backwards; re-basing it", "tenant", k.Tenant, "meter", k.Meter,
+			b.cfg.Log.Warn("usage counter went backwards; re-basing it without billing", "tenant", k.Tenant, "meter", k.Meter,
 				"checkpoint", cp.Counter, "now", v)
 		case v == cp.Counter:
 			delete(b.unbilled, k)
@@ -257,6 +259,10 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	byName := map[string]*batch{}
 	priced := make([]bool, len(pending))
 	for i, s := range pending {
+		if s.w.Rebased {
+			priced[i] = true // bills nothing: nothing to price
+			continue
+		}
 		r, err := b.cfg.Pricers.PricerFor(s.key.Tenant, s.key.Meter)
 		if err != nil {
 			b.hold(s.key, s.w.Quantity, "", err)
