@@ -393,3 +393,15 @@ func compareKeys(a, b Key) int {
 	}
 	return strings.Compare(a.Meter, b.Meter)
 }
+
+// FromTenants converts per-tenant cumulative counts (tenant -> counter ->
+// value, as the agent's snapshots hold them) into a [Source] reading.
+func FromTenants(m map[string]map[string]uint64) map[Key]uint64 {
+	out := make(map[Key]uint64)
+	for t, byMeter := range m {
+		for meter, v := range byMeter {
+			out[Key{Tenant: t, Meter: meter}] = v
+		}
+	}
+	return out
+}
