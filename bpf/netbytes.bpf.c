@@ -10,9 +10,10 @@
  */
 #include "kmeter.h"
 
-/* Keep in sync with the kind* constants in internal/meter/netbytes/netbytes.go. */
+/* Keep in sync with kindTx/kindRx in internal/meter/netbytes/netbytes.go. */
 #define KIND_TX 0
 #define KIND_RX 1
+/* Keep in sync with MaxEntries in internal/meter/netbytes/netbytes.go. */
 #define NETBYTES_MAX_ENTRIES 16384
 
 /* {cgroup id, KIND_*} -> bytes, per CPU. */

@@ -12,9 +12,10 @@
  */
 #include "kmeter.h"
 
-/* Keep in sync with the Kind* constants in internal/meter/sockstate/sockstate.go. */
+/* Keep in sync with kindConnect/kindAccept in internal/meter/sockstate/sockstate.go. */
 #define KIND_CONNECT 0
 #define KIND_ACCEPT 1
+/* Keep in sync with MaxEntries in internal/meter/sockstate/sockstate.go. */
 #define SOCKSTATE_MAX_ENTRIES 16384
 
 /* {cgroup id, KIND_*} -> count, per CPU. */

@@ -103,6 +103,13 @@ func TestMeter_countsBytesPerCgroup(t *testing.T) {
 			if of[meter.NetTxBytes] != 0 || of[meter.NetRxBytes] != 0 {
 				t.Errorf("overflow = %v, want none", of)
 			}
+			stats, err := m.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.MaxEntries != MaxEntries || stats.Entries < 4 {
+				t.Errorf("stats = %+v, want %d max entries and at least our 4 keys", stats, MaxEntries)
+			}
 		})
 	}
 }

@@ -79,6 +79,13 @@ func TestMeter_countsOpensOnTheSocketsCgroup(t *testing.T) {
 			if of[meter.TCPConnects] != 0 || of[meter.TCPAccepts] != 0 {
 				t.Errorf("overflow = %v, want none", of)
 			}
+			stats, err := m.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats.MaxEntries != MaxEntries || stats.Entries < 2 {
+				t.Errorf("stats = %+v, want %d max entries and at least our 2 keys", stats, MaxEntries)
+			}
 		})
 	}
 }
