@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 )
 
 // MapStats tells how full a meter's counter map is, so that health checks
@@ -18,6 +19,34 @@ type MapStats struct {
 	// unit: syscalls, connections or bytes). It only grows; any non-zero
 	// value means the map is too small for this host.
 	Overflow map[string]uint64 `json:"overflow"`
+	// ProgramMisses counts events the kernel did not run the meter's
+	// program for, because another BPF program was already running on
+	// that CPU (its recursion protection; on classic tracepoints also
+	// while the CPU is inside a BPF map syscall). Those events are not
+	// counted anywhere else; like Overflow it should stay 0.
+	ProgramMisses uint64 `json:"program_misses"`
+}
+
+// ProgramMisses sums the recursion misses of the programs run by links.
+func ProgramMisses(links ...link.Link) (uint64, error) {
+	var n uint64
+	for _, l := range links {
+		li, err := l.Info()
+		if err != nil {
+			return 0, fmt.Errorf("inspect link: %w", err)
+		}
+		p, err := ebpf.NewProgramFromID(li.Program)
+		if err != nil {
+			return 0, fmt.Errorf("open program %d: %w", li.Program, err)
+		}
+		st, err := p.Stats()
+		p.Close()
+		if err != nil {
+			return 0, fmt.Errorf("program %d stats: %w", li.Program, err)
+		}
+		n += st.RecursionMisses
+	}
+	return n, nil
 }
 
 // SumPerCPU calls fn with every key of the per-CPU map m and the sum of

@@ -178,7 +178,11 @@ func (m *Meter) Stats() (meter.MapStats, error) {
 	if err != nil {
 		return meter.MapStats{}, err
 	}
-	return meter.MapStats{MaxEntries: m.counts.MaxEntries(), Entries: n, Overflow: of}, nil
+	missed, err := meter.ProgramMisses(m.att.Link)
+	if err != nil {
+		return meter.MapStats{}, err
+	}
+	return meter.MapStats{MaxEntries: m.counts.MaxEntries(), Entries: n, Overflow: of, ProgramMisses: missed}, nil
 }
 
 // Close releases the meter's file descriptors. The program keeps counting

@@ -186,10 +186,15 @@ func (m *Meter) Stats() (meter.MapStats, error) {
 	if err != nil {
 		return meter.MapStats{}, err
 	}
+	missed, err := meter.ProgramMisses(m.att.Link)
+	if err != nil {
+		return meter.MapStats{}, err
+	}
 	return meter.MapStats{
-		MaxEntries: m.counts.MaxEntries(),
-		Entries:    n,
-		Overflow:   map[string]uint64{meter.Syscalls: of},
+		MaxEntries:    m.counts.MaxEntries(),
+		Entries:       n,
+		Overflow:      map[string]uint64{meter.Syscalls: of},
+		ProgramMisses: missed,
 	}, nil
 }
 
