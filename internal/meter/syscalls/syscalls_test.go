@@ -252,3 +252,27 @@ func TestOpen_badConfig(t *testing.T) {
 		})
 	}
 }
+
+// An agent that switches hooks (here forced from the tracepoint to
+// tp_btf) replaces the pinned link: both programs attached at once would
+// count every syscall twice.
+func TestMeter_switchingHookReplacesLink(t *testing.T) {
+	const k, again = 400, 600
+	pinDir := testutil.PinDir(t)
+	cg := testutil.NewCgroup(t, "a")
+
+	first := openMeter(t, pinDir, meter.HookFallbackOnly)
+	runGetppid(t, cg, k)
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	second := openMeter(t, pinDir, meter.HookPreferredOnly)
+	if st := second.Status(); st.Hook != HookTPBTF || st.Reused {
+		t.Fatalf("status = %+v, want a new tp_btf link", st)
+	}
+	runGetppid(t, cg, again)
+	if got := getppidCount(t, second, cg); got != k+again {
+		t.Errorf("counted %d, want exactly %d", got, k+again)
+	}
+}
