@@ -129,7 +129,9 @@ type Ledger struct {
 	mu sync.Mutex
 	// known holds tenants already in the tenants table, so that a window
 	// commit inserts only new ones.
-	known  map[string]bool
+	known map[string]bool
+	// series caches series ids; only committed ones.
+	series map[seriesKey]int64
 	closed bool
 }
 
@@ -139,7 +141,7 @@ func Open(ctx context.Context, cfg Config) (*Ledger, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("ledger config: %w", err)
 	}
-	l := &Ledger{now: cfg.Now, known: map[string]bool{}}
+	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[seriesKey]int64{}}
 	if l.now == nil {
 		l.now = time.Now
 	}

@@ -155,6 +155,8 @@ func TestLedger_immutable(t *testing.T) {
 			"UPDATE postings SET amount_micro = 1",
 			"DELETE FROM postings",
 			"UPDATE usage SET quantity = 1",
+			"UPDATE usage SET seq = 7",
+			"DELETE FROM series",
 			"DELETE FROM usage",
 		} {
 			err := ledger.ExecForTest(ctx, l, stmt)

@@ -122,6 +122,24 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			r.problem("postings of entry %d have no entry", id)
 			return nil
 		}},
+		{`SELECT DISTINCT u.series_id FROM usage u LEFT JOIN series s ON s.id = u.series_id
+			WHERE s.id IS NULL ORDER BY u.series_id`, func(s func(...any) error) error {
+			var id int64
+			if err := s(&id); err != nil {
+				return err
+			}
+			r.problem("usage of series %d has no series", id)
+			return nil
+		}},
+		{`SELECT DISTINCT u.entry_id FROM usage u LEFT JOIN entries e ON e.id = u.entry_id
+			WHERE e.id IS NULL ORDER BY u.entry_id`, func(s func(...any) error) error {
+			var id int64
+			if err := s(&id); err != nil {
+				return err
+			}
+			r.problem("usage of entry %d has no entry", id)
+			return nil
+		}},
 		{`SELECT b.account, b.currency, b.balance_micro, COALESCE(p.total, 0) FROM balances b
 			LEFT JOIN (SELECT account, currency, SUM(amount_micro) AS total FROM postings GROUP BY account, currency) p
 			ON p.account = b.account AND p.currency = b.currency
@@ -150,7 +168,7 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 // verifyChains walks every checkpoint chain in order.
 func (l *Ledger) verifyChains(ctx context.Context, r *Report) error {
 	rows, err := l.db.QueryContext(ctx, `SELECT node, tenant, meter, seq, from_counter, to_counter, quantity, rebased
-		FROM usage ORDER BY node, tenant, meter, seq`)
+		FROM usage_v ORDER BY node, tenant, meter, seq`)
 	if err != nil {
 		return fmt.Errorf("verify checkpoint chains: %w", err)
 	}
@@ -210,11 +228,11 @@ func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]Usage
 	}
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
 			SELECT u.meter, e.currency, e.plugin_sha256, e.late, u.quantity, u.amount_micro
-			FROM entries e JOIN usage u ON u.entry_id = e.id
+			FROM entries e JOIN usage_v u ON u.entry_id = e.id
 			WHERE e.tenant = ? AND e.period = ? AND e.kind = 'usage'
 			UNION ALL
 			SELECT u.meter, o.currency, o.plugin_sha256, o.late, -u.quantity, -u.amount_micro
-			FROM entries r JOIN entries o ON o.id = r.reverses JOIN usage u ON u.entry_id = o.id
+			FROM entries r JOIN entries o ON o.id = r.reverses JOIN usage_v u ON u.entry_id = o.id
 			WHERE r.tenant = ? AND r.period = ? AND r.kind = 'reversal'
 		) lines
 		GROUP BY meter, currency, plugin_sha256, late
@@ -254,7 +272,7 @@ type Total struct {
 // metered and billed, for reconciling against the kernel's counters.
 func (l *Ledger) Totals(ctx context.Context) ([]Total, error) {
 	rows, err := l.db.QueryContext(ctx, `SELECT node, tenant, meter, COUNT(*), SUM(quantity), SUM(amount_micro)
-		FROM usage GROUP BY node, tenant, meter ORDER BY node, tenant, meter`)
+		FROM usage_v GROUP BY node, tenant, meter ORDER BY node, tenant, meter`)
 	if err != nil {
 		return nil, fmt.Errorf("usage totals: %w", err)
 	}

@@ -82,9 +82,9 @@ func (w Window) validate() error {
 }
 
 var (
-	usageCols = []string{"node", "tenant", "meter", "seq", "entry_id", "amount_micro",
+	usageCols = []string{"series_id", "seq", "entry_id", "amount_micro",
 		"vendor_micro", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
-	usageTypes = []string{"text", "text", "text", "bigint", "bigint", "bigint",
+	usageTypes = []string{"bigint", "bigint", "bigint", "bigint",
 		"bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint"}
 	entryCols    = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256"}
 	entryTypes   = []string{"bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "text", "text"}
@@ -104,9 +104,9 @@ type Checkpoint struct {
 // Checkpoints returns node's checkpoint of every series it has billed.
 func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, error) {
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`
-		SELECT u.tenant, u.meter, u.seq, u.to_counter, u.end_us FROM usage u
-		WHERE u.node = ? AND u.seq = (
-			SELECT MAX(m.seq) FROM usage m WHERE m.node = u.node AND m.tenant = u.tenant AND m.meter = u.meter)`), node)
+		SELECT s.tenant, s.meter, u.seq, u.to_counter, u.end_us FROM series s
+		JOIN usage u ON u.series_id = s.id AND u.seq = (SELECT MAX(m.seq) FROM usage m WHERE m.series_id = s.id)
+		WHERE s.node = ?`), node)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
 	}
@@ -190,6 +190,10 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	groups := map[group]*sums{}
 	var order []group
+	series, fresh, err := l.seriesIDs(ctx, tx, ws)
+	if err != nil {
+		return fmt.Errorf("commit windows: %w", err)
+	}
 	usage := make([][]any, len(ws))
 	tenants := make([]string, 0, len(ws))
 	for i, w := range ws {
@@ -207,8 +211,8 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		}
 		s.amount += w.Charge.AmountMicro
 		s.vendor += w.Charge.VendorMicro
-		// entry_id (index 4) is filled in once ids are allocated.
-		usage[i] = []any{w.Node, w.Tenant, w.Meter, int64(w.Seq), s.entry, w.Charge.AmountMicro, w.Charge.VendorMicro,
+		// entry_id (index 2) is filled in once ids are allocated.
+		usage[i] = []any{series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.Seq), s.entry, w.Charge.AmountMicro, w.Charge.VendorMicro,
 			int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
 	}
 	ids, err := l.d.allocIDs(ctx, tx, len(order))
@@ -216,9 +220,9 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	for _, u := range usage {
-		u[4] = ids[u[4].(int)]
+		u[2] = ids[u[2].(int)]
 	}
-	fresh, err := l.ensureTenants(ctx, tx, tenants)
+	freshTenants, err := l.ensureTenants(ctx, tx, tenants)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
@@ -275,8 +279,75 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		}
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	l.remember(fresh)
+	l.remember(freshTenants)
+	l.rememberSeries(fresh)
 	return nil
+}
+
+// seriesKey names one billed series.
+type seriesKey struct{ node, tenant, meter string }
+
+// seriesIDs returns the ids of the windows' series inside tx, creating
+// the missing ones, and the ids to cache once tx commits.
+func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) (map[seriesKey]int64, map[seriesKey]int64, error) {
+	ids := make(map[seriesKey]int64, len(ws))
+	var missing []seriesKey
+	l.mu.Lock()
+	for _, w := range ws {
+		k := seriesKey{w.Node, w.Tenant, w.Meter}
+		if id, ok := l.series[k]; ok {
+			ids[k] = id
+		} else {
+			missing = append(missing, k)
+		}
+	}
+	l.mu.Unlock()
+	if len(missing) == 0 {
+		return ids, nil, nil
+	}
+	rows := make([][]any, len(missing))
+	for i, k := range missing {
+		rows[i] = []any{k.node, k.tenant, k.meter}
+	}
+	if err := l.d.bulkInsert(ctx, tx, "series", []string{"node", "tenant", "meter"}, []string{"text", "text", "text"}, rows,
+		` ON CONFLICT (node, tenant, meter) DO NOTHING`); err != nil {
+		return nil, nil, fmt.Errorf("record series: %w", err)
+	}
+	// A node's series are read back all at once: this happens when
+	// tenants or meters appear, not every window.
+	fresh := map[seriesKey]int64{}
+	r, err := tx.QueryContext(ctx, l.d.rebind(`SELECT id, tenant, meter FROM series WHERE node = ?`), ws[0].Node)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read series: %w", err)
+	}
+	defer r.Close()
+	for r.Next() {
+		k := seriesKey{node: ws[0].Node}
+		var id int64
+		if err := r.Scan(&id, &k.tenant, &k.meter); err != nil {
+			return nil, nil, fmt.Errorf("read series: %w", err)
+		}
+		fresh[k] = id
+	}
+	if err := r.Err(); err != nil {
+		return nil, nil, fmt.Errorf("read series: %w", err)
+	}
+	for _, k := range missing {
+		id, ok := fresh[k]
+		if !ok {
+			return nil, nil, fmt.Errorf("series %s/%s/%s was not recorded", k.node, k.tenant, k.meter)
+		}
+		ids[k] = id
+	}
+	return ids, fresh, nil
+}
+
+func (l *Ledger) rememberSeries(m map[seriesKey]int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for k, id := range m {
+		l.series[k] = id
+	}
 }
 
 func sortBalanceKeys(keys []balanceKey) {
