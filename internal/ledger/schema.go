@@ -164,6 +164,8 @@ var migrations = []migration{
 			FOR EACH ROW EXECUTE FUNCTION kmeter_immutable()`,
 			`CREATE TRIGGER usage_immutable BEFORE UPDATE OR DELETE ON usage
 			FOR EACH ROW EXECUTE FUNCTION kmeter_immutable()`,
+			`CREATE TRIGGER series_no_truncate BEFORE TRUNCATE ON series
+			FOR EACH STATEMENT EXECUTE FUNCTION kmeter_immutable()`,
 			`CREATE TRIGGER usage_no_truncate BEFORE TRUNCATE ON usage
 			FOR EACH STATEMENT EXECUTE FUNCTION kmeter_immutable()`,
 			`CREATE TRIGGER entries_no_truncate BEFORE TRUNCATE ON entries

@@ -6,7 +6,7 @@ import (
 
 var (
 	lagDesc = prometheus.NewDesc("kmeter_window_lag_seconds",
-		"Seconds since the last window that billed everything it could (it grows while commits fail).", nil, nil)
+		"Seconds since the last window tick that succeeded (it grows while reads or commits fail).", nil, nil)
 	unbilledDesc = prometheus.NewDesc("kmeter_unbilled_quantity",
 		"Usage counted but not yet billed: held by a pricing failure or a failed commit.", []string{"tenant", "meter"}, nil)
 	resetsDesc = prometheus.NewDesc("kmeter_counter_resets_total",
