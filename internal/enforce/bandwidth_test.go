@@ -1,9 +1,11 @@
 package enforce
 
 import (
+	"bufio"
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -250,5 +252,65 @@ func TestEnforcer_largestLimitNeverDrops(t *testing.T) {
 	drops, _ := e.Enforced()
 	if got.Load() != 300 || drops[cg.Rel][EgressDrop] != 0 {
 		t.Errorf("%d of 300 datagrams arrived, %d egress drops", got.Load(), drops[cg.Rel][EgressDrop])
+	}
+}
+
+// TestEnforcer_ingressBandwidth sends to a receiver in a tenant limited to
+// 4 MiB/s ingress for 3 s from outside the tenant. Ingress is policed by
+// drops (a receiver cannot pace its sender), so the goodput must not
+// exceed the limit plus the burst, and the drops are counted.
+func TestEnforcer_ingressBandwidth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends for 3 s")
+	}
+	e, _ := openTest(t)
+	cg := testutil.NewCgroup(t, "in")
+	const limit = 4 << 20
+	if err := e.SetLimit(cg.Rel, Limit{Ingress: limit, IngressBurst: DefaultByteBurst(limit)}); err != nil {
+		t.Fatal(err)
+	}
+	recv := cg.SelfCommand(t, "recv")
+	out, err := recv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() {
+		t.Fatal("receiver printed no address")
+	}
+	c, err := net.Dial("tcp4", sc.Text())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	buf := make([]byte, 256<<10)
+	_ = c.SetWriteDeadline(start.Add(3 * time.Second))
+	for {
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+	}
+	c.Close()
+	// The receiver reads until EOF, after what was still queued when the
+	// sender stopped: the rate is taken over that whole time.
+	if !sc.Scan() {
+		t.Fatal("receiver printed no byte count")
+	}
+	elapsed := time.Since(start)
+	n, _ := strconv.ParseInt(sc.Text(), 10, 64)
+	if err := recv.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	drops, _ := e.Enforced()
+	rate := float64(n) / elapsed.Seconds()
+	t.Logf("ingress goodput %.2f MiB/s under a 4 MiB/s limit, %d ingress drops", rate/(1<<20), drops[cg.Rel][IngressDrop])
+	if max := 1.1*limit + float64(DefaultByteBurst(limit))/elapsed.Seconds(); rate > max || n == 0 {
+		t.Errorf("ingress goodput %.2f MiB/s, want above 0 and at most %.2f MiB/s", rate/(1<<20), max/(1<<20))
+	}
+	if drops[cg.Rel][IngressDrop] == 0 {
+		t.Errorf("no ingress drops counted")
 	}
 }
