@@ -22,7 +22,7 @@ type encoder struct {
 	attrs []byte
 	strs  []byte
 	keys  []string
-	seen  [64]strSlot // small direct-mapped cache: string data pointer -> offset
+	seen  [256]strSlot // small direct-mapped cache: string data pointer -> offset
 	now   int64       // latest window end in the batch
 }
 
@@ -42,7 +42,7 @@ func (e *encoder) str(s string) (uint32, uint32) {
 		return 0, 0
 	}
 	p := uintptr(unsafe.Pointer(unsafe.StringData(s)))
-	slot := &e.seen[(p>>4)&63]
+	slot := &e.seen[(p>>4^p>>12)&255]
 	if slot.ptr == p && slot.n == len(s) {
 		return slot.off, uint32(len(s))
 	}
@@ -69,7 +69,7 @@ func (e *encoder) encode(recs []pricing.Record) error {
 	e.head = slices.Grow(e.head[:0], abi.BatchHeader+n*abi.RecordSize)[:abi.BatchHeader+n*abi.RecordSize]
 	e.attrs = e.attrs[:0]
 	e.strs = e.strs[:0]
-	e.seen = [64]strSlot{}
+	e.seen = [256]strSlot{}
 	e.now = 0
 	var prevMap unsafe.Pointer
 	var prevFirst uint32
