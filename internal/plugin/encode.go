@@ -23,7 +23,7 @@ type encoder struct {
 	strs  []byte
 	keys  []string
 	seen  [256]strSlot // small direct-mapped cache: string data pointer -> offset
-	now   int64       // latest window end in the batch
+	now   int64        // latest window end in the batch
 }
 
 // strSlot remembers where a string was stored. ptr is an address kept
