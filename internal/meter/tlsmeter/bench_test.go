@@ -13,7 +13,7 @@ import (
 // benchMeter is a private meter without the egress program, plus the
 // benchmark producer tls_bench_emit, which emits records through the same
 // reserve/submit code, record type and ring buffer as real handshakes.
-func benchMeter(tb testing.TB) (*Meter, *ebpf.Program) {
+func benchMeter(tb testing.TB, ringSize uint32) (*Meter, *ebpf.Program) {
 	tb.Helper()
 	testutil.RequireBPF(tb)
 	spec, err := loadTlsmeter()
@@ -23,9 +23,9 @@ func benchMeter(tb testing.TB) (*Meter, *ebpf.Program) {
 	for _, ms := range spec.Maps {
 		ms.Pinning = ebpf.PinNone
 	}
-	// A larger ring than the meter's 1 MiB lets the producer run ahead of
-	// the reader in bursts, as many handshakes at once would.
-	spec.Maps["events"].MaxEntries = 16 << 20
+	if ringSize != 0 {
+		spec.Maps["events"].MaxEntries = ringSize
+	}
 	var objs struct {
 		Emit *ebpf.Program `ebpf:"tls_bench_emit"`
 		maps
@@ -52,17 +52,25 @@ func emit(tb testing.TB, prog *ebpf.Program, count uint32) uint32 {
 // The producer waits for room in the ring before each batch, so drops
 // stay rare but are still accounted for exactly.
 func BenchmarkReader(b *testing.B) {
+	// The meter's own ring is 1 MiB; a larger one lets the producer run
+	// further ahead of the reader in bursts.
 	for _, tt := range []struct {
 		name   string
 		decode bool
-	}{{"raw", false}, {"event", true}} {
+		ring   uint32
+	}{
+		{"raw-ring1MiB", false, 0},
+		{"event-ring1MiB", true, 0},
+		{"raw-ring16MiB", false, 16 << 20},
+		{"event-ring16MiB", true, 16 << 20},
+	} {
 		b.Run(tt.name, func(b *testing.B) {
-			m, prog := benchMeter(b)
+			m, prog := benchMeter(b, tt.ring)
 			r, err := m.Events()
 			if err != nil {
 				b.Fatal(err)
 			}
-			const batch = 4096
+			batch := min(4096, r.rd.BufferSize()/(rawEventSize+8)/2)
 			room := r.rd.BufferSize() - batch*(rawEventSize+8)
 			total := uint64(b.N)
 			done := make(chan error, 1)
@@ -74,7 +82,7 @@ func BenchmarkReader(b *testing.B) {
 						// Let the reader catch up instead of dropping.
 						runtime.Gosched()
 					}
-					n := uint32(min(left, batch))
+					n := uint32(min(left, uint64(batch)))
 					emit(b, prog, n)
 					left -= uint64(n)
 				}
