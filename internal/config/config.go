@@ -69,6 +69,11 @@ type Limit struct {
 	ConnectRate  string `yaml:"connect_rate"`
 	ConnectBurst uint64 `yaml:"connect_burst"`
 	TLSRate      string `yaml:"tls_rate"`
+	// EgressBurst, IngressBurst (bytes) and TLSBurst (handshakes) size the
+	// buckets; 0 picks the defaults described in docs/enforcement.md.
+	EgressBurst  uint64 `yaml:"egress_burst"`
+	IngressBurst uint64 `yaml:"ingress_burst"`
+	TLSBurst     uint64 `yaml:"tls_burst"`
 }
 
 // Slice is one network slice.
@@ -78,6 +83,8 @@ type Slice struct {
 	Rules []SliceRule `yaml:"rules"`
 	// Egress is the slice's bandwidth limit, such as "50MiB/s".
 	Egress string `yaml:"egress"`
+	// EgressBurst is the slice's bucket size in bytes; 0 is the default.
+	EgressBurst uint64 `yaml:"egress_burst"`
 }
 
 // SliceRule matches traffic of a tenant to a destination.

@@ -22,7 +22,12 @@ func ParseLimits(ls []config.Limit) (map[string]Limit, error) {
 			errs = append(errs, fmt.Errorf("%s: the tenant has two limits entries; merge them", where))
 			continue
 		}
-		l, err := Spec{Egress: c.Egress, Ingress: c.Ingress, ConnectRate: c.ConnectRate, ConnectBurst: c.ConnectBurst, TLSRate: c.TLSRate}.Parse()
+		l, err := Spec{
+			Egress: c.Egress, EgressBurst: c.EgressBurst,
+			Ingress: c.Ingress, IngressBurst: c.IngressBurst,
+			ConnectRate: c.ConnectRate, ConnectBurst: c.ConnectBurst,
+			TLSRate: c.TLSRate, TLSBurst: c.TLSBurst,
+		}.Parse()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", where, err))
 			continue

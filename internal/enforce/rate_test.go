@@ -151,6 +151,7 @@ func TestParseSlices(t *testing.T) {
 		{"id zero", []config.Slice{{Name: "a", Rules: []config.SliceRule{rule("/a", "10.0.0.0/8", "")}}}, "id must be 1 or more"},
 		{"bad cidr", []config.Slice{{Name: "a", ID: 1, Rules: []config.SliceRule{rule("/a", "10.0.0/8", "")}}}, `cidr "10.0.0/8"`},
 		{"bad ports", []config.Slice{{Name: "a", ID: 1, Rules: []config.SliceRule{rule("/a", "10.0.0.0/8", "90-80")}}}, `ports "90-80"`},
+		{"tiny slice burst", []config.Slice{{Name: "a", ID: 1, Egress: "1MiB/s", EgressBurst: 100, Rules: []config.SliceRule{rule("/a", "10.0.0.0/8", "")}}}, "egress burst 100 bytes is below the minimum"},
 		{"bad egress", []config.Slice{{Name: "a", ID: 1, Egress: "5/s", Rules: []config.SliceRule{rule("/a", "10.0.0.0/8", "")}}}, `egress: rate "5/s" has no unit`},
 		{"no rules", []config.Slice{{Name: "a", ID: 1}}, "has no rules"},
 	} {
@@ -245,14 +246,14 @@ func TestEnforcer_badInput(t *testing.T) {
 func TestParseLimits(t *testing.T) {
 	got, err := ParseLimits([]config.Limit{
 		{Tenant: "shop", Egress: "10MiB/s", ConnectRate: "100/s", ConnectBurst: 50},
-		{Tenant: "/batch", TLSRate: "5/s"},
+		{Tenant: "/batch", TLSRate: "5/s", TLSBurst: 1, Ingress: "1MiB/s", IngressBurst: 1 << 21},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]Limit{
 		"shop":   {Egress: 10 << 20, EgressBurst: DefaultByteBurst(10 << 20), ConnectRate: 100, ConnectBurst: 50},
-		"/batch": {TLSRate: 5, TLSBurst: 5},
+		"/batch": {TLSRate: 5, TLSBurst: 1, Ingress: 1 << 20, IngressBurst: 1 << 21},
 	}
 	if len(got) != len(want) || got["shop"] != want["shop"] || got["/batch"] != want["/batch"] {
 		t.Errorf("ParseLimits = %+v, want %+v", got, want)

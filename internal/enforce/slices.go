@@ -79,8 +79,10 @@ func ParseSlices(cs []config.Slice) ([]Slice, error) {
 		var err error
 		if s.Egress, err = ParseByteRate(c.Egress); err != nil {
 			errs = append(errs, fmt.Errorf("%s: egress: %w", where, err))
-		} else if s.Egress > 0 {
-			s.EgressBurst = DefaultByteBurst(s.Egress)
+		} else if l, err := (Spec{Egress: c.Egress, EgressBurst: c.EgressBurst}).Parse(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+		} else {
+			s.EgressBurst = l.EgressBurst
 		}
 		for j, rc := range c.Rules {
 			r, err := parseSliceRule(rc)
