@@ -123,8 +123,12 @@ func Open(cfg Config) (_ *Enforcer, err error) {
 		return nil, err
 	}
 	e := &Enforcer{cfg: cfg, tenants: map[string]*tenantState{}, names: map[uint64]string{}}
+	var created []link.Link // pinned by this call, unpinned if it fails
 	defer func() {
 		if err != nil {
+			for _, l := range created {
+				_ = l.Unpin()
+			}
 			e.Close()
 		}
 	}()
@@ -153,6 +157,9 @@ func Open(cfg Config) (_ *Enforcer, err error) {
 		}
 		e.links = append(e.links, l)
 		e.reused = e.reused || reused
+		if !reused {
+			created = append(created, l)
+		}
 	}
 	return e, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -223,5 +224,24 @@ func TestEnforcer_survivesRestart(t *testing.T) {
 	}
 	if r := runConnect(t, cg, addr, 2); r.OK != 2 {
 		t.Fatalf("after the new agent lifted the block: %+v", r)
+	}
+}
+
+// TestOpen_badConfig checks that Open names every missing setting and
+// that a cgroup dir where programs cannot attach leaves no pinned link.
+func TestOpen_badConfig(t *testing.T) {
+	_, err := Open(Config{})
+	for _, w := range []string{"pin dir is empty", "cgroup2 dir is empty", "tenant resolver is nil"} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("Open(Config{}) = %v, want it to say %q", err, w)
+		}
+	}
+	pin := testutil.PinDir(t)
+	_, err = Open(Config{PinDir: pin, CgroupDir: t.TempDir(), Resolver: newPathResolver("/")})
+	if err == nil || !strings.Contains(err.Error(), "attach limiter egress") {
+		t.Fatalf("Open on a non-cgroup dir = %v, want an attach error", err)
+	}
+	if links, _ := filepath.Glob(filepath.Join(pin, Name, "link_*")); len(links) != 0 {
+		t.Errorf("failed Open left pinned links %v", links)
 	}
 }
