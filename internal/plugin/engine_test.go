@@ -333,3 +333,31 @@ kmeter_plugin_batches_total 1
 		t.Fatal(err)
 	}
 }
+
+// TestEngine_compilationCache checks compiled code lands in CacheDir and
+// a second engine (a restart) loads from it.
+func TestEngine_compilationCache(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "cache")
+	mod := examplePlugin(t, "c-flat")
+	for i := 0; i < 2; i++ {
+		e := newEngine(t, func(c *Config) { c.CacheDir = dir })
+		mustLoad(t, e, mod)
+		res, err := e.Price(context.Background(), []pricing.Record{rec("a", "m", 4)})
+		if err != nil || res.Charges[0].AmountMicro != 8 {
+			t.Fatalf("engine %d: %+v, %v", i, res, err)
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		var files int
+		filepath.WalkDir(dir, func(_ string, d os.DirEntry, _ error) error {
+			if d != nil && !d.IsDir() {
+				files++
+			}
+			return nil
+		})
+		if files == 0 {
+			t.Fatalf("engine %d: no compiled code in %s", i, dir)
+		}
+	}
+}
