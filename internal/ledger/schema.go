@@ -65,8 +65,10 @@ var tables = []string{
 	// (series_id, seq) - that is (node, tenant, meter, seq) - is the
 	// window's idempotency key, unique for ever; the row with the highest
 	// seq of a series is its checkpoint (to_counter). Period, currency and
-	// plugin are the entry's: rows stay narrow, and the entry_id index
-	// grows at its end because ids only increase. No foreign keys, as for
+	// plugin are the entry's: rows stay narrow. Rows and the entry_id
+	// index grow at their end (ids only increase); only the small
+	// (series_id, seq) index takes scattered inserts - measured faster
+	// than a WITHOUT ROWID table keyed by it. No foreign keys, as for
 	// postings: ledger verify reports orphans.
 	`CREATE TABLE usage (
 		series_id BIGINT NOT NULL,
@@ -79,9 +81,9 @@ var tables = []string{
 		to_counter BIGINT NOT NULL,
 		rebased SMALLINT NOT NULL,
 		start_us BIGINT NOT NULL,
-		end_us BIGINT NOT NULL,
-		PRIMARY KEY (series_id, seq)
-	){{without_rowid}}`,
+		end_us BIGINT NOT NULL
+	)`,
+	`CREATE UNIQUE INDEX usage_window ON usage (series_id, seq)`,
 	`CREATE INDEX usage_entry ON usage (entry_id)`,
 	`CREATE VIEW usage_v AS SELECT s.node, s.tenant, s.meter, u.* FROM usage u JOIN series s ON s.id = u.series_id`,
 	// postings: credit positive, debit negative; each entry's postings
@@ -112,8 +114,8 @@ var tables = []string{
 
 // forDialect fills the few spellings that differ: in SQLite only
 // "INTEGER PRIMARY KEY" is the rowid itself, and WITHOUT ROWID stores
-// usage and postings in their primary-key b-tree alone - one b-tree
-// insert per row instead of two.
+// postings in their primary-key b-tree alone - one b-tree insert per row
+// instead of two.
 func forDialect(stmts []string, d dialect) []string {
 	r := strings.NewReplacer("{{id}}", "INTEGER PRIMARY KEY", "{{serial}}", "INTEGER PRIMARY KEY", "{{without_rowid}}", " WITHOUT ROWID")
 	if d == postgres {
