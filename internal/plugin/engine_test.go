@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -361,3 +362,44 @@ func TestEngine_compilationCache(t *testing.T) {
 		}
 	}
 }
+
+// TestEngine_hostImports checks the kmeter host imports: now() is the
+// batch's latest window end (a deterministic clock), log reaches the host
+// log tagged with the plugin, and kmeter_on_event handles single events.
+func TestEngine_hostImports(t *testing.T) {
+	var logged strings.Builder
+	var mu sync.Mutex
+	e := newEngine(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return logged.Write(p)
+		}), nil))
+	})
+	id := mustLoad(t, e, fixture(t, "hostcalls"))
+	r := rec("a", "m", 1)
+	r.End = t0.Add(90 * time.Second)
+	for i := 0; i < 2; i++ {
+		res, err := e.Price(context.Background(), []pricing.Record{r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := pricing.Charge{AmountMicro: t0.Add(90 * time.Second).Unix(), Currency: "EUR"}
+		if res.Charges[0] != want {
+			t.Fatalf("charge %+v, want %+v (now() = window end)", res.Charges[0], want)
+		}
+	}
+	c, _, err := e.PriceEvent(context.Background(), r)
+	if err != nil || c.AmountMicro != 7 {
+		t.Fatalf("PriceEvent = %+v, %v; want 7 from kmeter_on_event", c, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !strings.Contains(logged.String(), "msg=priced") || !strings.Contains(logged.String(), id.SHA256) {
+		t.Fatalf("guest log line missing or untagged:\n%s", logged.String())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
