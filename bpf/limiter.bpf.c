@@ -60,6 +60,13 @@ struct tenant_limits {
 	struct rate k[NUM_LIMIT_KINDS];
 	__u32 sliced; // 1 when slice rules name this tenant
 	__u32 _pad;
+	// What user space configured, before the money policy; the programs
+	// never read it, it lets a restarted agent read its state back.
+	__u64 cfg_rate[NUM_LIMIT_KINDS];
+	__u64 cfg_burst[NUM_LIMIT_KINDS];
+	__u64 policy_floor;
+	__u32 policy; // Keep in sync with policyCode in internal/enforce/enforce.go.
+	__u32 _pad2;
 };
 
 // settings are switches for the whole host.

@@ -112,8 +112,8 @@ func (t *tenantState) empty() bool {
 }
 
 // Open loads and attaches the limiter. Maps pinned by an earlier agent
-// under the same pin dir are reused with their limits and buckets, and so
-// are its links.
+// under the same pin dir are reused with their limits, policies and
+// buckets (which [Enforcer.Limit] then reports), and so are its links.
 func Open(cfg Config) (_ *Enforcer, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -161,7 +161,54 @@ func Open(cfg Config) (_ *Enforcer, err error) {
 			created = append(created, l)
 		}
 	}
+	if err := e.restore(); err != nil {
+		return nil, err
+	}
 	return e, nil
+}
+
+// policyCode numbers policies in the tenants map.
+// Keep in sync with the policy field of struct tenant_limits in
+// bpf/limiter.bpf.c.
+var policyCode = map[PolicyKind]uint32{PolicyNone: 0, PolicyBlockConnections: 1, PolicyFloorBandwidth: 2}
+
+// restore reads back the limits and policies an earlier agent left in
+// the pinned tenants map, so that [Enforcer.Limit] and the API show them
+// and they can be changed or removed.
+func (e *Enforcer) restore() error {
+	byKey := map[uint64]*tenantState{}
+	var root uint64
+	var kl limiterTenantLimits
+	it := e.objs.Tenants.Iterate()
+	for it.Next(&root, &kl) {
+		t := byKey[kl.Key]
+		if t == nil {
+			t = &tenantState{key: kl.Key, sliced: kl.Sliced == 1}
+			t.limit = Limit{
+				Egress: kl.CfgRate[kindEgress], EgressBurst: kl.CfgBurst[kindEgress],
+				Ingress: kl.CfgRate[kindIngress], IngressBurst: kl.CfgBurst[kindIngress],
+				ConnectRate: kl.CfgRate[kindConnect], ConnectBurst: kl.CfgBurst[kindConnect],
+				TLSRate: kl.CfgRate[kindTLS], TLSBurst: kl.CfgBurst[kindTLS],
+			}
+			for kind, code := range policyCode {
+				if code == kl.Policy {
+					t.policy = Policy{Kind: kind, Floor: kl.PolicyFloor}
+				}
+			}
+			byKey[kl.Key] = t
+		}
+		t.roots = append(t.roots, root)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read pinned limits: %w", err)
+	}
+	for key, t := range byKey {
+		sort.Slice(t.roots, func(i, j int) bool { return t.roots[i] < t.roots[j] })
+		name := e.cfg.Resolver.Tenant(key)
+		e.tenants[name] = t
+		e.names[key] = name
+	}
+	return nil
 }
 
 // Close detaches nothing: the pinned links keep enforcing the limits in the
@@ -347,6 +394,9 @@ func (e *Enforcer) sync(name string, t *tenantState) error {
 		kl.Sliced = 1
 	}
 	kl.Key = t.key
+	kl.CfgRate = [numLimitKinds]uint64{t.limit.Egress, t.limit.Ingress, t.limit.ConnectRate, t.limit.TLSRate}
+	kl.CfgBurst = [numLimitKinds]uint64{t.limit.EgressBurst, t.limit.IngressBurst, t.limit.ConnectBurst, t.limit.TLSBurst}
+	kl.Policy, kl.PolicyFloor = policyCode[t.policy.Kind], t.policy.Floor
 	for _, root := range t.roots {
 		if err := e.objs.Tenants.Put(root, kl); err != nil {
 			return fmt.Errorf("write limits of %q under cgroup %d: %w", name, root, err)

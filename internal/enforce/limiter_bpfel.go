@@ -90,11 +90,16 @@ type limiterTbucket struct {
 }
 
 type limiterTenantLimits struct {
-	_      structs.HostLayout
-	Key    uint64
-	K      [4]limiterRate
-	Sliced uint32
-	Pad    uint32
+	_           structs.HostLayout
+	Key         uint64
+	K           [4]limiterRate
+	Sliced      uint32
+	Pad         uint32
+	CfgRate     [4]uint64
+	CfgBurst    [4]uint64
+	PolicyFloor uint64
+	Policy      uint32
+	Pad2        uint32
 }
 
 // Names of all BPF objects in the ELF.

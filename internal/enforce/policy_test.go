@@ -198,6 +198,10 @@ func TestEnforcer_survivesRestart(t *testing.T) {
 	if err := e1.SetTenantPolicy(cg.Rel, Policy{Kind: PolicyBlockConnections}); err != nil {
 		t.Fatal(err)
 	}
+	want := Limit{Egress: 5 << 20, EgressBurst: 1 << 20, TLSRate: 3, TLSBurst: 1}
+	if err := e1.SetLimit(cg.Rel, want); err != nil {
+		t.Fatal(err)
+	}
 	if err := e1.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -219,8 +223,17 @@ func TestEnforcer_survivesRestart(t *testing.T) {
 	if !e2.Reused() {
 		t.Errorf("second agent did not reuse the pinned links")
 	}
+	if l, p, ok := e2.Limit(cg.Rel); !ok || l != want || p.Kind != PolicyBlockConnections {
+		t.Errorf("second agent read back %+v, %+v, %v; want %+v under block_connections", l, p, ok, want)
+	}
+	if err := e2.RemoveLimit(cg.Rel); err != nil {
+		t.Fatal(err)
+	}
 	if err := e2.SetTenantPolicy(cg.Rel, Policy{}); err != nil {
 		t.Fatal(err)
+	}
+	if _, _, ok := e2.Limit(cg.Rel); ok {
+		t.Errorf("limit still reported after removing limit and policy")
 	}
 	if r := runConnect(t, cg, addr, 2); r.OK != 2 {
 		t.Fatalf("after the new agent lifted the block: %+v", r)
