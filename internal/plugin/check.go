@@ -21,19 +21,20 @@ const (
 
 type sig struct{ params, results []api.ValueType }
 
-var (
-	i32, i64 = api.ValueTypeI32, api.ValueTypeI64
+const i32, i64 = api.ValueTypeI32, api.ValueTypeI64
 
-	requiredExports = map[string]sig{
-		exportVersion: {nil, []api.ValueType{i32}},
-		exportAlloc:   {[]api.ValueType{i32}, []api.ValueType{i32}},
-		exportPrice:   {[]api.ValueType{i32, i32}, []api.ValueType{i64}},
-	}
-	optionalExports = map[string]sig{
-		exportEvent: {[]api.ValueType{i32, i32}, []api.ValueType{i64}},
-		exportInit:  {nil, nil},
-	}
-)
+// abiExports returns the exports ABI v1 requires and those it allows,
+// with their signatures.
+func abiExports() (required, optional map[string]sig) {
+	return map[string]sig{
+			exportVersion: {nil, []api.ValueType{i32}},
+			exportAlloc:   {[]api.ValueType{i32}, []api.ValueType{i32}},
+			exportPrice:   {[]api.ValueType{i32, i32}, []api.ValueType{i64}},
+		}, map[string]sig{
+			exportEvent: {[]api.ValueType{i32, i32}, []api.ValueType{i64}},
+			exportInit:  {nil, nil},
+		}
+}
 
 // scanSections walks the module's top-level sections and refuses a start
 // section: it would run guest code at instantiation, before the host has
@@ -74,6 +75,8 @@ func uleb32(b []byte) (uint32, int) {
 // checkModule verifies the compiled module's exports and imports against
 // ABI v1 and the host's allow-list, naming the first problem found.
 func checkModule(cm wazero.CompiledModule) (hasEvent, hasInit, usesHost bool, err error) {
+	requiredExports, optionalExports := abiExports()
+	hostImports := hostImportTable()
 	exps := cm.ExportedFunctions()
 	if _, ok := exps[exportVersion]; !ok {
 		return false, false, false, fmt.Errorf("%w: missing export %s: not a kmeter ABI v1 plugin (see docs/plugin-abi.md)", ErrRefused, exportVersion)

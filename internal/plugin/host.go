@@ -32,27 +32,29 @@ const (
 	errnoNotsup  = 58
 )
 
-// hostImports is the allow-list of imports a plugin may have, with their
+// hostImportTable returns the allow-list of imports a plugin may have, with their
 // signatures. The wasi_snapshot_preview1 subset is exactly what the Go
 // runtime needs (GOOS=wasip1, -buildmode=c-shared) and touches nothing
 // outside the instance: no files, sockets, environment or real clock.
-var hostImports = map[string]map[string]sig{
-	hostModule: {
-		"log": {[]api.ValueType{i32, i32, i32}, nil},
-		"now": {nil, []api.ValueType{i64}},
-	},
-	wasiModule: {
-		"args_get":          {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
-		"args_sizes_get":    {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
-		"environ_get":       {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
-		"environ_sizes_get": {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
-		"clock_time_get":    {[]api.ValueType{i32, i64, i32}, []api.ValueType{i32}},
-		"random_get":        {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
-		"fd_write":          {[]api.ValueType{i32, i32, i32, i32}, []api.ValueType{i32}},
-		"poll_oneoff":       {[]api.ValueType{i32, i32, i32, i32}, []api.ValueType{i32}},
-		"sched_yield":       {nil, []api.ValueType{i32}},
-		"proc_exit":         {[]api.ValueType{i32}, nil},
-	},
+func hostImportTable() map[string]map[string]sig {
+	return map[string]map[string]sig{
+		hostModule: {
+			"log": {[]api.ValueType{i32, i32, i32}, nil},
+			"now": {nil, []api.ValueType{i64}},
+		},
+		wasiModule: {
+			"args_get":          {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
+			"args_sizes_get":    {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
+			"environ_get":       {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
+			"environ_sizes_get": {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
+			"clock_time_get":    {[]api.ValueType{i32, i64, i32}, []api.ValueType{i32}},
+			"random_get":        {[]api.ValueType{i32, i32}, []api.ValueType{i32}},
+			"fd_write":          {[]api.ValueType{i32, i32, i32, i32}, []api.ValueType{i32}},
+			"poll_oneoff":       {[]api.ValueType{i32, i32, i32, i32}, []api.ValueType{i32}},
+			"sched_yield":       {nil, []api.ValueType{i32}},
+			"proc_exit":         {[]api.ValueType{i32}, nil},
+		},
+	}
 }
 
 // callState is what host functions may see of the batch being priced.
@@ -104,8 +106,9 @@ func instantiateHostModules(ctx context.Context, r wazero.Runtime, mono *atomic.
 		return err
 	}
 	wb := r.NewHostModuleBuilder(wasiModule)
+	wasi := hostImportTable()[wasiModule]
 	fn := func(name string, f api.GoModuleFunc) {
-		s := hostImports[wasiModule][name]
+		s := wasi[name]
 		wb.NewFunctionBuilder().WithGoModuleFunction(f, s.params, s.results).Export(name)
 	}
 	fn("args_get", wasiNoop)
