@@ -403,3 +403,33 @@ func TestEngine_hostImports(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// fakeVerifier accepts only modules whose sha256 it was given and vouches
+// for them as "vendor-key".
+type fakeVerifier struct{ allowed string }
+
+func (f fakeVerifier) Verify(_ context.Context, module []byte) (Identity, error) {
+	sha := SHA256Hex(module)
+	if sha != f.allowed {
+		return Identity{}, errors.New("signature does not verify")
+	}
+	return Identity{SHA256: sha, Signer: "vendor-key", Licence: "licence-42"}, nil
+}
+
+// TestEngine_Load_verifier checks the Verifier runs before compiling:
+// its refusal keeps the live plugin, its identity is what the engine
+// reports.
+func TestEngine_Load_verifier(t *testing.T) {
+	good, other := examplePlugin(t, "c-flat"), examplePlugin(t, "c-split")
+	e := newEngine(t, func(c *Config) { c.Verifier = fakeVerifier{allowed: SHA256Hex(good)} })
+	id := mustLoad(t, e, good)
+	if id.Signer != "vendor-key" || id.Licence != "licence-42" {
+		t.Fatalf("identity %+v does not come from the verifier", id)
+	}
+	if _, err := e.Load(context.Background(), other); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "signature does not verify") {
+		t.Fatalf("Load(unsigned) = %v, want ErrRefused from the verifier", err)
+	}
+	if live, _ := e.Live(); live.SHA256 != id.SHA256 || live.Signer != "vendor-key" {
+		t.Fatalf("live %+v after a refused load", live)
+	}
+}
