@@ -126,10 +126,7 @@ int tls_egress(struct __sk_buff *skb)
 	sk = skb->sk;
 	if (!sk)
 		return 1;
-	sk = bpf_sk_fullsock(sk);
-	if (!sk || sk->protocol != TLS_IPPROTO_TCP)
-		return 1;
-	tp = bpf_tcp_sock(sk);
+	tp = bpf_tcp_sock(sk); /* NULL unless a full TCP socket */
 	if (!tp || tp->data_segs_out != (skb->gso_segs > 1 ? skb->gso_segs : 1))
 		return 1;
 	if (tls_skb_tcp_flow(skb, 0, &flow) || flow.payload_len == 0)
@@ -141,6 +138,9 @@ int tls_egress(struct __sk_buff *skb)
 	 * segment counter (a repaired or migrated socket starts again at 0).
 	 * The mark is made only for sockets that sent a hello: creating
 	 * socket storage costs microseconds, too much for every socket. */
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
 	seen = bpf_sk_storage_get(&sk_seen, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!seen || *seen)
 		return 1;
