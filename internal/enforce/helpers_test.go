@@ -30,6 +30,7 @@ func TestMain(m *testing.M) {
 		"udp":       helperUDP,
 		"progbench": helperProgBench,
 		"recv":      helperRecv,
+		"tlsserve":  helperTLSServe,
 	})
 	os.Exit(m.Run())
 }

@@ -135,3 +135,5 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
 }
+
+var _ Store = (*enforce.Enforcer)(nil)
