@@ -21,9 +21,11 @@ type encoder struct {
 	head  []byte // header and fixed-size records
 	attrs []byte
 	strs  []byte
-	keys  []string
 	seen  [256]strSlot // small direct-mapped cache: string data pointer -> offset
-	now   int64        // latest window end in the batch
+	// runs remembers each attribute map's sorted entries across batches,
+	// so a tenant's map is iterated and sorted once, not once per batch.
+	runs map[unsafe.Pointer]*attrRun
+	now  int64 // latest window end in the batch
 }
 
 // strSlot remembers where a string was stored. ptr is an address kept
@@ -50,6 +52,26 @@ func (e *encoder) str(s string) (uint32, uint32) {
 	e.strs = append(e.strs, s...)
 	*slot = strSlot{ptr: p, n: len(s), off: off}
 	return off, uint32(len(s))
+}
+
+// attrRun is one attribute map's entries, sorted by key.
+type attrRun struct{ keys, vals []string }
+
+// maxAttrRuns bounds the attribute cache; past it the cache starts over.
+const maxAttrRuns = 4096
+
+// matches reports whether m still holds exactly the run's entries: the
+// same number of keys, each present with the same value.
+func (r *attrRun) matches(m map[string]string) bool {
+	if len(m) != len(r.keys) {
+		return false
+	}
+	for i, k := range r.keys {
+		if v, ok := m[k]; !ok || v != r.vals[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // mapID identifies an attribute map by its header pointer, so records
@@ -96,7 +118,7 @@ func (e *encoder) encode(recs []pricing.Record) error {
 		if id := mapID(r.Attrs); id != nil {
 			if id != prevMap {
 				prevMap, prevFirst = id, uint32(len(e.attrs)/abi.AttrSize)
-				e.writeAttrs(r.Attrs)
+				e.writeAttrs(id, r.Attrs)
 			}
 			first = prevFirst
 		}
@@ -113,16 +135,28 @@ func (e *encoder) encode(recs []pricing.Record) error {
 	return nil
 }
 
-// writeAttrs appends one attribute run, keys sorted.
-func (e *encoder) writeAttrs(m map[string]string) {
-	e.keys = e.keys[:0]
-	for k := range m {
-		e.keys = append(e.keys, k)
+// writeAttrs appends one attribute run, keys sorted. The sorted entries
+// of a map are cached by its identity and checked against its content, so
+// a map changed in place is re-read.
+func (e *encoder) writeAttrs(id unsafe.Pointer, m map[string]string) {
+	run := e.runs[id]
+	if run == nil || !run.matches(m) {
+		run = &attrRun{keys: make([]string, 0, len(m)), vals: make([]string, len(m))}
+		for k := range m {
+			run.keys = append(run.keys, k)
+		}
+		slices.Sort(run.keys)
+		for i, k := range run.keys {
+			run.vals[i] = m[k]
+		}
+		if e.runs == nil || len(e.runs) >= maxAttrRuns {
+			e.runs = make(map[unsafe.Pointer]*attrRun)
+		}
+		e.runs[id] = run
 	}
-	slices.Sort(e.keys)
-	for _, k := range e.keys {
+	for i, k := range run.keys {
 		ko, kl := e.str(k)
-		vo, vl := e.str(m[k])
+		vo, vl := e.str(run.vals[i])
 		e.attrs = binary.LittleEndian.AppendUint32(e.attrs, ko)
 		e.attrs = binary.LittleEndian.AppendUint32(e.attrs, kl)
 		e.attrs = binary.LittleEndian.AppendUint32(e.attrs, vo)

@@ -91,6 +91,28 @@ func TestEncoder_matchesABI(t *testing.T) {
 	if enc.now != t0.Add(2*time.Second).UnixNano() {
 		t.Fatalf("now = %d, want the latest window end", enc.now)
 	}
+	// A map changed in place between batches is re-read, not served
+	// from the encoder's attribute cache.
+	for _, change := range []func(){func() { pro["plan"] = "free" }, func() { pro["zone"] = "b" }, func() { delete(pro, "zone"); delete(pro, "region"); pro["area"] = "eu" }} {
+		change()
+		if err := enc.encode(recs[:1]); err != nil {
+			t.Fatal(err)
+		}
+		b = make([]byte, enc.size())
+		enc.copyTo(b)
+		got, err := abi.DecodeBatch(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got[0].Attrs) != len(pro) {
+			t.Fatalf("attrs %+v, map %v", got[0].Attrs, pro)
+		}
+		for _, a := range got[0].Attrs {
+			if pro[a.Key] != a.Value {
+				t.Fatalf("attrs %+v, map %v", got[0].Attrs, pro)
+			}
+		}
+	}
 	bad := []pricing.Record{{Tenant: "a", Meter: "m", Start: t0, End: t0.Add(-time.Second)}}
 	if err := enc.encode(bad); err == nil || !strings.Contains(err.Error(), "ends before it starts") {
 		t.Fatalf("size(reversed window) = %v", err)
