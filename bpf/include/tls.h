@@ -263,12 +263,14 @@ static __always_inline int tls_skb_parse_hello(struct __sk_buff *skb, __u32 off,
 		__u16 type, elen;
 		__u32 data;
 
+		__u8 eh[4]; /* type, length: one helper call, not two */
+
 		if (pos + 4 > ext_end)
 			break;
-		type = tls__load_u16(skb, pos, &err);
-		elen = tls__load_u16(skb, pos + 2, &err);
-		if (err)
+		if (bpf_skb_load_bytes(skb, pos, eh, sizeof(eh)))
 			return -1;
+		type = ((__u16)eh[0] << 8) | eh[1];
+		elen = ((__u16)eh[2] << 8) | eh[3];
 		data = pos + 4;
 		pos = data + elen;
 
@@ -303,16 +305,13 @@ static __always_inline int tls_skb_parse_hello(struct __sk_buff *skb, __u32 off,
 		if (type == TLS_EXT_SERVER_NAME && kind == TLS_HELLO_CLIENT) {
 			/* server_name_list length (2), name_type (1),
 			 * host name length (2), host name. */
-			__u8 name_type = tls__load_u8(skb, data + 2, &err);
-			__u16 name_len = tls__load_u16(skb, data + 3, &err);
+			__u8 nh[3];
 			__u32 name = data + 5;
 			__u64 n; /* 64-bit, so clang checks the register it passes */
 
-			if (err || name_type != 0 || name >= ext_end) {
-				err = 0;
+			if (bpf_skb_load_bytes(skb, data + 2, nh, sizeof(nh)) || nh[0] != 0 || name >= ext_end)
 				continue;
-			}
-			n = name_len;
+			n = ((__u16)nh[1] << 8) | nh[2];
 			if (n > ext_end - name)
 				n = ext_end - name;
 			if (n > TLS_SNI_MAX - 1) {
