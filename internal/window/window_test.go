@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -302,4 +303,27 @@ func TestBiller_twoNodes(t *testing.T) {
 		}
 		mustVerify(t, l1)
 	})
+}
+
+// TestBiller_Run_finalWindow: a graceful stop bills what was counted since
+// the last tick.
+func TestBiller_Run_finalWindow(t *testing.T) {
+	l := ledgertest.SQLite.Open(t)
+	src := newSource()
+	b, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: l,
+		Pricers: onePricer{&fixedPricer{microPerUnit: 1}}, Interval: time.Hour, Log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.add("shop", "syscalls", 42)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- b.Run(ctx) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if q, _ := billed(t, l); q["n1/shop/syscalls"] != 42 {
+		t.Errorf("billed %v after a graceful stop, want 42", q)
+	}
 }
