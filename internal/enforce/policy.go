@@ -1,6 +1,10 @@
 package enforce
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/kmeter/kmeter/internal/config"
+)
 
 // PolicyKind says what happens to a tenant that ran out of money or quota.
 type PolicyKind string
@@ -93,4 +97,31 @@ func Decide(r QuotaRule, s QuotaState) Policy {
 		return Policy{Kind: PolicyBlockConnections}
 	}
 	return r.OnEmpty
+}
+
+// DefaultFloor is the floor_bandwidth used when the config names none:
+// 128 KiB/s each way, enough for a tenant to reach its billing page and
+// top up.
+const DefaultFloor = 128 << 10
+
+// QuotaRuleFor builds a tenant's QuotaRule from its config entry; floor
+// is the floor bandwidth in bytes/s for on_empty "floor_bandwidth" (0
+// means DefaultFloor).
+func QuotaRuleFor(t config.Tenant, floor uint64) (QuotaRule, error) {
+	r := QuotaRule{Prepaid: t.Account == "" || t.Account == "prepaid", MonthlyQuotaBytes: t.MonthlyQuotaBytes}
+	switch PolicyKind(t.OnEmpty) {
+	case PolicyNone, PolicyBlockConnections:
+		r.OnEmpty = Policy{Kind: PolicyBlockConnections}
+	case PolicyFloorBandwidth:
+		if floor == 0 {
+			floor = DefaultFloor
+		}
+		r.OnEmpty = Policy{Kind: PolicyFloorBandwidth, Floor: floor}
+	default:
+		return QuotaRule{}, fmt.Errorf("tenant %q: on_empty %q is not block_connections or floor_bandwidth", t.Name, t.OnEmpty)
+	}
+	if err := r.OnEmpty.Validate(); err != nil {
+		return QuotaRule{}, fmt.Errorf("tenant %q: %w", t.Name, err)
+	}
+	return r, nil
 }

@@ -271,3 +271,32 @@ func TestParseLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestQuotaRuleFor(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		tenant  config.Tenant
+		floor   uint64
+		want    QuotaRule
+		wantErr string
+	}{
+		{"prepaid default", config.Tenant{Name: "a"}, 0, QuotaRule{Prepaid: true, OnEmpty: Policy{Kind: PolicyBlockConnections}}, ""},
+		{"postpaid with quota", config.Tenant{Name: "b", Account: "postpaid", MonthlyQuotaBytes: 100 << 30}, 0,
+			QuotaRule{MonthlyQuotaBytes: 100 << 30, OnEmpty: Policy{Kind: PolicyBlockConnections}}, ""},
+		{"floor default", config.Tenant{Name: "c", OnEmpty: "floor_bandwidth"}, 0, QuotaRule{Prepaid: true, OnEmpty: Policy{Kind: PolicyFloorBandwidth, Floor: DefaultFloor}}, ""},
+		{"floor given", config.Tenant{Name: "d", OnEmpty: "floor_bandwidth"}, 1 << 20, QuotaRule{Prepaid: true, OnEmpty: Policy{Kind: PolicyFloorBandwidth, Floor: 1 << 20}}, ""},
+		{"absurd floor", config.Tenant{Name: "e", OnEmpty: "floor_bandwidth"}, 1 << 50, QuotaRule{}, "needs a floor between"},
+		{"unknown policy", config.Tenant{Name: "f", OnEmpty: "nap"}, 0, QuotaRule{}, `on_empty "nap"`},
+	} {
+		got, err := QuotaRuleFor(tc.tenant, tc.floor)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: error %v, want %q", tc.name, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: QuotaRuleFor = %+v, %v, want %+v", tc.name, got, err, tc.want)
+		}
+	}
+}
