@@ -275,3 +275,29 @@ int tls_parse_test(struct __sk_buff *skb)
 						     res->kind, &res->hello);
 	return 0;
 }
+
+/* Retransmission test harness, never attached by the meter: on tc egress
+ * of lo it drops every other TLS hello transmission to or from
+ * test_drop_port (on a quiet connection: each hello's first transmission,
+ * then lets its retransmission pass), after the meter has seen it
+ * (cgroup_skb egress runs before tc egress), so TCP must retransmit. */
+volatile const __u16 test_drop_port = 0;
+__u64 test_hellos = 0;
+__u64 test_drops = 0;
+
+SEC("tc")
+int tls_test_drop(struct __sk_buff *skb)
+{
+	struct tls_flow flow;
+
+	if (tls_skb_tcp_flow(skb, 14 /* ETH_HLEN */, &flow))
+		return 0; /* TC_ACT_OK */
+	if (flow.sport != test_drop_port && flow.dport != test_drop_port)
+		return 0;
+	if (tls_skb_hello_kind(skb, flow.payload_off, flow.payload_len) == TLS_HELLO_NONE)
+		return 0;
+	if (__sync_fetch_and_add(&test_hellos, 1) % 2)
+		return 0;
+	__sync_fetch_and_add(&test_drops, 1);
+	return 2; /* TC_ACT_SHOT */
+}

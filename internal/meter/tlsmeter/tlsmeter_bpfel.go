@@ -96,6 +96,10 @@ const (
 	tlsmeterProgTlsBenchEmit  = "tls_bench_emit"
 	tlsmeterProgTlsEgress     = "tls_egress"
 	tlsmeterProgTlsParseTest  = "tls_parse_test"
+	tlsmeterProgTlsTestDrop   = "tls_test_drop"
+	tlsmeterVarTestDropPort   = "test_drop_port"
+	tlsmeterVarTestDrops      = "test_drops"
+	tlsmeterVarTestHellos     = "test_hellos"
 	tlsmeterVarUnusedTlsEvent = "unused_tls_event"
 )
 
@@ -144,6 +148,7 @@ type tlsmeterProgramSpecs struct {
 	TlsBenchEmit *ebpf.ProgramSpec `ebpf:"tls_bench_emit"`
 	TlsEgress    *ebpf.ProgramSpec `ebpf:"tls_egress"`
 	TlsParseTest *ebpf.ProgramSpec `ebpf:"tls_parse_test"`
+	TlsTestDrop  *ebpf.ProgramSpec `ebpf:"tls_test_drop"`
 }
 
 // tlsmeterMapSpecs contains maps before they are loaded into the kernel.
@@ -161,6 +166,9 @@ type tlsmeterMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tlsmeterVariableSpecs struct {
+	TestDropPort   *ebpf.VariableSpec `ebpf:"test_drop_port"`
+	TestDrops      *ebpf.VariableSpec `ebpf:"test_drops"`
+	TestHellos     *ebpf.VariableSpec `ebpf:"test_hellos"`
 	UnusedTlsEvent *ebpf.VariableSpec `ebpf:"unused_tls_event"`
 }
 
@@ -205,6 +213,9 @@ func (m *tlsmeterMaps) Close() error {
 //
 // It can be passed to loadTlsmeterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tlsmeterVariables struct {
+	TestDropPort   *ebpf.Variable `ebpf:"test_drop_port"`
+	TestDrops      *ebpf.Variable `ebpf:"test_drops"`
+	TestHellos     *ebpf.Variable `ebpf:"test_hellos"`
 	UnusedTlsEvent *ebpf.Variable `ebpf:"unused_tls_event"`
 }
 
@@ -215,6 +226,7 @@ type tlsmeterPrograms struct {
 	TlsBenchEmit *ebpf.Program `ebpf:"tls_bench_emit"`
 	TlsEgress    *ebpf.Program `ebpf:"tls_egress"`
 	TlsParseTest *ebpf.Program `ebpf:"tls_parse_test"`
+	TlsTestDrop  *ebpf.Program `ebpf:"tls_test_drop"`
 }
 
 func (p *tlsmeterPrograms) Close() error {
@@ -222,6 +234,7 @@ func (p *tlsmeterPrograms) Close() error {
 		p.TlsBenchEmit,
 		p.TlsEgress,
 		p.TlsParseTest,
+		p.TlsTestDrop,
 	)
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/kmeter/kmeter/internal/meter"
@@ -99,6 +100,8 @@ type pair struct {
 	clientHelper           string
 	listen                 string // address the server listens on, port 0
 	serverArgs, clientArgs []string
+	// beforeClient, if set, runs once the server listens on port.
+	beforeClient func(port uint16)
 }
 
 type pairResult struct {
@@ -129,6 +132,9 @@ func (p pair) run(t *testing.T) pairResult {
 	port, err := strconv.ParseUint(strings.TrimPrefix(sc.Text(), "port="), 10, 16)
 	if err != nil {
 		t.Fatalf("server port line %q: %v", sc.Text(), err)
+	}
+	if p.beforeClient != nil {
+		p.beforeClient(uint16(port))
 	}
 	host, _, _ := net.SplitHostPort(p.listen)
 	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
@@ -515,4 +521,65 @@ func mustPossibleCPUs(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestMeter_retransmittedHello drops every other hello transmission on lo
+// (in practice each hello's first one), after the meter saw it, so TCP
+// retransmits the hellos: each handshake still counts exactly once.
+func TestMeter_retransmittedHello(t *testing.T) {
+	a := testutil.NewCgroup(t, "client")
+	b := testutil.NewCgroup(t, "server")
+	m := openMeter(t, testutil.PinDir(t))
+	col := collect(t, m, a.ID, b.ID)
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var drops, hellos *ebpf.Variable
+	const n = 10
+	pair{
+		server: b, client: a,
+		serverHelper: "tls-server", clientHelper: "tls-client",
+		listen:     "127.0.0.1:0",
+		serverArgs: []string{"-n", strconv.Itoa(n)},
+		clientArgs: []string{"-n", strconv.Itoa(n), "-sni", "retransmit.kmeter.test"},
+		beforeClient: func(port uint16) {
+			spec, err := loadTlsmeter()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := spec.Variables["test_drop_port"].Set(port); err != nil {
+				t.Fatal(err)
+			}
+			var objs struct {
+				Drop   *ebpf.Program  `ebpf:"tls_test_drop"`
+				Drops  *ebpf.Variable `ebpf:"test_drops"`
+				Hellos *ebpf.Variable `ebpf:"test_hellos"`
+			}
+			testutil.CheckLoad(t, spec.LoadAndAssign(&objs, nil))
+			t.Cleanup(func() { objs.Drop.Close() })
+			l, err := link.AttachTCX(link.TCXOptions{Interface: lo.Index, Program: objs.Drop, Attach: ebpf.AttachTCXEgress})
+			testutil.CheckLoad(t, err)
+			t.Cleanup(func() { l.Close() })
+			drops, hellos = objs.Drops, objs.Hellos
+		},
+	}.run(t)
+	var dropped, seen uint64
+	if err := drops.Get(&dropped); err != nil {
+		t.Fatal(err)
+	}
+	if err := hellos.Get(&seen); err != nil {
+		t.Fatal(err)
+	}
+	// 2n hellos, each first transmission dropped, each drop seen again
+	// as a retransmission.
+	if dropped < n || seen < 2*n+dropped {
+		t.Fatalf("dropper saw %d hellos and dropped %d; want %d dropped and every drop retransmitted", seen, dropped, n)
+	}
+	t.Logf("%d hello transmissions on lo, %d dropped and retransmitted", seen, dropped)
+	checkCounts(t, m, map[uint64][2]uint64{a.ID: {n, 0}, b.ID: {0, n}})
+	events := col.stop(t)
+	if len(events[a.ID]) != n || len(events[b.ID]) != n {
+		t.Errorf("%d client and %d server events, want %d each", len(events[a.ID]), len(events[b.ID]), n)
+	}
 }
