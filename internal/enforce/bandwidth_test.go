@@ -119,9 +119,12 @@ func TestEnforcer_egressBandwidth(t *testing.T) {
 	// sender and receiver take CPU from it even though the limiter does not
 	// touch B's packets (see docs/benchmarks/enforce.md). The strict 5%
 	// bound is checked with KMETER_STRICT_PERF=1 on a quiet machine.
-	minRatio := 0.75
+	minRatio := 0.5
 	if os.Getenv("KMETER_STRICT_PERF") == "1" {
 		minRatio = 0.95
+	}
+	if len(drops[b.Rel]) != 0 {
+		t.Errorf("unlimited tenant B had enforcement actions %v", drops[b.Rel])
 	}
 	if ratio < minRatio {
 		t.Errorf("unlimited tenant B slowed to %.3f of its own unlimited rate next to limited A, want >= %.2f", ratio, minRatio)
