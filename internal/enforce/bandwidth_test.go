@@ -115,10 +115,11 @@ func TestEnforcer_egressBandwidth(t *testing.T) {
 	if r := gotA.rate() / limit; r < 0.9 || r > 1.1 {
 		t.Errorf("tenant A reached %.1f%% of its 10 MiB/s limit, want 90%%..110%%", 100*r)
 	}
-	// B's loopback throughput is CPU-bound: on a small shared machine A's
-	// sender and receiver take CPU from it even though the limiter does not
-	// touch B's packets (see docs/benchmarks/enforce.md). The strict 5%
-	// bound is checked with KMETER_STRICT_PERF=1 on a quiet machine.
+	// B's loopback throughput is CPU-bound and varies by 20% from run to
+	// run on a small shared machine, so by default this only catches gross
+	// interference; that the limiter leaves B alone is asserted exactly by
+	// B having no enforcement actions (see docs/benchmarks/enforce.md). The
+	// 5% bound is checked with KMETER_STRICT_PERF=1 on a quiet machine.
 	minRatio := 0.5
 	if os.Getenv("KMETER_STRICT_PERF") == "1" {
 		minRatio = 0.95
