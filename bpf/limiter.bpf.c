@@ -18,7 +18,8 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-// Keep in sync with maxDepth in internal/enforce/enforce.go.
+// Cgroup levels walked to find a tenant; a tenant root deeper than this is
+// never found. Documented in docs/enforcement.md ("at most 16 levels").
 #define MAX_DEPTH 16
 // Keep in sync with slicePorts in internal/enforce/slices.go.
 #define SLICE_PORTS 8

@@ -26,10 +26,6 @@ import (
 // Name is the enforcer's pin directory name under the agent's pin dir.
 const Name = "limiter"
 
-// maxDepth is how many cgroup levels the programs walk to find a tenant.
-// Keep in sync with MAX_DEPTH in bpf/limiter.bpf.c.
-const maxDepth = 16
-
 // Bucket kinds. Keep in sync with enum kind in bpf/limiter.bpf.c.
 const (
 	kindEgress      = 0
