@@ -112,8 +112,9 @@ func (r *Reader) Decode(raw *RawEvent) Event {
 }
 
 // Stats reads the kernel's produced and dropped counters and this
-// Reader's delivered count. Read Delivered first so that an event
-// delivered during the call is already counted as produced.
+// Reader's delivered count. Delivered + Dropped <= Produced always holds
+// (events may still wait in the ring); once the Reader has read every
+// pending event, they are equal.
 func (r *Reader) Stats() (RingStats, error) {
 	delivered := r.delivered.Load()
 	var percpu []tlsmeterTlsStats

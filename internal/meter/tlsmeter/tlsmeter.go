@@ -91,7 +91,7 @@ var _ meter.Meter = (*Meter)(nil)
 // It needs root (CAP_BPF and CAP_NET_ADMIN), cgroup v2, BPF sk_storage and
 // ring buffers (Linux 5.8 or later).
 func Open(cfg meter.Config) (*Meter, error) {
-	if err := cfg.Validate(); err != nil {
+	if err := meter.CheckConfig(cfg, true); err != nil {
 		return nil, fmt.Errorf("open tls meter: %w", err)
 	}
 	dir, err := meter.MapsDir(cfg.PinDir, Name)

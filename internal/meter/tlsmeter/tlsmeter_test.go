@@ -421,13 +421,14 @@ func TestOpen_badConfig(t *testing.T) {
 	tests := []struct {
 		name string
 		cfg  meter.Config
-		want string
+		want []string
 	}{
-		{"empty", meter.Config{}, "pin dir is empty"},
-		{"no cgroup dir", meter.Config{PinDir: testutil.PinDir(t)}, "cgroup2 dir is empty"},
-		{"pin dir not on bpffs", meter.Config{PinDir: t.TempDir(), CgroupDir: cgroupDir}, "pin"},
-		{"cgroup dir not a cgroup", meter.Config{PinDir: testutil.PinDir(t), CgroupDir: t.TempDir()}, "attach cgroup_skb/egress"},
-		{"cgroup dir missing", meter.Config{PinDir: testutil.PinDir(t), CgroupDir: "/nonexistent/cgroup"}, "attach cgroup_skb/egress"},
+		{"empty", meter.Config{}, []string{"pin dir is empty", "cgroup2 dir is empty"}},
+		{"no cgroup dir", meter.Config{PinDir: testutil.PinDir(t)}, []string{"cgroup2 dir is empty"}},
+		{"pin dir not on bpffs", meter.Config{PinDir: t.TempDir(), CgroupDir: cgroupDir}, []string{"not on a bpffs"}},
+		{"pin dir missing", meter.Config{PinDir: "/sys/fs/bpf/kmeter-test/missing", CgroupDir: cgroupDir}, []string{"missing: file does not exist"}},
+		{"cgroup dir not a cgroup", meter.Config{PinDir: testutil.PinDir(t), CgroupDir: t.TempDir()}, []string{"not on a cgroup2 file system"}},
+		{"cgroup dir missing", meter.Config{PinDir: testutil.PinDir(t), CgroupDir: "/nonexistent/cgroup"}, []string{"/nonexistent/cgroup: file does not exist"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -436,8 +437,10 @@ func TestOpen_badConfig(t *testing.T) {
 				m.Close()
 				t.Fatal("Open succeeded")
 			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error %q does not mention %q", err, tt.want)
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
 			}
 		})
 	}
