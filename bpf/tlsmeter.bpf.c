@@ -194,7 +194,7 @@ int tls_egress(struct __sk_buff *skb)
 /* Benchmark producer, never attached: run with BPF_PROG_TEST_RUN, it emits
  * count events through the same reserve/submit path and record type, so
  * the Go reader can be measured at rates real handshakes cannot reach.
- * The loader removes it from the collection outside benchmarks. */
+ * The meter never loads it. */
 struct bench_args {
 	__u32 count;
 	__u32 emitted;
