@@ -92,6 +92,7 @@ func billerHelper(args []string) error {
 		_, err := b.Tick(ctx)
 		return err
 	}
+	fmt.Println("ready") // the parent may now kill us mid-billing
 	return b.Run(ctx)
 }
 
@@ -142,18 +143,47 @@ func TestBiller_crashLoop(t *testing.T) {
 			cmd := helper("run")
 			var stderr strings.Builder
 			cmd.Stderr = &stderr
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
+			ready, readDone := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(readDone)
+				sc := bufio.NewScanner(stdout)
+				for sc.Scan() {
+					if sc.Text() == "ready" {
+						close(ready)
+					}
+				}
+			}()
+			// Odd runs die at a random moment from their start (perhaps
+			// while opening the ledger); even runs at a random moment
+			// after they started billing, so that kills land in commits.
 			deadline := time.Now().Add(time.Duration(50+rng.IntN(500)) * time.Millisecond)
+			if i%2 == 0 {
+				deadline = time.Now().Add(time.Minute)
+			}
 			for time.Now().Before(deadline) {
+				select {
+				case <-ready:
+					if i%2 == 0 {
+						deadline = time.Now().Add(time.Duration(rng.IntN(300)) * time.Millisecond)
+						ready = nil
+					}
+				default:
+				}
 				grow()
 				time.Sleep(time.Duration(rng.IntN(4)) * time.Millisecond)
 			}
 			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatalf("kill %d: %v", i, err)
 			}
-			err := cmd.Wait()
+			<-readDone // the pipe ends with the process; Wait must come after
+			err = cmd.Wait()
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 				t.Fatalf("run %d ended with %v, not SIGKILL; stderr:\n%s", i, err, stderr.String())
