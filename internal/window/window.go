@@ -32,6 +32,7 @@ type Key struct {
 	Meter  string
 }
 
+// String is "tenant/meter".
 func (k Key) String() string { return k.Tenant + "/" + k.Meter }
 
 // Source reads cumulative usage: per (tenant, meter) a count that only
