@@ -40,7 +40,10 @@ type Window struct {
 	PluginSHA256 string
 }
 
-func (w Window) validate() error {
+// Validate reports what makes w unfit for the ledger: an inconsistent
+// counter range or quantity, a negative amount, a vendor share outside the
+// amount, a bad currency. [Ledger.CommitWindows] refuses such windows.
+func (w Window) Validate() error {
 	var errs []error
 	if w.Node == "" || w.Tenant == "" || w.Meter == "" {
 		errs = append(errs, errors.New("node, tenant and meter must be set"))
@@ -141,7 +144,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	var errs []error
 	for _, w := range ws {
-		if err := w.validate(); err != nil {
+		if err := w.Validate(); err != nil {
 			errs = append(errs, err)
 		}
 		if w.Node != ws[0].Node {

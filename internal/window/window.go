@@ -296,10 +296,22 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 			}
 			continue
 		}
+		// A charge the ledger would refuse fails the whole commit, so it
+		// fails its batch here instead: the other pricers' series go on.
+		var bad error
 		for j, i := range bt.idx {
-			pending[i].w.Charge = out.Charges[j]
-			pending[i].w.PluginSHA256 = out.PluginSHA256
-			priced[i] = true
+			w := &pending[i].w
+			w.Charge, w.PluginSHA256 = out.Charges[j], out.PluginSHA256
+			if err := w.Validate(); err != nil && bad == nil {
+				bad = fmt.Errorf("pricer returned an unusable charge: %w", err)
+			}
+		}
+		for _, i := range bt.idx {
+			if bad != nil {
+				b.hold(pending[i].key, pending[i].w.Quantity, bt.route.Name, bad)
+			} else {
+				priced[i] = true
+			}
 		}
 	}
 	ws := make([]ledger.Window, 0, len(pending))

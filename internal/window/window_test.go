@@ -12,6 +12,7 @@ import (
 
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
+	"github.com/kmeter/kmeter/internal/pricing"
 	"github.com/kmeter/kmeter/internal/window"
 )
 
@@ -326,4 +327,52 @@ func TestBiller_Run_finalWindow(t *testing.T) {
 	if q, _ := billed(t, l); q["n1/shop/syscalls"] != 42 {
 		t.Errorf("billed %v after a graceful stop, want 42", q)
 	}
+}
+
+// badPricer returns a negative charge, which the ledger would refuse.
+type badPricer struct{}
+
+func (badPricer) Price(_ context.Context, recs []pricing.Record) (pricing.Result, error) {
+	return pricing.Result{Charges: make([]pricing.Charge, len(recs)-1)}, nil
+}
+
+type negativePricer struct{}
+
+func (negativePricer) Price(_ context.Context, recs []pricing.Record) (pricing.Result, error) {
+	cs := make([]pricing.Charge, len(recs))
+	for i := range cs {
+		cs[i] = pricing.Charge{AmountMicro: -1, Currency: "USD"}
+	}
+	return pricing.Result{Charges: cs, PluginSHA256: pluginSHA}, nil
+}
+
+// routes sends each tenant to its own pricer.
+type routes map[string]pricing.Pricer
+
+func (r routes) PricerFor(tenant, _ string) (window.Route, error) {
+	return window.Route{Name: tenant + ".wasm", Pricer: r[tenant]}, nil
+}
+
+// TestBiller_badChargesHoldOnlyTheirBatch: a pricer that returns too few
+// charges or a negative one holds its own series; the others are billed.
+func TestBiller_badChargesHoldOnlyTheirBatch(t *testing.T) {
+	l := ledgertest.SQLite.Open(t)
+	src := newSource()
+	good := &fixedPricer{microPerUnit: 2}
+	b := newBiller(t, "n1", src, l, routes{"shop": good, "short": badPricer{}, "neg": negativePricer{}}, nil)
+	for _, tn := range []string{"shop", "short", "neg"} {
+		src.add(tn, "syscalls", 10)
+	}
+	r := mustTick(t, b)
+	if r.Windows != 1 || r.Held != 2 {
+		t.Fatalf("tick = %+v, want shop billed and 2 held", r)
+	}
+	q, _ := billed(t, l)
+	if len(q) != 1 || q["n1/shop/syscalls"] != 10 {
+		t.Errorf("billed %v, want only shop's 10", q)
+	}
+	if u := b.Unbilled(); u[window.Key{Tenant: "short", Meter: "syscalls"}] != 10 || u[window.Key{Tenant: "neg", Meter: "syscalls"}] != 10 {
+		t.Errorf("unbilled = %v", u)
+	}
+	mustVerify(t, l)
 }
