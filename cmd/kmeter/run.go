@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,11 +15,17 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kmeter/kmeter/internal/agent"
+	"github.com/kmeter/kmeter/internal/billing"
 	"github.com/kmeter/kmeter/internal/config"
+	"github.com/kmeter/kmeter/internal/enforce"
 	"github.com/kmeter/kmeter/internal/hostfs"
+	"github.com/kmeter/kmeter/internal/httpauth"
+	"github.com/kmeter/kmeter/internal/limitapi"
 	"github.com/kmeter/kmeter/internal/meter"
+	"github.com/kmeter/kmeter/internal/quota"
 	"github.com/kmeter/kmeter/internal/server"
 	"github.com/kmeter/kmeter/internal/tenant"
+	"github.com/kmeter/kmeter/internal/window"
 )
 
 // runFlags are the flags of `kmeter run`.
@@ -29,6 +36,16 @@ type runFlags struct {
 	pinDir     string
 	configFile string
 	mountsFile string
+
+	nodeID        string
+	ledgerURL     string
+	plugin        string
+	trustedKeys   string
+	revocations   string
+	allowUnsigned bool
+	tokenFile     string
+	protectReads  bool
+	noEnforcement bool
 }
 
 func newRunCmd() *cobra.Command {
@@ -52,6 +69,15 @@ and serves Prometheus metrics and the JSON API on --listen.`,
 	fl.StringVar(&f.configFile, "config", "", "YAML config file (tenants, pricing, limits, slices); see docs/config.md")
 	fl.StringVar(&f.mountsFile, "mounts", "/proc/mounts", "mount table used to find the cgroup2 file system")
 	_ = fl.MarkHidden("mounts")
+	fl.StringVar(&f.nodeID, "node-id", "", "this agent's name in the ledger (default: node_id from the config, else the host name)")
+	fl.StringVar(&f.ledgerURL, "ledger", "", "PostgreSQL URL (postgres://...) for a fleet ledger; default SQLite in --data-dir")
+	fl.StringVar(&f.plugin, "plugin", "", "signed Wasm pricing plugin for every tenant and meter (config pricing rules are more specific)")
+	fl.StringVar(&f.trustedKeys, "trusted-keys", "", "directory of trusted publisher keys (*.pub); plugins must be signed by one")
+	fl.StringVar(&f.revocations, "revocations", "", "file of revoked publisher keys and plugin sha256s, re-read on every load")
+	fl.BoolVar(&f.allowUnsigned, "allow-unsigned", false, "DEVELOPMENT ONLY: load plugins without checking signatures")
+	fl.StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token required by API writes (without it, writes are refused)")
+	fl.BoolVar(&f.protectReads, "protect-reads", false, "require the bearer token for API reads too")
+	fl.BoolVar(&f.noEnforcement, "no-enforcement", false, "do not load the in-kernel limiter (limits and quota policies are then unavailable)")
 	return cmd
 }
 
@@ -93,18 +119,78 @@ func runAgent(ctx context.Context, f runFlags) error {
 	if err != nil {
 		return err
 	}
-	a, err := agent.New(agent.Config{
+	var token httpauth.Token
+	if f.tokenFile != "" {
+		if token, err = httpauth.FromFile(f.tokenFile); err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+	}
+
+	var enf *enforce.Enforcer
+	if !f.noEnforcement {
+		if enf, err = enforce.Open(enforce.Config{PinDir: f.pinDir, CgroupDir: cgroupDir, Resolver: res}); err != nil {
+			return fmt.Errorf("load the in-kernel limiter (or run with --no-enforcement): %w", err)
+		}
+		defer enf.Close()
+		if err := enf.ApplyConfig(cfg); err != nil {
+			return fmt.Errorf("apply limits and slices from the config: %w", err)
+		}
+	}
+
+	acfg := agent.Config{
 		Meter:    meter.Config{PinDir: f.pinDir, CgroupDir: cgroupDir},
 		Interval: f.interval,
 		DataDir:  f.dataDir,
 		Resolver: res,
 		Openers:  agent.Meters(),
 		Logger:   log,
-	})
+	}
+	if enf != nil {
+		acfg.Enforced = enf.Enforced
+	}
+	a, err := agent.New(acfg)
 	if err != nil {
 		return err
 	}
 	defer a.Close()
+
+	rules := cfg.Pricing
+	if f.plugin != "" {
+		rules = append(rules, config.PricingRule{Plugin: f.plugin})
+	}
+	nodeID := f.nodeID
+	if nodeID == "" {
+		nodeID = cfg.NodeID
+	}
+	if nodeID == "" {
+		nodeID = billing.NodeID()
+	}
+	bill, err := billing.Open(ctx, billing.Config{
+		NodeID:         nodeID,
+		DataDir:        f.dataDir,
+		LedgerURL:      f.ledgerURL,
+		Interval:       f.interval,
+		Rules:          rules,
+		Tenants:        cfg.Tenants,
+		TrustedKeysDir: f.trustedKeys,
+		RevocationFile: f.revocations,
+		AllowUnsigned:  f.allowUnsigned,
+		Token:          token,
+		ProtectReads:   f.protectReads,
+		Source: window.SourceFunc(func(context.Context) (map[window.Key]uint64, error) {
+			s := a.Latest()
+			if s == nil {
+				return nil, errors.New("no usage read yet")
+			}
+			return window.FromTenants(s.Tenants), nil
+		}),
+		Attrs: res.Attributes,
+		Log:   log,
+	})
+	if err != nil {
+		return err
+	}
+	defer bill.Close()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), a.Collector())
@@ -115,11 +201,42 @@ func runAgent(ctx context.Context, f runFlags) error {
 			}
 		}
 	}
+	for _, c := range bill.Collectors() {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register billing metrics: %w", err)
+		}
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
 	a.Register(mux)
+	bill.Register(mux)
 
-	log.Info("kmeter running", "listen", srv.Addr(), "interval", f.interval, "pin_dir", f.pinDir, "cgroup2", cgroupDir)
-	err = a.Run(ctx, nil)
+	var onRead func(*agent.Snapshot)
+	if enf != nil {
+		reg.MustRegister(enf.Collector())
+		limits := limitapi.Handler(enf, token)
+		mux.Handle("/v1/limits", limits)
+		mux.Handle("/v1/limits/", limits)
+		q, err := quota.New(bill.Ledger(), enf, cfg.Tenants, log)
+		if err != nil {
+			return err
+		}
+		if q.Tenants() > 0 {
+			onRead = func(*agent.Snapshot) {
+				if err := q.Apply(ctx); err != nil {
+					log.Error("quota policies", "err", err)
+				}
+			}
+			onRead(nil) // a tenant with an empty balance is throttled from the start
+		}
+	}
+
+	log.Info("kmeter running", "listen", srv.Addr(), "interval", f.interval, "pin_dir", f.pinDir, "cgroup2", cgroupDir, "node_id", nodeID)
+	billErr := make(chan error, 1)
+	go func() { billErr <- bill.Run(ctx) }()
+	err = a.Run(ctx, onRead)
+	if berr := <-billErr; berr != nil {
+		err = errors.Join(err, fmt.Errorf("billing: %w", berr))
+	}
 	log.Info("kmeter stopped; pinned programs keep counting until the next start")
 	return err
 }

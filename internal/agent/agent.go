@@ -36,6 +36,9 @@ type Config struct {
 	DataDir  string
 	Resolver *tenant.Resolver
 	Openers  []Opener
+	// Enforced, when set, reads the enforcement decisions per tenant and
+	// kind, so they show beside usage in /v1/usage and `kmeter top`.
+	Enforced func() (map[string]map[string]uint64, error)
 	Logger   *slog.Logger
 }
 
@@ -63,6 +66,9 @@ type Snapshot struct {
 	Tenants map[string]map[string]uint64 `json:"tenants"`
 	// SyscallsByNumber maps tenant -> syscall number -> cumulative count.
 	SyscallsByNumber map[string]map[uint32]uint64 `json:"syscalls_by_number,omitempty"`
+	// Enforced maps tenant -> enforcement kind -> decisions (drops,
+	// denied connects) made by the in-kernel limiter.
+	Enforced map[string]map[string]uint64 `json:"enforced,omitempty"`
 	// Unavailable lists counters whose meter could not attach: they are
 	// not zero, they are unknown.
 	Unavailable []string `json:"unavailable,omitempty"`
@@ -190,6 +196,12 @@ func (a *Agent) Read() (*Snapshot, error) {
 			for nr, v := range nrs {
 				m[nr] += v
 			}
+		}
+	}
+	if a.cfg.Enforced != nil {
+		if s.Enforced, err = a.cfg.Enforced(); err != nil {
+			a.readErrors.Add(1)
+			return nil, fmt.Errorf("read enforcement counters: %w", err)
 		}
 	}
 	for _, st := range a.statuses {

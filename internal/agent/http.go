@@ -28,6 +28,10 @@ func (a *Agent) Register(mux *http.ServeMux) {
 			if u, ok := s.Tenants[t]; ok {
 				cp.Tenants[t] = u
 			}
+			cp.Enforced = map[string]map[string]uint64{}
+			if e, ok := s.Enforced[t]; ok {
+				cp.Enforced[t] = e
+			}
 			cp.SyscallsByNumber = map[string]map[uint32]uint64{}
 			if u, ok := s.SyscallsByNumber[t]; ok {
 				cp.SyscallsByNumber[t] = u

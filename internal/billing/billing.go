@@ -53,6 +53,8 @@ type Config struct {
 	AllowUnsigned bool
 	// Token guards the API's writes.
 	Token httpauth.Token
+	// ProtectReads requires the token for API reads too.
+	ProtectReads bool
 	// Source reads cumulative usage per tenant and meter.
 	Source window.Source
 	// Attrs returns a tenant's attributes for pricing.
@@ -130,7 +132,7 @@ func Open(ctx context.Context, cfg Config) (_ *Billing, err error) {
 	if b.audit, err = audit.Open(filepath.Join(cfg.DataDir, "audit.log")); err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	if b.api, err = api.New(api.Config{Ledger: b.ledger, Token: cfg.Token, Log: cfg.Log}); err != nil {
+	if b.api, err = api.New(api.Config{Ledger: b.ledger, Token: cfg.Token, ProtectReads: cfg.ProtectReads, Log: cfg.Log}); err != nil {
 		return nil, err
 	}
 	if len(cfg.Rules) == 0 {

@@ -20,6 +20,7 @@ import (
 type Usage struct {
 	Time        time.Time                    `json:"time"`
 	Tenants     map[string]map[string]uint64 `json:"tenants"`
+	Enforced    map[string]map[string]uint64 `json:"enforced"`
 	Unavailable []string                     `json:"unavailable"`
 }
 
@@ -54,6 +55,25 @@ var columns = []struct{ meter, head string }{
 	{meter.NetRxBytes, "RX"},
 	{meter.TLSClientHandshakes, "TLS-C"},
 	{meter.TLSServerHandshakes, "TLS-S"},
+	{enforcedColumn, "ENFORCED"},
+}
+
+// enforcedColumn is the pseudo-meter of enforcement decisions (all kinds
+// added up): packets dropped and connections denied by the limiter.
+const enforcedColumn = "enforced"
+
+// value returns tenant t's cumulative value of column m.
+func (u *Usage) value(t, m string) (uint64, bool) {
+	if m != enforcedColumn {
+		v, ok := u.Tenants[t][m]
+		return v, ok
+	}
+	kinds, ok := u.Enforced[t]
+	var sum uint64
+	for _, v := range kinds {
+		sum += v
+	}
+	return sum, ok
 }
 
 // Render writes one screen: a row per tenant with "rate/s (total)" per
@@ -69,14 +89,21 @@ func Render(w io.Writer, prev, cur *Usage, maxRows int) error {
 	if prev != nil {
 		dt = cur.Time.Sub(prev.Time).Seconds()
 	}
-	rows := make([]row, 0, len(cur.Tenants))
-	for t, byMeter := range cur.Tenants {
+	tenants := map[string]bool{}
+	for t := range cur.Tenants {
+		tenants[t] = true
+	}
+	for t := range cur.Enforced {
+		tenants[t] = true
+	}
+	rows := make([]row, 0, len(tenants))
+	for t := range tenants {
 		r := row{tenant: t}
 		for _, c := range columns {
-			v := byMeter[c.meter]
+			v, _ := cur.value(t, c.meter)
 			rate := 0.0
 			if dt > 0 {
-				if p, ok := prev.Tenants[t][c.meter]; ok && v >= p {
+				if p, ok := prev.value(t, c.meter); ok && v >= p {
 					rate = float64(v-p) / dt
 				}
 			}
@@ -94,7 +121,7 @@ func Render(w io.Writer, prev, cur *Usage, maxRows int) error {
 	if maxRows > 0 && len(rows) > maxRows {
 		rows = rows[:maxRows]
 	}
-	fmt.Fprintf(w, "kmeter top - %s - %d tenants - rate/s (total)\n", cur.Time.Format(time.TimeOnly), len(cur.Tenants))
+	fmt.Fprintf(w, "kmeter top - %s - %d tenants - rate/s (total)\n", cur.Time.Format(time.TimeOnly), len(tenants))
 	if len(cur.Unavailable) > 0 {
 		fmt.Fprintf(w, "unavailable (meter not attached, see kmeter doctor): %s\n", strings.Join(cur.Unavailable, ", "))
 	}

@@ -19,7 +19,8 @@ func TestRender_ratesAndOrder(t *testing.T) {
 	cur := &Usage{Time: t0.Add(2 * time.Second), Tenants: map[string]map[string]uint64{
 		"/a": {"syscalls": 4100, "net_tx_bytes": 2 * 1024 * 1024},
 		"/b": {"syscalls": 1200},
-	}, Unavailable: []string{"tls_client_handshakes"}}
+	}, Enforced: map[string]map[string]uint64{"/b": {"connect_denied": 30, "egress_drop": 12}},
+		Unavailable: []string{"tls_client_handshakes"}}
 	var buf bytes.Buffer
 	if err := Render(&buf, prev, cur, 0); err != nil {
 		t.Fatal(err)
@@ -30,7 +31,7 @@ func TestRender_ratesAndOrder(t *testing.T) {
 	if !strings.Contains(lines[3], "/a") || !strings.Contains(lines[3], "2.0k (4.1k)") || !strings.Contains(lines[3], "1.0MiB (2.0MiB)") {
 		t.Errorf("row /a wrong:\n%s", out)
 	}
-	if !strings.Contains(lines[4], "/b") || !strings.Contains(lines[4], "100 (1.2k)") {
+	if !strings.Contains(lines[4], "/b") || !strings.Contains(lines[4], "100 (1.2k)") || !strings.HasSuffix(strings.TrimSpace(lines[4]), "0 (42)") {
 		t.Errorf("row /b wrong:\n%s", out)
 	}
 	if !strings.Contains(out, "unavailable (meter not attached, see kmeter doctor): tls_client_handshakes") {
