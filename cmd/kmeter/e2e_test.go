@@ -196,6 +196,8 @@ func (a *testAgent) checkMetrics(t *testing.T, tenant string, getppid uint64) {
 		fmt.Sprintf(`kmeter_usage_total{meter="syscalls",tenant="%s"} `, tenant),
 		`kmeter_meter_up{fallback="false",hook="tp_btf/sys_enter",meter="syscalls"} 1`,
 		`kmeter_map_overflow_total{counter="syscalls",meter="syscalls"} 0`,
+		"kmeter_tls_events_dropped_total 0",
+		`kmeter_meter_up{fallback="false",hook="cgroup_skb/egress",meter="tlsmeter"} 1`,
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q", want)

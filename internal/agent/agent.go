@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kmeter/kmeter/internal/meter"
+	"github.com/kmeter/kmeter/internal/meter/tlsmeter"
 	"github.com/kmeter/kmeter/internal/tenant"
 )
 
@@ -39,7 +40,10 @@ type Config struct {
 	// Enforced, when set, reads the enforcement decisions per tenant and
 	// kind, so they show beside usage in /v1/usage and `kmeter top`.
 	Enforced func() (map[string]map[string]uint64, error)
-	Logger   *slog.Logger
+	// OnTLSEvent, when set, receives every TLS handshake record from the
+	// ring buffer (for per-event pricing); it must not block.
+	OnTLSEvent func(tlsmeter.Event)
+	Logger     *slog.Logger
 }
 
 func (c Config) validate() error {
@@ -85,6 +89,9 @@ type Agent struct {
 	readErrors atomic.Uint64
 	reads      atomic.Uint64
 
+	events    *tlsEvents
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
 	closeOnce sync.Once
 }
 
@@ -99,7 +106,7 @@ func New(cfg Config) (*Agent, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, log: log}
+	a := &Agent{cfg: cfg, log: log, stop: func() {}}
 	var errs []error
 	for _, o := range cfg.Openers {
 		m, err := o.Open(cfg.Meter)
@@ -119,6 +126,18 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if err := cfg.Resolver.Load(a.pathCache()); err != nil {
 		log.Warn("cgroup path cache ignored", "err", err)
+	}
+	var ctx context.Context
+	ctx, a.stop = context.WithCancel(context.Background())
+	for _, m := range a.meters {
+		if tm, ok := m.(*tlsmeter.Meter); ok {
+			ev, err := startTLSEvents(ctx, &a.wg, tm, cfg.OnTLSEvent)
+			if err != nil {
+				a.Close()
+				return nil, fmt.Errorf("read tls events: %w", err)
+			}
+			a.events = ev
+		}
 	}
 	if _, err := a.Read(); err != nil {
 		a.Close()
@@ -253,6 +272,8 @@ func (a *Agent) Run(ctx context.Context, onRead func(*Snapshot)) error {
 func (a *Agent) Close() error {
 	var errs []error
 	a.closeOnce.Do(func() {
+		a.stop()
+		a.wg.Wait()
 		for _, m := range a.meters {
 			errs = append(errs, m.Close())
 		}

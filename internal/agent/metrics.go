@@ -55,9 +55,15 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.usage, c.meterUp, c.readErrors, c.lastRead, c.tenants, c.syscallsByNr, c.mapEntries, c.mapMax, c.mapOverflow} {
 		ch <- d
 	}
+	if c.a.events != nil {
+		c.a.events.Describe(ch)
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	if c.a.events != nil {
+		c.a.events.Collect(ch)
+	}
 	for _, st := range c.a.statuses {
 		up := 1.0
 		if st.Err != "" {
