@@ -147,7 +147,22 @@ func (r *Resolver) Attributes(tenant string) map[string]string { return r.attrs[
 // Roots returns the cgroup ids at the top of tenant's subtrees: for a named
 // tenant, the ids of its configured cgroups that exist; for a path tenant,
 // that cgroup's id. Limits attach to these ids and cover everything below.
+// A tenant not found is looked up again after a rescan, so a cgroup
+// created since the last scan is found at once.
 func (r *Resolver) Roots(tenant string) ([]uint64, error) {
+	if ids := r.roots(tenant); len(ids) > 0 {
+		return ids, nil
+	}
+	if err := r.Refresh(); err != nil {
+		return nil, err
+	}
+	if ids := r.roots(tenant); len(ids) > 0 {
+		return ids, nil
+	}
+	return nil, fmt.Errorf("%w: no configured tenant has that name and no cgroup has that path under %s (a path tenant is a cgroup path such as /shop/web)", ErrUnknown, r.root)
+}
+
+func (r *Resolver) roots(tenant string) []uint64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var ids []uint64
@@ -166,11 +181,8 @@ func (r *Resolver) Roots(tenant string) ([]uint64, error) {
 			ids = append(ids, id)
 		}
 	}
-	if len(ids) == 0 {
-		return nil, fmt.Errorf("%w %q: no such configured tenant or cgroup path under %s (list them with `kmeter tenants`)", ErrUnknown, tenant, r.root)
-	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids, nil
+	return ids
 }
 
 // Tenants returns the tenants of every live cgroup, sorted.

@@ -78,6 +78,13 @@ func TestResolver_Tenant(t *testing.T) {
 	if _, err := r.Roots("nope"); !errors.Is(err, ErrUnknown) {
 		t.Errorf("Roots(nope) err = %v, want ErrUnknown", err)
 	}
+	// A cgroup made after the last scan is found without waiting for one.
+	if err := os.Mkdir(filepath.Join(root, "late"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if roots, err := r.Roots("/late"); err != nil || len(roots) != 1 {
+		t.Errorf("Roots(/late) = %v, %v; want the new cgroup", roots, err)
+	}
 }
 
 func TestResolver_SaveLoad_keepsRemovedCgroups(t *testing.T) {
