@@ -135,7 +135,11 @@ func Render(w io.Writer, prev, cur *Usage, maxRows int) error {
 		fmt.Fprintf(tw, "%s\t", r.tenant)
 		for i, c := range columns {
 			bytes := c.meter == meter.NetTxBytes || c.meter == meter.NetRxBytes
-			fmt.Fprintf(tw, "%s (%s)\t", human(r.rates[i], bytes), human(float64(r.totals[i]), bytes))
+			rate := "-" // no earlier read to take a rate from
+			if prev != nil {
+				rate = human(r.rates[i], bytes)
+			}
+			fmt.Fprintf(tw, "%s (%s)\t", rate, human(float64(r.totals[i]), bytes))
 		}
 		fmt.Fprintln(tw)
 	}

@@ -39,6 +39,17 @@ func TestRender_ratesAndOrder(t *testing.T) {
 	}
 }
 
+func TestRender_once(t *testing.T) {
+	cur := &Usage{Time: time.Now(), Tenants: map[string]map[string]uint64{"/a": {"syscalls": 5}}}
+	var buf bytes.Buffer
+	if err := Render(&buf, nil, cur, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "- (5)") {
+		t.Errorf("without an earlier read the rate must be '-':\n%s", buf.String())
+	}
+}
+
 func TestFetch(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/usage" {
