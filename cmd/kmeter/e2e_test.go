@@ -46,6 +46,10 @@ func TestMain(m *testing.M) {
 			}
 			return nil
 		},
+		// Helpers of the billing, crash and quota tests (e2e_helpers_test.go).
+		"tls-server":   tlsServerHelper,
+		"tls-client":   tlsClientHelper,
+		"connect-loop": connectLoopHelper,
 	})
 	os.Exit(m.Run())
 }

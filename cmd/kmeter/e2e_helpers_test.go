@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kmeter/kmeter/internal/invoice"
+	"github.com/kmeter/kmeter/internal/ledger"
+	"github.com/kmeter/kmeter/internal/testutil"
+)
+
+// The end-to-end tests below start real agents (`kmeter run` as a child of
+// the test binary), make real kernel events from helper processes placed in
+// test cgroups, and check what the ledger billed to the last unit.
+
+// tlsServerHelper ADDR N accepts N TLS connections on ADDR (printing
+// "port=P" once listening), completing the handshake of each.
+func tlsServerHelper(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: tls-server ADDR N")
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil {
+		return err
+	}
+	cert, err := selfSignedCert()
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", args[0])
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	fmt.Printf("port=%d\n", ln.Addr().(*net.TCPAddr).Port)
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	for i := range n {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		tc := tls.Server(c, cfg)
+		if err := tc.Handshake(); err != nil {
+			return fmt.Errorf("server handshake %d: %w", i, err)
+		}
+		if _, err := tc.Write([]byte("ok")); err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, tc)
+		tc.Close()
+	}
+	return nil
+}
+
+// tlsClientHelper ADDR N makes N TLS handshakes with ADDR, one connection
+// each, and reads the server's "ok" on every one.
+func tlsClientHelper(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: tls-client ADDR N")
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil {
+		return err
+	}
+	cfg := &tls.Config{InsecureSkipVerify: true, ServerName: "kmeter-e2e"} // throwaway self-signed cert
+	for i := range n {
+		c, err := tls.Dial("tcp", args[0], cfg)
+		if err != nil {
+			return fmt.Errorf("client handshake %d: %w", i, err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+			return fmt.Errorf("read from server %d: %w", i, err)
+		}
+		c.Close()
+	}
+	return nil
+}
+
+// connectLoopHelper ADDR connects to ADDR and closes the connection in a
+// loop until killed; every connect() is one tcp_connects event. A refused
+// or denied connect is not an error here: the quota test watches them.
+func connectLoopHelper(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: connect-loop ADDR")
+	}
+	for {
+		c, err := net.DialTimeout("tcp", args[0], time.Second)
+		if err == nil {
+			c.Close()
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// selfSignedCert makes an ECDSA P-256 certificate for the test server.
+func selfSignedCert() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "kmeter-e2e"},
+		DNSNames:     []string{"kmeter-e2e"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// tlsHandshakes makes n real TLS handshakes: the server runs in cgroup
+// server, the client in cgroup client, over 127.0.0.1 on a free port
+// (never 443, so no port rule can be what counts them).
+func tlsHandshakes(t *testing.T, server, client testutil.Cgroup, n int) {
+	t.Helper()
+	srv := server.SelfCommand(t, "tls-server", "127.0.0.1:0", strconv.Itoa(n))
+	out, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatalf("start tls server: %v", err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("tls server did not print its port: %v", err)
+	}
+	port, ok := strings.CutPrefix(strings.TrimSpace(line), "port=")
+	if !ok || port == "443" {
+		t.Fatalf("tls server printed %q", line)
+	}
+	if err := client.SelfCommand(t, "tls-client", "127.0.0.1:"+port, strconv.Itoa(n)).Run(); err != nil {
+		t.Fatalf("tls client: %v", err)
+	}
+	if err := srv.Wait(); err != nil {
+		t.Fatalf("tls server: %v", err)
+	}
+}
+
+// buildPlugin builds the C example plugin name ("c-tls", "c-flat") from
+// source with plugins/build.sh into a temp dir and returns its path. It
+// fails when clang is missing under KMETER_REQUIRE_BPF=1 and skips
+// otherwise.
+func buildPlugin(t *testing.T, name string) string {
+	t.Helper()
+	for _, tool := range []string{"clang", "wasm-ld"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testutil.SkipOrFail(t, "%s is not installed (Debian: clang lld), needed to build plugin %s", tool, name)
+		}
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("bash", filepath.Join("..", "..", "plugins", "build.sh"), dir, "c")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("plugins/build.sh c: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, name+".wasm")
+}
+
+// signedPlugin makes a publisher key with `kmeter plugin keygen`, signs
+// module with `kmeter plugin sign`, and returns the signed module and a
+// trusted-keys dir that holds only the public key.
+func signedPlugin(t *testing.T, module string) (signed, keysDir string) {
+	t.Helper()
+	dir := t.TempDir()
+	keysDir = filepath.Join(dir, "trusted")
+	if err := os.Mkdir(keysDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pluginCLI(t, "plugin", "keygen", "--out", filepath.Join(dir, "acme")); err != nil {
+		t.Fatalf("plugin keygen: %v", err)
+	}
+	if err := os.Rename(filepath.Join(dir, "acme.pub"), filepath.Join(keysDir, "acme.pub")); err != nil {
+		t.Fatal(err)
+	}
+	signed = filepath.Join(dir, "signed.wasm")
+	if _, _, err := pluginCLI(t, "plugin", "sign", "--key", filepath.Join(dir, "acme.key"), "--out", signed, module); err != nil {
+		t.Fatalf("plugin sign: %v", err)
+	}
+	return signed, keysDir
+}
+
+// writeConfig writes a YAML config to a temp file and returns its path.
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "kmeter.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// invoiceCLI runs `kmeter invoice --format json` in-process.
+func invoiceCLI(t *testing.T, tenant string, ledgerArgs ...string) invoice.Invoice {
+	t.Helper()
+	args := append([]string{"invoice", "--tenant", tenant, "--period", ledger.PeriodOf(time.Now()), "--format", "json"}, ledgerArgs...)
+	out, _, err := pluginCLI(t, args...)
+	if err != nil {
+		t.Fatalf("kmeter %s: %v", strings.Join(args, " "), err)
+	}
+	var inv invoice.Invoice
+	if err := json.Unmarshal([]byte(out), &inv); err != nil {
+		t.Fatalf("invoice JSON: %v\n%s", err, out)
+	}
+	return inv
+}
+
+// apiInvoice reads tenant's invoice of this month from the agent's money
+// API.
+func (a *testAgent) apiInvoice(t *testing.T, tenant string) invoice.Invoice {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://%s/v1/invoices/%s?period=%s", a.addr, tenant, ledger.PeriodOf(time.Now())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET invoice of %s: %s: %s", tenant, resp.Status, body)
+	}
+	var inv invoice.Invoice
+	if err := json.Unmarshal(body, &inv); err != nil {
+		t.Fatalf("invoice JSON: %v\n%s", err, body)
+	}
+	return inv
+}
+
+// lineOf returns the quantity and amount billed for meter on inv, summed
+// over its lines (one per plugin version).
+func lineOf(inv invoice.Invoice, meter string) (quantity, amount int64) {
+	for _, l := range inv.Lines {
+		if l.Meter == meter {
+			quantity += l.Quantity
+			amount += l.AmountMicro
+		}
+	}
+	return quantity, amount
+}
+
+// waitBilled polls the agent's invoice of tenant until meter's billed
+// quantity reaches want (or the deadline passes), then returns the
+// invoice.
+func (a *testAgent) waitBilled(t *testing.T, tenant, meter string, want int64, timeout time.Duration) invoice.Invoice {
+	t.Helper()
+	var inv invoice.Invoice
+	for deadline := time.Now().Add(timeout); ; time.Sleep(100 * time.Millisecond) {
+		inv = a.apiInvoice(t, tenant)
+		if q, _ := lineOf(inv, meter); q >= want || time.Now().After(deadline) {
+			return inv
+		}
+	}
+}
+
+// stop ends the agent with SIGTERM, as an operator would, and waits.
+func (a *testAgent) stop(t *testing.T) {
+	t.Helper()
+	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Wait(); err != nil {
+		t.Fatalf("agent exited with %v after SIGTERM", err)
+	}
+}
