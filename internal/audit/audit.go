@@ -33,7 +33,10 @@ const (
 	EventAccept = "accept" // the verifier accepted a module
 	EventRefuse = "refuse" // the verifier refused a module; Reason says why
 	EventLoad   = "load"   // the engine loaded a module
-	EventSwap   = "swap"   // the engine replaced a running module
+	EventSwap   = "swap"   // the engine replaced a running module; Replaces names the old one
+	// EventReject: the engine refused a module the verifier had accepted
+	// (ABI or import check, canary batch); Reason says why.
+	EventReject = "reject"
 )
 
 // GenesisHash is the prev of the first entry.
@@ -58,6 +61,8 @@ type Entry struct {
 	// Licensee is the licence holder named in the module, if any.
 	Licensee string `json:"licensee,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	// Replaces is the sha256 of the module a swap took out of service.
+	Replaces string `json:"replaces,omitempty"`
 	Prev     string `json:"prev"`
 	Hash     string `json:"hash,omitempty"`
 }

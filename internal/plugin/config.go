@@ -1,11 +1,13 @@
 package plugin
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/kmeter/kmeter/internal/audit"
 	"github.com/kmeter/kmeter/internal/pricing"
 )
 
@@ -62,6 +64,21 @@ type Config struct {
 	// candidate (see [Engine.SetShadow]). It runs on a background
 	// goroutine, one report at a time.
 	OnShadow func(ShadowReport)
+	// Audit, when set, receives an entry whenever a version goes live
+	// (audit.EventLoad for the first, audit.EventSwap naming the version
+	// it replaced after that), whenever a shadow candidate is loaded, and
+	// whenever a module that passed the Verifier is refused by the
+	// engine's own checks (audit.EventReject: ABI, imports, canary). If
+	// the entry cannot be written the version does not go live: no module
+	// prices anything without its record. Pass the same *audit.Log as the
+	// trust.Verifier's so one chain holds every decision.
+	Audit AuditLog
+}
+
+// AuditLog is the audit chain the engine appends to; *audit.Log
+// implements it.
+type AuditLog interface {
+	Append(ctx context.Context, e audit.Entry) (audit.Entry, error)
 }
 
 // withDefaults validates c and fills in defaults.

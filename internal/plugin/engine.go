@@ -12,6 +12,8 @@ import (
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/experimental"
 
+	"github.com/kmeter/kmeter/internal/audit"
+	"github.com/kmeter/kmeter/internal/plugin/licence"
 	"github.com/kmeter/kmeter/internal/pricing"
 )
 
@@ -28,6 +30,9 @@ type Engine struct {
 	stats  *stats
 	mono   atomic.Int64 // WASI monotonic clock, see instantiateHostModules
 
+	// loadMu serialises going live, so each audit entry names the version
+	// that was really replaced.
+	loadMu sync.Mutex
 	mu     sync.RWMutex
 	live   *version
 	shadow *version
@@ -47,6 +52,9 @@ type version struct {
 	hasEvent bool
 	hasInit  bool
 	usesHost bool
+	// calls enforces the licence's max_calls for this load of the module.
+	calls     *licence.Counter
+	exhausted atomic.Bool // the first licence refusal was logged
 
 	pool    chan *instance
 	refill  chan struct{}
@@ -108,6 +116,19 @@ func (e *Engine) Load(ctx context.Context, module []byte) (Identity, error) {
 		e.stats.loadFailures.Add(1)
 		return Identity{}, err
 	}
+	e.loadMu.Lock()
+	defer e.loadMu.Unlock()
+	entry := audit.Entry{Event: audit.EventLoad, SHA256: v.id.SHA256, Signer: v.id.Signer, Licensee: licensee(v.id)}
+	if old, ok := e.Live(); ok {
+		entry.Event, entry.Replaces = audit.EventSwap, old.SHA256
+	}
+	// The record comes first: a version that cannot be recorded never
+	// prices anything.
+	if err := e.record(ctx, entry); err != nil {
+		v.retire()
+		e.stats.loadFailures.Add(1)
+		return Identity{}, fmt.Errorf("plugin %s: %w; the previous plugin keeps serving", short(v.id.SHA256), err)
+	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -122,6 +143,25 @@ func (e *Engine) Load(ctx context.Context, module []byte) (Identity, error) {
 		old.retire()
 	}
 	return v.id, nil
+}
+
+// record appends e to the audit log, when there is one.
+func (e *Engine) record(ctx context.Context, entry audit.Entry) error {
+	if e.cfg.Audit == nil {
+		return nil
+	}
+	if _, err := e.cfg.Audit.Append(context.WithoutCancel(ctx), entry); err != nil {
+		return fmt.Errorf("record plugin %s in the audit log: %w", entry.Event, err)
+	}
+	return nil
+}
+
+// licensee returns the licence holder the trust verifier attached, if any.
+func licensee(id Identity) string {
+	if l, ok := id.Licence.(licence.Licence); ok {
+		return l.Licensee
+	}
+	return ""
 }
 
 // LoadFile is [Engine.Load] for a module file.
@@ -160,6 +200,20 @@ func (e *Engine) prepare(ctx context.Context, module []byte) (*version, error) {
 	if isUnsigned(e.cfg.Verifier) {
 		e.cfg.Logger.Warn("loading UNSIGNED plugin: signature and licence checks are off (plugin.AllowUnsigned is for development only)", "plugin_sha256", id.SHA256)
 	}
+	v, err := e.build(ctx, id, module)
+	if err != nil {
+		// The verifier recorded its acceptance; record that the engine
+		// still refused the module, and why.
+		if aerr := e.record(ctx, audit.Entry{Event: audit.EventReject, SHA256: id.SHA256, Signer: id.Signer, Licensee: licensee(id), Reason: err.Error()}); aerr != nil {
+			err = errors.Join(err, aerr)
+		}
+		return nil, err
+	}
+	return v, nil
+}
+
+// build compiles and checks a verified module and warms its pool.
+func (e *Engine) build(ctx context.Context, id Identity, module []byte) (*version, error) {
 	if err := scanSections(module); err != nil {
 		return nil, err
 	}
@@ -167,7 +221,7 @@ func (e *Engine) prepare(ctx context.Context, module []byte) (*version, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: compile: %v", ErrRefused, err)
 	}
-	v := &version{e: e, id: id, compiled: compiled}
+	v := &version{e: e, id: id, compiled: compiled, calls: licence.NewCounter(id.MaxCalls)}
 	v.hasEvent, v.hasInit, v.usesHost, err = checkModule(compiled)
 	if err != nil {
 		_ = compiled.Close(ctx)
@@ -362,6 +416,13 @@ func (e *Engine) priceWith(ctx context.Context, v *version, recs []pricing.Recor
 		}
 		return dst, err
 	}
+	if err := v.takeCall(); err != nil {
+		v.put(ctx, in)
+		if !shadow {
+			e.stats.failed(err)
+		}
+		return dst, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, e.cfg.CallTimeout)
 	var st *callState
 	if v.usesHost {
@@ -383,6 +444,21 @@ func (e *Engine) priceWith(ctx context.Context, v *version, recs []pricing.Recor
 		e.stats.ok(len(recs), time.Since(start))
 	}
 	return out, nil
+}
+
+// takeCall charges one guest call to v's licence.
+func (v *version) takeCall() error {
+	err := v.calls.Take()
+	if err == nil {
+		return nil
+	}
+	l, _ := v.id.Licence.(licence.Licence)
+	err = fmt.Errorf("%w: licence of %q from publisher %q: %w; ask the publisher to renew the licence (raise max_calls) and load the re-signed module",
+		ErrLicenceExhausted, l.Licensee, l.Publisher, err)
+	if !v.exhausted.Swap(true) {
+		v.e.cfg.Logger.Error("plugin licence exhausted: every batch fails until a renewed module is loaded", "plugin_sha256", v.id.SHA256, "max_calls", v.id.MaxCalls, "err", err)
+	}
+	return err
 }
 
 // Close stops the engine and frees every instance. Batches in flight

@@ -345,6 +345,7 @@ func TestEngine_Collect(t *testing.T) {
 # HELP kmeter_plugin_batch_failures_total Batches that failed and were handed back to the caller, by reason.
 # TYPE kmeter_plugin_batch_failures_total counter
 kmeter_plugin_batch_failures_total{reason="bad_output"} 0
+kmeter_plugin_batch_failures_total{reason="licence_exhausted"} 0
 kmeter_plugin_batch_failures_total{reason="other"} 0
 kmeter_plugin_batch_failures_total{reason="timeout"} 0
 kmeter_plugin_batch_failures_total{reason="trap"} 1

@@ -21,4 +21,10 @@ var (
 	ErrBadOutput = errors.New("plugin returned bad output")
 	// ErrClosed means the engine was closed.
 	ErrClosed = errors.New("plugin engine closed")
+	// ErrLicenceExhausted means the live plugin has made every call its
+	// licence allows for this load (licence max_calls). The batch was not
+	// priced and nothing was charged; the caller still holds the usage.
+	// Every later batch fails the same way until a module with a renewed
+	// licence is loaded.
+	ErrLicenceExhausted = errors.New("plugin licence calls exhausted")
 )

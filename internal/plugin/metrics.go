@@ -23,12 +23,17 @@ type Stats struct {
 	ShadowDiffs   uint64 // of those, batches where any charge differed or the shadow failed
 	ShadowDropped uint64 // batches not compared because the shadow was busy
 	PriceSeconds  float64
+
+	// LicenceRefusals counts batches refused because the plugin's licence
+	// max_calls was used up (ErrLicenceExhausted); they are not in the
+	// other failure counters.
+	LicenceRefusals uint64
 }
 
 type stats struct {
 	batches, records, traps, timeouts, badOutputs, other, poolMisses atomic.Uint64
 	loads, loadFailures, shadowBatches, shadowDiffs, shadowDropped   atomic.Uint64
-	priceNanos                                                       atomic.Uint64
+	priceNanos, licenceRefusals                                      atomic.Uint64
 }
 
 func newStats() *stats { return &stats{} }
@@ -41,6 +46,8 @@ func (s *stats) ok(records int, d time.Duration) {
 
 func (s *stats) failed(err error) {
 	switch {
+	case errors.Is(err, ErrLicenceExhausted):
+		s.licenceRefusals.Add(1)
 	case errors.Is(err, ErrTimeout):
 		s.timeouts.Add(1)
 	case errors.Is(err, ErrTrap):
@@ -60,7 +67,8 @@ func (e *Engine) Stats() Stats {
 		Traps: s.traps.Load(), Timeouts: s.timeouts.Load(), BadOutputs: s.badOutputs.Load(), OtherFailures: s.other.Load(),
 		PoolMisses: s.poolMisses.Load(), Loads: s.loads.Load(), LoadFailures: s.loadFailures.Load(),
 		ShadowBatches: s.shadowBatches.Load(), ShadowDiffs: s.shadowDiffs.Load(), ShadowDropped: s.shadowDropped.Load(),
-		PriceSeconds: float64(s.priceNanos.Load()) / 1e9,
+		PriceSeconds:    float64(s.priceNanos.Load()) / 1e9,
+		LicenceRefusals: s.licenceRefusals.Load(),
 	}
 }
 
@@ -95,6 +103,7 @@ func (e *Engine) Collect(ch chan<- prometheus.Metric) {
 	c(descFailures, s.Timeouts, "timeout")
 	c(descFailures, s.BadOutputs, "bad_output")
 	c(descFailures, s.OtherFailures, "other")
+	c(descFailures, s.LicenceRefusals, "licence_exhausted")
 	c(descMisses, s.PoolMisses)
 	c(descLoads, s.Loads, "ok")
 	c(descLoads, s.LoadFailures, "refused")

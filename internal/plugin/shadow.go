@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/kmeter/kmeter/internal/audit"
 	"github.com/kmeter/kmeter/internal/pricing"
 )
 
@@ -40,6 +41,14 @@ func (e *Engine) SetShadow(ctx context.Context, module []byte) (Identity, error)
 	if err != nil {
 		e.stats.loadFailures.Add(1)
 		return Identity{}, fmt.Errorf("load shadow plugin: %w", err)
+	}
+	// A candidate runs guest code on real usage, so it is on the record
+	// even though it never bills.
+	entry := audit.Entry{Event: audit.EventLoad, SHA256: v.id.SHA256, Signer: v.id.Signer, Licensee: licensee(v.id), Reason: "shadow candidate: prices in the background, never bills"}
+	if err := e.record(ctx, entry); err != nil {
+		v.retire()
+		e.stats.loadFailures.Add(1)
+		return Identity{}, fmt.Errorf("load shadow plugin %s: %w", short(v.id.SHA256), err)
 	}
 	e.mu.Lock()
 	if e.closed {

@@ -31,9 +31,11 @@ type Identity struct {
 	// its own licence type here); the engine only carries it along.
 	Licence any
 	// MaxCalls is the number of calls into this module its licence allows
-	// per load; 0 means no cap. Enforce it with one
-	// licence.NewCounter(MaxCalls) per loaded module and Counter.Take()
-	// before each call (internal/plugin/licence).
+	// per load; 0 means no cap. The engine counts one call per batch or
+	// event it prices with the module (live or shadow), starting afresh at
+	// each load, and fails batches beyond the cap with
+	// [ErrLicenceExhausted]. The load canary is not counted: it prices no
+	// usage.
 	MaxCalls uint64
 }
 
