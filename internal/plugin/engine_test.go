@@ -308,13 +308,58 @@ func TestEngine_shadow(t *testing.T) {
 	}
 }
 
-// TestEngine_PriceEvent prices one streamed record.
+// TestEngine_PriceEvent prices streamed events with the C tls plugin's
+// kmeter_on_event handler. The handler, unlike kmeter_price, refuses an
+// event whose quantity is not 1, which shows which export ran.
 func TestEngine_PriceEvent(t *testing.T) {
 	e := newEngine(t, nil)
 	id := mustLoad(t, e, examplePlugin(t, "c-tls"))
-	c, sha, err := e.PriceEvent(context.Background(), rec("pay", "tls_server_handshakes", 30_000))
-	if err != nil || c.AmountMicro != 30_000 || c.Currency != "USD" || sha != id.SHA256 {
-		t.Fatalf("PriceEvent = %+v, %s, %v", c, sha, err)
+	e.mu.RLock()
+	hasEvent := e.live.hasEvent
+	e.mu.RUnlock()
+	if !hasEvent {
+		t.Fatal("c-tls loaded without its kmeter_on_event handler")
+	}
+	tests := []struct {
+		name    string
+		rec     pricing.Record
+		want    int64 // micro-USD; ignored when wantErr
+		wantErr bool
+	}{
+		{"one server handshake", rec("pay", "tls_server_handshakes", 1), 1, false},
+		{"other meter is free", rec("pay", "syscalls", 1), 0, false},
+		{"quantity above 1 is not one event", rec("pay", "tls_server_handshakes", 30_000), 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, sha, err := e.PriceEvent(context.Background(), tt.rec)
+			if tt.wantErr {
+				if !errors.Is(err, ErrBadOutput) || !strings.Contains(err.Error(), "malformed input") {
+					t.Fatalf("PriceEvent = %+v, %v; want the handler's malformed-input refusal", c, err)
+				}
+				// kmeter_price itself prices the same record as a batch.
+				res, err := e.Price(context.Background(), []pricing.Record{tt.rec})
+				if err != nil || res.Charges[0].AmountMicro != int64(tt.rec.Quantity) {
+					t.Fatalf("Price of the same record = %+v, %v; want %d", res, err, tt.rec.Quantity)
+				}
+				return
+			}
+			if err != nil || c != (pricing.Charge{AmountMicro: tt.want, Currency: "USD"}) || sha != id.SHA256 {
+				t.Fatalf("PriceEvent = %+v, %s, %v; want %d micro-USD from %s", c, sha, err, tt.want, id.SHA256)
+			}
+		})
+	}
+	const events = 1000
+	var total int64
+	for range events {
+		c, _, err := e.PriceEvent(context.Background(), rec("pay", "tls_server_handshakes", 1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += c.AmountMicro
+	}
+	if total != events {
+		t.Fatalf("%d handshake events charged %d micro-USD, want %d", events, total, events)
 	}
 }
 
