@@ -27,7 +27,7 @@ var (
 // bill commits one window of tenant on meter ending at end.
 func bill(t *testing.T, l *ledger.Ledger, tenant, meter string, seq, from, qty uint64, amount int64, plugin string, end time.Time) {
 	t.Helper()
-	w := ledger.Window{Node: "n1", Tenant: tenant, Meter: meter, Seq: seq, FromCounter: from, ToCounter: from + qty, Quantity: qty,
+	w := ledger.Window{Node: "n1", Tenant: tenant, Meter: meter, Seq: seq, PrevSeq: seq - 1, FromCounter: from, ToCounter: from + qty, Quantity: qty,
 		Start: end.Add(-5 * time.Second), End: end, Charge: pricing.Charge{AmountMicro: amount, Currency: "USD", VendorMicro: amount * 7 / 10},
 		PluginSHA256: plugin}
 	if err := l.CommitWindows(context.Background(), []ledger.Window{w}); err != nil {

@@ -40,7 +40,7 @@ func BenchmarkCommitWindows(b *testing.B) {
 				end := t0.Add(time.Duration(seq) * 5 * time.Second)
 				for _, tn := range names {
 					for _, m := range meterNames {
-						ws = append(ws, ledger.Window{Node: "n1", Tenant: tn, Meter: m, Seq: seq,
+						ws = append(ws, ledger.Window{Node: "n1", Tenant: tn, Meter: m, Seq: seq, PrevSeq: seq - 1,
 							FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10,
 							Start: end.Add(-5 * time.Second), End: end,
 							Charge:       pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7},

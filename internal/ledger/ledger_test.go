@@ -22,7 +22,7 @@ var (
 // window builds window seq of a series that grows by qty per window.
 func window(node, tenant, meter string, seq, from, qty uint64, amount, vendor int64) ledger.Window {
 	return ledger.Window{
-		Node: node, Tenant: tenant, Meter: meter, Seq: seq,
+		Node: node, Tenant: tenant, Meter: meter, Seq: seq, PrevSeq: seq - 1,
 		FromCounter: from, ToCounter: from + qty, Quantity: qty,
 		Start: t0.Add(time.Duration(seq-1) * 5 * time.Second), End: t0.Add(time.Duration(seq) * 5 * time.Second),
 		Charge:       pricing.Charge{AmountMicro: amount, Currency: "USD", VendorMicro: vendor},
@@ -72,10 +72,24 @@ func TestLedger_CommitWindows_exactlyOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The same window again, alone or beside a new one, is refused
-		// as a whole: nothing of the second batch is applied.
-		again := []ledger.Window{window("n1", "shop", "syscalls", 2, 100, 5, 50, 0), first[0]}
-		if err := l.CommitWindows(ctx, again); !errors.Is(err, ledger.ErrDuplicateWindow) {
-			t.Fatalf("recommit = %v, want ErrDuplicateWindow", err)
+		// as a whole: nothing of the second batch is applied. So is a
+		// window that starts from a checkpoint that has moved on.
+		for _, again := range [][]ledger.Window{
+			{window("n1", "blog", "syscalls", 2, 7, 5, 50, 0), first[0]},
+			{first[1]},
+			{window("n1", "shop", "syscalls", 9, 0, 150, 1500, 0)}, // PrevSeq 8 is not shop's checkpoint (1)
+		} {
+			if err := l.CommitWindows(ctx, again); !errors.Is(err, ledger.ErrDuplicateWindow) {
+				t.Fatalf("recommit = %v, want ErrDuplicateWindow", err)
+			}
+		}
+		stale := window("n1", "shop", "syscalls", 2, 0, 150, 1500, 0)
+		stale.PrevSeq = 0 // a stale writer that missed window 1
+		if err := l.CommitWindows(ctx, []ledger.Window{stale}); !errors.Is(err, ledger.ErrDuplicateWindow) {
+			t.Fatalf("commit from a stale checkpoint = %v, want ErrDuplicateWindow", err)
+		}
+		if err := l.CommitWindows(ctx, []ledger.Window{first[0], first[0]}); err == nil || !strings.Contains(err.Error(), "two windows of n1/shop/syscalls") {
+			t.Fatalf("one series twice in a commit: %v", err)
 		}
 		// Another node has its own chain for the same tenant and meter.
 		if err := l.CommitWindows(ctx, []ledger.Window{window("n2", "shop", "syscalls", 1, 0, 3, 30, 21)}); err != nil {
@@ -123,7 +137,7 @@ func TestLedger_CommitWindows_invalid(t *testing.T) {
 		{"bad currency", func(w *ledger.Window) { w.Charge.Currency = "usd" }, "ISO 4217"},
 		{"quantity mismatch", func(w *ledger.Window) { w.Quantity = 9 }, "does not match counters"},
 		{"backwards without rebase", func(w *ledger.Window) { w.FromCounter = 20 }, "without a rebase"},
-		{"seq zero", func(w *ledger.Window) { w.Seq = 0 }, "seq must start at 1"},
+		{"seq not above prev", func(w *ledger.Window) { w.Seq, w.PrevSeq = 3, 3 }, "seq 3 must be above the previous window's 3"},
 		{"no tenant", func(w *ledger.Window) { w.Tenant = "" }, "must be set"},
 	}
 	for _, tt := range tests {
@@ -310,12 +324,14 @@ func TestLedger_Verify_findsGaps(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
 		ctx := context.Background()
 		l := b.Open(t)
-		// seq 1 then seq 3 (2 missing), and seq 3 starting at 15, not 10.
-		ws := []ledger.Window{
-			window("n1", "shop", "syscalls", 1, 0, 10, 100, 0),
-			window("n1", "shop", "syscalls", 3, 15, 5, 50, 0),
+		if err := l.CommitWindows(ctx, []ledger.Window{window("n1", "shop", "syscalls", 1, 0, 10, 100, 0)}); err != nil {
+			t.Fatal(err)
 		}
-		if err := l.CommitWindows(ctx, ws); err != nil {
+		// CommitWindows cannot make a gap; a hand-made row can: window 3
+		// linked to a window 2 that does not exist, starting at 15.
+		err := ledger.ExecForTest(ctx, l, `INSERT INTO usage (series_id, seq, prev_seq, entry_id, amount_micro, vendor_micro,
+			quantity, from_counter, to_counter, rebased, start_us, end_us) VALUES (1, 3, 2, 1, 0, 0, 5, 15, 20, 0, 0, 0)`)
+		if err != nil {
 			t.Fatal(err)
 		}
 		r, err := l.Verify(ctx)
@@ -323,7 +339,8 @@ func TestLedger_Verify_findsGaps(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := []string{
-			"n1/shop/syscalls: window 3 follows window 1 (gap in the checkpoint chain)",
+			"n1/shop/syscalls: checkpoint says window 1 at counter 10, but the last window is 3 at counter 20",
+			"n1/shop/syscalls: window 3 follows window 1 but links to 2 (gap in the checkpoint chain)",
 			"n1/shop/syscalls: window 3 starts at counter 15 but the checkpoint was 10",
 		}
 		if strings.Join(r.Problems, "\n") != strings.Join(want, "\n") {
@@ -336,16 +353,18 @@ func TestLedger_rebasedWindow(t *testing.T) {
 	l := ledgertest.SQLite.Open(t)
 	ctx := context.Background()
 	w1 := window("n1", "shop", "syscalls", 1, 0, 100, 100, 0)
-	w2 := ledger.Window{Node: "n1", Tenant: "shop", Meter: "syscalls", Seq: 2, FromCounter: 100, ToCounter: 30, Rebased: true,
+	w2 := ledger.Window{Node: "n1", Tenant: "shop", Meter: "syscalls", Seq: 2, PrevSeq: 1, FromCounter: 100, ToCounter: 30, Rebased: true,
 		Start: w1.End, End: w1.End.Add(time.Second)}
 	w3 := window("n1", "shop", "syscalls", 3, 30, 5, 5, 0)
 	bad := w2
 	bad.Quantity = 30
-	if err := l.CommitWindows(ctx, []ledger.Window{w1, bad}); err == nil || !strings.Contains(err.Error(), "quantity 30 does not match") {
+	if err := l.CommitWindows(ctx, []ledger.Window{bad}); err == nil || !strings.Contains(err.Error(), "quantity 30 does not match") {
 		t.Fatalf("a rebased window that bills: err = %v", err)
 	}
-	if err := l.CommitWindows(ctx, []ledger.Window{w1, w2, w3}); err != nil {
-		t.Fatal(err)
+	for _, w := range []ledger.Window{w1, w2, w3} {
+		if err := l.CommitWindows(ctx, []ledger.Window{w}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	mustVerify(t, l)
 	if got := balance(t, l, "shop"); got != -105 {

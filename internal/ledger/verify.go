@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"sort"
 )
@@ -165,46 +166,60 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 	return r, nil
 }
 
-// verifyChains walks every checkpoint chain in order.
+// verifyChains walks every checkpoint chain in order: each window links
+// to the one before it (prev_seq) and starts at its end counter, and the
+// series' checkpoint is its last window.
 func (l *Ledger) verifyChains(ctx context.Context, r *Report) error {
-	rows, err := l.db.QueryContext(ctx, `SELECT node, tenant, meter, seq, from_counter, to_counter, quantity, rebased
-		FROM usage_v ORDER BY node, tenant, meter, seq`)
+	rows, err := l.db.QueryContext(ctx, `SELECT s.node, s.tenant, s.meter, s.last_seq, s.last_counter,
+		u.seq, u.prev_seq, u.from_counter, u.to_counter, u.quantity, u.rebased
+		FROM series s LEFT JOIN usage u ON u.series_id = s.id ORDER BY s.node, s.tenant, s.meter, u.seq`)
 	if err != nil {
 		return fmt.Errorf("verify checkpoint chains: %w", err)
 	}
 	defer rows.Close()
-	var prevKey string
-	var prevSeq, prevTo int64
+	var (
+		key                             string
+		prevSeq, prevTo, lastSeq, lastC int64
+	)
+	end := func() {
+		if key != "" && (lastSeq != prevSeq || lastC != prevTo) {
+			r.problem("%s: checkpoint says window %d at counter %d, but the last window is %d at counter %d", key, lastSeq, lastC, prevSeq, prevTo)
+		}
+	}
 	for rows.Next() {
 		var node, tenant, meter string
-		var seq, from, to, qty int64
-		var rebased int
-		if err := rows.Scan(&node, &tenant, &meter, &seq, &from, &to, &qty, &rebased); err != nil {
+		var ls, lc int64
+		var seq, prev, from, to, qty, rebased sql.NullInt64
+		if err := rows.Scan(&node, &tenant, &meter, &ls, &lc, &seq, &prev, &from, &to, &qty, &rebased); err != nil {
 			return fmt.Errorf("verify checkpoint chains: %w", err)
 		}
-		key := node + "/" + tenant + "/" + meter
-		if key != prevKey {
+		if k := node + "/" + tenant + "/" + meter; k != key {
+			end()
 			r.Series++
-			prevKey, prevSeq, prevTo = key, 0, 0
+			key, prevSeq, prevTo, lastSeq, lastC = k, 0, 0, ls, lc
 		}
-		if seq != prevSeq+1 {
-			r.problem("%s: window %d follows window %d (gap in the checkpoint chain)", key, seq, prevSeq)
+		if !seq.Valid {
+			continue // a series with no window yet
 		}
-		if from != prevTo {
-			r.problem("%s: window %d starts at counter %d but the checkpoint was %d", key, seq, from, prevTo)
+		if prev.Int64 != prevSeq {
+			r.problem("%s: window %d follows window %d but links to %d (gap in the checkpoint chain)", key, seq.Int64, prevSeq, prev.Int64)
 		}
-		want := to - from
-		if rebased == 1 {
+		if from.Int64 != prevTo {
+			r.problem("%s: window %d starts at counter %d but the checkpoint was %d", key, seq.Int64, from.Int64, prevTo)
+		}
+		want := to.Int64 - from.Int64
+		if rebased.Int64 == 1 {
 			want = 0
 		}
-		if qty != want {
-			r.problem("%s: window %d bills %d for counters %d -> %d", key, seq, qty, from, to)
+		if qty.Int64 != want {
+			r.problem("%s: window %d bills %d for counters %d -> %d", key, seq.Int64, qty.Int64, from.Int64, to.Int64)
 		}
-		prevSeq, prevTo = seq, to
+		prevSeq, prevTo = seq.Int64, to.Int64
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("verify checkpoint chains: %w", err)
 	}
+	end()
 	return nil
 }
 

@@ -20,8 +20,15 @@ type Window struct {
 	Node   string
 	Tenant string
 	Meter  string
-	// Seq is the previous checkpoint's Seq + 1; the first window is 1.
+	// Seq is the node's window number: above every earlier one of the
+	// node, and the same for all series of one commit (see the usage
+	// table in schema.go for why).
 	Seq uint64
+	// PrevSeq is the Seq of the checkpoint the window starts from (0 for
+	// a series' first window). The commit fails with [ErrDuplicateWindow]
+	// unless it is still the series' checkpoint: two windows never start
+	// from the same checkpoint.
+	PrevSeq uint64
 	// FromCounter and ToCounter are the cumulative kernel counter at the
 	// previous checkpoint and now; ToCounter becomes the new checkpoint.
 	FromCounter uint64
@@ -48,8 +55,8 @@ func (w Window) Validate() error {
 	if w.Node == "" || w.Tenant == "" || w.Meter == "" {
 		errs = append(errs, errors.New("node, tenant and meter must be set"))
 	}
-	if w.Seq == 0 {
-		errs = append(errs, errors.New("seq must start at 1"))
+	if w.Seq <= w.PrevSeq {
+		errs = append(errs, fmt.Errorf("seq %d must be above the previous window's %d", w.Seq, w.PrevSeq))
 	}
 	if w.ToCounter > math.MaxInt64 || w.FromCounter > math.MaxInt64 {
 		errs = append(errs, errors.New("counter exceeds the int64 range"))
@@ -85,9 +92,9 @@ func (w Window) Validate() error {
 }
 
 var (
-	usageCols = []string{"series_id", "seq", "entry_id", "amount_micro",
+	usageCols = []string{"series_id", "seq", "prev_seq", "entry_id", "amount_micro",
 		"vendor_micro", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
-	usageTypes = []string{"bigint", "bigint", "bigint", "bigint",
+	usageTypes = []string{"bigint", "bigint", "bigint", "bigint", "bigint",
 		"bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint"}
 	entryCols    = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256"}
 	entryTypes   = []string{"bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "text", "text"}
@@ -107,9 +114,8 @@ type Checkpoint struct {
 // Checkpoints returns node's checkpoint of every series it has billed.
 func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, error) {
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`
-		SELECT s.tenant, s.meter, u.seq, u.to_counter, u.end_us FROM series s
-		JOIN usage u ON u.series_id = s.id AND u.seq = (SELECT MAX(m.seq) FROM usage m WHERE m.series_id = s.id)
-		WHERE s.node = ?`), node)
+		SELECT tenant, meter, last_seq, last_counter, last_end_us FROM series
+		WHERE node = ? AND last_seq > 0`), node)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
 	}
@@ -143,6 +149,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return nil
 	}
 	var errs []error
+	seen := make(map[seriesKey]bool, len(ws))
 	for _, w := range ws {
 		if err := w.Validate(); err != nil {
 			errs = append(errs, err)
@@ -151,6 +158,11 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			errs = append(errs, fmt.Errorf("windows of nodes %s and %s in one commit: commit each node's windows separately", ws[0].Node, w.Node))
 			break
 		}
+		k := seriesKey{w.Node, w.Tenant, w.Meter}
+		if seen[k] {
+			errs = append(errs, fmt.Errorf("two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter))
+		}
+		seen[k] = true
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
@@ -214,8 +226,8 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		}
 		s.amount += w.Charge.AmountMicro
 		s.vendor += w.Charge.VendorMicro
-		// entry_id (index 2) is filled in once ids are allocated.
-		usage[i] = []any{series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.Seq), s.entry, w.Charge.AmountMicro, w.Charge.VendorMicro,
+		// entry_id (index 3) is filled in once ids are allocated.
+		usage[i] = []any{series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.Seq), int64(w.PrevSeq), s.entry, w.Charge.AmountMicro, w.Charge.VendorMicro,
 			int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
 	}
 	ids, err := l.d.allocIDs(ctx, tx, len(order))
@@ -223,7 +235,10 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	for _, u := range usage {
-		u[2] = ids[u[2].(int)]
+		u[3] = ids[u[3].(int)]
+	}
+	if err := l.moveCheckpoints(ctx, tx, series, ws); err != nil {
+		return fmt.Errorf("commit windows: %w", err)
 	}
 	freshTenants, err := l.ensureTenants(ctx, tx, tenants)
 	if err != nil {
@@ -284,6 +299,59 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	l.remember(freshTenants)
 	l.rememberSeries(fresh)
+	return nil
+}
+
+// moveCheckpoints sets each window's series checkpoint to the window,
+// if it still is the window's PrevSeq: a compare-and-swap per series. A
+// series whose checkpoint moved meanwhile (another writer with the same
+// node id, or a retry of a landed commit) fails the whole commit.
+func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, series map[seriesKey]int64, ws []Window) error {
+	const ncols = 5
+	per := maxParams / ncols
+	for start := 0; start < len(ws); start += per {
+		batch := ws[start:min(start+per, len(ws))]
+		var q string
+		args := make([]any, 0, len(batch)*ncols)
+		if l.d == postgres {
+			cols := make([][]int64, ncols)
+			for _, w := range batch {
+				for c, v := range []int64{series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro()} {
+					cols[c] = append(cols[c], v)
+				}
+			}
+			for _, c := range cols {
+				args = append(args, c)
+			}
+			q = `UPDATE series SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us
+				FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(id, prev, seq, counter, end_us)
+				WHERE series.id = v.id AND series.last_seq = v.prev`
+		} else {
+			var b strings.Builder
+			b.WriteString(`UPDATE series SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5 FROM (VALUES `)
+			for i, w := range batch {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				b.WriteString("(?,?,?,?,?)")
+				args = append(args, series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro())
+			}
+			b.WriteString(`) AS v WHERE series.id = v.column1 AND series.last_seq = v.column2`)
+			q = b.String()
+		}
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			return fmt.Errorf("move checkpoints: %w", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return fmt.Errorf("move checkpoints: %w", err)
+		}
+		if n != int64(len(batch)) {
+			return fmt.Errorf("%w: %d of %d series are no longer at the window's starting checkpoint (another writer with node id %s?)",
+				ErrDuplicateWindow, int64(len(batch))-n, len(batch), ws[0].Node)
+		}
+	}
 	return nil
 }
 

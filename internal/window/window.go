@@ -133,6 +133,8 @@ type Biller struct {
 	// may not have landed and they must be read again from the ledger.
 	cps   map[Key]ledger.Checkpoint
 	stale bool
+	// next is the node's next window number: above every checkpoint.
+	next uint64
 	// unbilled is counted but not (yet) billed usage per series: held
 	// by a pricing failure or a failed commit.
 	unbilled        map[Key]uint64
@@ -180,8 +182,10 @@ func (b *Biller) load(ctx context.Context) error {
 		return fmt.Errorf("load checkpoints: %w", err)
 	}
 	b.cps = make(map[Key]ledger.Checkpoint, len(cps))
+	b.next = 1
 	for _, c := range cps {
 		b.cps[Key{c.Tenant, c.Meter}] = c
+		b.next = max(b.next, c.Seq+1)
 	}
 	b.stale = false
 	return nil
@@ -227,7 +231,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	for _, k := range slices.SortedFunc(maps.Keys(counts), compareKeys) {
 		v := counts[k]
 		cp := b.cps[k]
-		w := ledger.Window{Node: b.cfg.NodeID, Tenant: k.Tenant, Meter: k.Meter, Seq: cp.Seq + 1,
+		w := ledger.Window{Node: b.cfg.NodeID, Tenant: k.Tenant, Meter: k.Meter, Seq: b.next, PrevSeq: cp.Seq,
 			FromCounter: cp.Counter, ToCounter: v, Start: cp.End, End: now}
 		if cp.Seq == 0 {
 			w.Start = b.started
@@ -343,6 +347,9 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	if err := b.fault(AfterCommit); err != nil {
 		b.stale = true
 		return res, err
+	}
+	if len(ws) > 0 {
+		b.next++
 	}
 	for _, w := range ws {
 		k := Key{w.Tenant, w.Meter}
