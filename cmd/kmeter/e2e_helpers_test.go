@@ -285,3 +285,99 @@ func (a *testAgent) stop(t *testing.T) {
 		t.Fatalf("agent exited with %v after SIGTERM", err)
 	}
 }
+
+// connectsHelper ADDR N [GAP] makes N connect() calls to ADDR, GAP apart
+// (default none), or fewer when "-until-eperm" is the 4th argument and one
+// is denied. It prints "ok=X eperm=Y" and "ok_times=" (unix nanoseconds of
+// each connect that succeeded); any error other than EPERM fails it.
+func connectsHelper(args []string) error {
+	if len(args) < 2 {
+		return errors.New("usage: connects ADDR N [GAP [-until-eperm]]")
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil {
+		return err
+	}
+	var gap time.Duration
+	if len(args) > 2 {
+		if gap, err = time.ParseDuration(args[2]); err != nil {
+			return err
+		}
+	}
+	untilEPERM := len(args) > 3 && args[3] == "-until-eperm"
+	var ok, eperm int
+	var times []string
+	for range n {
+		c, err := net.DialTimeout("tcp", args[0], 2*time.Second)
+		switch {
+		case err == nil:
+			times = append(times, strconv.FormatInt(time.Now().UnixNano(), 10))
+			ok++
+			c.Close()
+		case errors.Is(err, syscall.EPERM):
+			eperm++
+		default:
+			return fmt.Errorf("connect %s: %w", args[0], err)
+		}
+		if untilEPERM && eperm > 0 {
+			break
+		}
+		time.Sleep(gap)
+	}
+	fmt.Printf("ok=%d\neperm=%d\nok_times=%s\n", ok, eperm, strings.Join(times, ","))
+	return nil
+}
+
+// connectResult is what connectsHelper printed.
+type connectResult struct {
+	ok, eperm int
+	okTimes   []time.Time
+}
+
+// runConnects runs the connects helper in cg and parses its output.
+func runConnects(t *testing.T, cg testutil.Cgroup, args ...string) connectResult {
+	t.Helper()
+	out, err := cg.SelfCommand(t, "connects", args...).Output()
+	if err != nil {
+		t.Fatalf("connects helper %v: %v", args, err)
+	}
+	var r connectResult
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "ok":
+			r.ok, _ = strconv.Atoi(v)
+		case "eperm":
+			r.eperm, _ = strconv.Atoi(v)
+		case "ok_times":
+			for _, s := range strings.Split(v, ",") {
+				if ns, err := strconv.ParseInt(s, 10, 64); err == nil {
+					r.okTimes = append(r.okTimes, time.Unix(0, ns))
+				}
+			}
+		}
+	}
+	return r
+}
+
+// acceptAll listens on 127.0.0.1 in the test process (outside every test
+// cgroup), accepts and closes connections until the test ends, and
+// returns its address.
+func acceptAll(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}

@@ -50,6 +50,7 @@ func TestMain(m *testing.M) {
 		"tls-server":   tlsServerHelper,
 		"tls-client":   tlsClientHelper,
 		"connect-loop": connectLoopHelper,
+		"connects":     connectsHelper,
 	})
 	os.Exit(m.Run())
 }
