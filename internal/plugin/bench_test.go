@@ -140,3 +140,31 @@ func BenchmarkPluginPriceBatch(b *testing.B) {
 	lat.report(b)
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(recs)), "ns/record")
 }
+
+// BenchmarkPluginCallGuard measures what the call guard (MaxCallDepth
+// and the deadline check at every guest function entry) costs per
+// 1024-record batch, for a plugin whose per-record code is inlined
+// (c-flat) and for ones that make guest calls per record (as-split,
+// go-tiered).
+func BenchmarkPluginCallGuard(b *testing.B) {
+	recs := make([]pricing.Record, 1024)
+	for i := range recs {
+		recs[i] = rec(fmt.Sprintf("tenant-%02d", i%64), "calls", uint64(i))
+	}
+	for _, name := range []string{"c-flat", "as-split", "go-tiered"} {
+		for _, guard := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/guard=%v", name, guard), func(b *testing.B) {
+				e := newEngine(b, func(c *Config) { c.CallTimeout = 5 * time.Second; c.noCallGuard = !guard })
+				mustLoad(b, e, examplePlugin(b, name))
+				ctx := context.Background()
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, err := e.Price(ctx, recs); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(recs)), "ns/record")
+			})
+		}
+	}
+}

@@ -17,6 +17,7 @@ const (
 	DefaultCallTimeout      = 250 * time.Millisecond
 	DefaultPoolSize         = 4
 	DefaultMaxRecords       = 1 << 16
+	DefaultMaxCallDepth     = 10_000
 )
 
 // maxMemoryPages keeps every guest pointer below 2^31, so kmeter_price's
@@ -64,6 +65,11 @@ type Config struct {
 	// candidate (see [Engine.SetShadow]). It runs on a background
 	// goroutine, one report at a time.
 	OnShadow func(ShadowReport)
+	// MaxCallDepth bounds how deeply guest functions may nest within one
+	// call (default DefaultMaxCallDepth). A guest that goes deeper traps
+	// (ErrTrap) at once instead of growing wazero's stack towards its
+	// ceiling; see docs/plugin-abi.md, "Limits".
+	MaxCallDepth int
 	// Audit, when set, receives an entry whenever a version goes live
 	// (audit.EventLoad for the first, audit.EventSwap naming the version
 	// it replaced after that), whenever a shadow candidate is loaded, and
@@ -73,6 +79,10 @@ type Config struct {
 	// prices anything without its record. Pass the same *audit.Log as the
 	// trust.Verifier's so one chain holds every decision.
 	Audit AuditLog
+
+	// noCallGuard compiles modules without the call guard; only the
+	// benchmark that measures the guard's cost sets it.
+	noCallGuard bool
 }
 
 // AuditLog is the audit chain the engine appends to; *audit.Log
@@ -104,6 +114,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.PoolSize < 0 {
 		errs = append(errs, fmt.Errorf("PoolSize %d is negative", c.PoolSize))
+	}
+	if c.MaxCallDepth == 0 {
+		c.MaxCallDepth = DefaultMaxCallDepth
+	}
+	if c.MaxCallDepth < 0 {
+		errs = append(errs, fmt.Errorf("MaxCallDepth %d is negative", c.MaxCallDepth))
 	}
 	if c.MaxRecords == 0 {
 		c.MaxRecords = DefaultMaxRecords

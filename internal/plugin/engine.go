@@ -217,7 +217,12 @@ func (e *Engine) build(ctx context.Context, id Identity, module []byte) (*versio
 	if err := scanSections(module); err != nil {
 		return nil, err
 	}
-	compiled, err := e.rt.CompileModule(ctx, module)
+	// Every guest function gets the call guard (depth and deadline).
+	cctx := experimental.WithFunctionListenerFactory(ctx, callGuard{})
+	if e.cfg.noCallGuard {
+		cctx = ctx
+	}
+	compiled, err := e.rt.CompileModule(cctx, module)
 	if err != nil {
 		return nil, fmt.Errorf("%w: compile: %v", ErrRefused, err)
 	}
@@ -241,7 +246,7 @@ func (e *Engine) build(ctx context.Context, id Identity, module []byte) (*versio
 	if v.usesHost {
 		st = &callState{sha: id.SHA256, logger: e.cfg.Logger}
 	}
-	cctx, cancel := context.WithTimeout(ctx, e.cfg.CallTimeout)
+	cctx, cancel := e.guestCtx(ctx, e.cfg.CallTimeout)
 	_, err = first.call(cctx, st, e.cfg.Canary, false, nil)
 	cancel()
 	if err != nil {
@@ -423,7 +428,7 @@ func (e *Engine) priceWith(ctx context.Context, v *version, recs []pricing.Recor
 		}
 		return dst, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, e.cfg.CallTimeout)
+	cctx, cancel := e.guestCtx(ctx, e.cfg.CallTimeout)
 	var st *callState
 	if v.usesHost {
 		st = &callState{sha: v.id.SHA256, logger: e.cfg.Logger}

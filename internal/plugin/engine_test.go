@@ -20,11 +20,11 @@ import (
 )
 
 func TestNew_configErrors(t *testing.T) {
-	_, err := New(context.Background(), Config{MemoryLimitPages: 1 << 20, CallTimeout: -1, PoolSize: -1})
+	_, err := New(context.Background(), Config{MemoryLimitPages: 1 << 20, CallTimeout: -1, PoolSize: -1, MaxCallDepth: -1})
 	if err == nil {
 		t.Fatal("New accepted a bad config")
 	}
-	for _, want := range []string{"no Verifier", "MemoryLimitPages", "CallTimeout", "PoolSize"} {
+	for _, want := range []string{"no Verifier", "MemoryLimitPages", "CallTimeout", "PoolSize", "MaxCallDepth"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

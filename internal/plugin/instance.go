@@ -58,7 +58,7 @@ func (v *version) newInstance(ctx context.Context, checkVersion bool) (*instance
 		in.event = mod.ExportedFunction(exportEvent)
 	}
 	if v.hasInit {
-		cctx, cancel := context.WithTimeout(ctx, v.e.cfg.CallTimeout*4)
+		cctx, cancel := v.e.guestCtx(ctx, v.e.cfg.CallTimeout*4)
 		err := mod.ExportedFunction(exportInit).CallWithStack(cctx, in.stack[:])
 		cancel()
 		if err != nil {
@@ -69,7 +69,10 @@ func (v *version) newInstance(ctx context.Context, checkVersion bool) (*instance
 	if !checkVersion {
 		return in, nil
 	}
-	if err := in.mod.ExportedFunction(exportVersion).CallWithStack(ctx, in.stack[:]); err != nil {
+	cctx, cancel := v.e.guestCtx(ctx, v.e.cfg.CallTimeout)
+	err = in.mod.ExportedFunction(exportVersion).CallWithStack(cctx, in.stack[:])
+	cancel()
+	if err != nil {
 		in.close(ctx)
 		return nil, fmt.Errorf("%w: call %s: %v", ErrRefused, exportVersion, err)
 	}
@@ -176,6 +179,14 @@ func classify(ctx context.Context, fn string, err error) error {
 		case sys.ExitCodeDeadlineExceeded, sys.ExitCodeContextCanceled:
 			return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, err)
 		}
+	}
+	// The call guard stops a guest at a function entry with the context's
+	// own error.
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%w: %s: %v", ErrTimeout, fn, firstLine(err))
+	}
+	if errors.Is(err, errCallDepth) {
+		return fmt.Errorf("%w: %s: %v", ErrTrap, fn, firstLine(err))
 	}
 
 	return fmt.Errorf("%w: %s: %v", ErrTrap, fn, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -45,13 +46,12 @@ func TestEngine_maliciousAtRuntime(t *testing.T) {
 		want    error
 		count   func(Stats) uint64
 		// bound is how long the failing call may take, in CallTimeouts.
-		// Recursion has no loop for wazero's deadline check to interrupt;
-		// it ends at wazero's fixed 400 MB call-stack ceiling instead
-		// (docs/plugin-abi.md, "Limits"), so it only has to end.
 		bound time.Duration
 	}{
 		{"loop", ErrTimeout, func(s Stats) uint64 { return s.Timeouts }, 20},
-		{"recursion", ErrTrap, func(s Stats) uint64 { return s.Traps }, 600},
+		// Unbounded recursion stops at MaxCallDepth, not at wazero's own
+		// stack ceiling (docs/plugin-abi.md, "Limits").
+		{"recursion", ErrTrap, func(s Stats) uint64 { return s.Traps }, 20},
 		{"membomb", ErrTrap, func(s Stats) uint64 { return s.Traps }, 20},
 		{"trap", ErrTrap, func(s Stats) uint64 { return s.Traps }, 20},
 		{"huge", ErrBadOutput, func(s Stats) uint64 { return s.BadOutputs }, 20},
@@ -136,6 +136,60 @@ func TestEngine_Load_refused(t *testing.T) {
 			}
 			if s := e.Stats(); s.LoadFailures != 1 || s.Loads != 1 {
 				t.Fatalf("loads %d, load failures %d; want 1 and 1", s.Loads, s.LoadFailures)
+			}
+		})
+	}
+}
+
+// TestEngine_callGuard checks the call guard with testdata/deep.wat:
+// legitimate recursion below MaxCallDepth prices, deeper recursion traps
+// at once with little memory, and a loop-free call tree with
+// exponentially many calls stops at the deadline although wazero itself
+// only checks it at loop headers.
+func TestEngine_callGuard(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	tests := []struct {
+		name     string
+		maxDepth int
+		quantity uint64
+		want     error // nil: priced at quantity micro-USD
+		wantMsg  string
+	}{
+		{"recursion 5000 deep under the default limit", 0, 5000, nil, ""},
+		{"recursion 5000 deep over a limit of 1000", 1000, 5000, ErrTrap, "guest call depth limit exceeded (1000 nested calls)"},
+		{"2^40 calls 41 deep, no loop", 0, 1_000_000, ErrTimeout, "context deadline exceeded"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEngine(t, func(c *Config) { c.CallTimeout = timeout; c.MaxCallDepth = tt.maxDepth; c.MemoryLimitPages = 16 })
+			mustLoad(t, e, fixture(t, "deep"))
+			runtime.GC()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			res, err := e.Price(context.Background(), []pricing.Record{rec("a", "calls", tt.quantity)})
+			took := time.Since(start)
+			runtime.ReadMemStats(&after)
+			if tt.want == nil {
+				if err != nil || res.Charges[0].AmountMicro != int64(tt.quantity) {
+					t.Fatalf("Price = %+v, %v; want %d micro-USD", res, err, tt.quantity)
+				}
+				return
+			}
+			if !errors.Is(err, tt.want) || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Fatalf("Price = %v, want %v mentioning %q", err, tt.want, tt.wantMsg)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error carries wazero's stack trace: %q", err)
+			}
+			// Generous bounds for a loaded machine; without the guard the
+			// depth case allocates about 160 MB and the fan-out runs for
+			// hours.
+			if took > 20*timeout {
+				t.Fatalf("failing call took %v, deadline %v", took, timeout)
+			}
+			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 32<<20 {
+				t.Fatalf("failing call allocated %d MB", alloc>>20)
 			}
 		})
 	}
