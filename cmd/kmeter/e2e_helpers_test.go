@@ -137,6 +137,15 @@ func selfSignedCert() (tls.Certificate, error) {
 // (never 443, so no port rule can be what counts them).
 func tlsHandshakes(t *testing.T, server, client testutil.Cgroup, n int) {
 	t.Helper()
+	if err := startTLS(t, server, client, n)(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startTLS starts the server and the client of tlsHandshakes and returns
+// a function that waits for both, so that several pairs can run at once.
+func startTLS(t *testing.T, server, client testutil.Cgroup, n int) (wait func() error) {
+	t.Helper()
 	srv := server.SelfCommand(t, "tls-server", "127.0.0.1:0", strconv.Itoa(n))
 	out, err := srv.StdoutPipe()
 	if err != nil {
@@ -145,7 +154,7 @@ func tlsHandshakes(t *testing.T, server, client testutil.Cgroup, n int) {
 	if err := srv.Start(); err != nil {
 		t.Fatalf("start tls server: %v", err)
 	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	t.Cleanup(func() { _ = srv.Process.Kill(); _ = srv.Wait() })
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		t.Fatalf("tls server did not print its port: %v", err)
@@ -154,11 +163,18 @@ func tlsHandshakes(t *testing.T, server, client testutil.Cgroup, n int) {
 	if !ok || port == "443" {
 		t.Fatalf("tls server printed %q", line)
 	}
-	if err := client.SelfCommand(t, "tls-client", "127.0.0.1:"+port, strconv.Itoa(n)).Run(); err != nil {
-		t.Fatalf("tls client: %v", err)
+	cli := client.SelfCommand(t, "tls-client", "127.0.0.1:"+port, strconv.Itoa(n))
+	if err := cli.Start(); err != nil {
+		t.Fatalf("start tls client: %v", err)
 	}
-	if err := srv.Wait(); err != nil {
-		t.Fatalf("tls server: %v", err)
+	return func() error {
+		if err := cli.Wait(); err != nil {
+			return fmt.Errorf("tls client: %w", err)
+		}
+		if err := srv.Wait(); err != nil {
+			return fmt.Errorf("tls server: %w", err)
+		}
+		return nil
 	}
 }
 
