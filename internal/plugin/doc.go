@@ -8,4 +8,12 @@
 // the guest under a deadline and a memory cap. A module can be replaced
 // while batches flow; the swap happens between batches and every
 // [pricing.Result] names the sha256 of the plugin that priced it.
+//
+// Every guest function call passes a call guard that bounds nesting
+// ([Config.MaxCallDepth]) and checks the deadline, so no guest outlives
+// its CallTimeout, not even by recursing. The engine enforces the
+// licence's call cap ([Identity.MaxCalls], [ErrLicenceExhausted]) and,
+// with [Config.Audit], records every version it makes live and every
+// verified module it still refuses on the verifier's hash-chained audit
+// log.
 package plugin

@@ -108,8 +108,11 @@ func (e *Engine) instCtx(ctx context.Context) context.Context {
 
 // Load verifies, compiles and checks module, warms its instance pool and
 // makes it the live plugin. Batches already running finish on the old
-// version. On any error the live plugin is unchanged and the error wraps
-// ErrRefused when the module itself was at fault.
+// version. With Config.Audit set, the load (or swap, naming the replaced
+// sha256) is recorded before the version goes live, and a verified module
+// the engine refuses is recorded as rejected. On any error the live
+// plugin is unchanged and the error wraps ErrRefused when the module
+// itself was at fault.
 func (e *Engine) Load(ctx context.Context, module []byte) (Identity, error) {
 	v, err := e.prepare(ctx, module)
 	if err != nil {
@@ -374,9 +377,9 @@ func (e *Engine) acquire(shadow bool) (*version, error) {
 }
 
 // Price implements [pricing.Pricer]: one guest call prices the whole
-// batch. On any error (trap, timeout, bad output, bad input) it returns no
-// charges; the caller holds the batch and retries, and the live plugin
-// keeps serving.
+// batch. On any error (trap, timeout, bad output, bad input, licence
+// exhausted) it returns no charges; the caller holds the batch and
+// retries, and the live plugin keeps serving.
 func (e *Engine) Price(ctx context.Context, recs []pricing.Record) (pricing.Result, error) {
 	v, err := e.acquire(false)
 	if err != nil {
