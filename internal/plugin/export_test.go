@@ -8,3 +8,6 @@ var (
 	Fixture       = fixture
 	QuietLogger   = quietLogger
 )
+
+// ReadFixture returns testdata/NAME.wasm, for examples.
+func ReadFixture(name string) ([]byte, error) { return fixtures.ReadFile("testdata/" + name + ".wasm") }
