@@ -185,6 +185,7 @@ func (b *Billing) pricer(path string) (pricing.Pricer, error) {
 	}
 	e, err := plugin.New(b.watchCtx, plugin.Config{
 		Verifier: b.verify,
+		Audit:    b.audit,
 		CacheDir: filepath.Join(b.cfg.DataDir, "wasm-cache"),
 		Logger:   b.cfg.Log.With("plugin", path),
 	})
