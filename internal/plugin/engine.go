@@ -114,14 +114,20 @@ func (e *Engine) instCtx(ctx context.Context) context.Context {
 // plugin is unchanged and the error wraps ErrRefused when the module
 // itself was at fault.
 func (e *Engine) Load(ctx context.Context, module []byte) (Identity, error) {
-	v, err := e.prepare(ctx, module)
+	return e.load(ctx, module, "")
+}
+
+// load is Load for a module read from path ("" when it came as bytes);
+// the path names the plugin in the audit log.
+func (e *Engine) load(ctx context.Context, module []byte, path string) (Identity, error) {
+	v, err := e.prepare(ctx, module, path)
 	if err != nil {
 		e.stats.loadFailures.Add(1)
 		return Identity{}, err
 	}
 	e.loadMu.Lock()
 	defer e.loadMu.Unlock()
-	entry := audit.Entry{Event: audit.EventLoad, SHA256: v.id.SHA256, Signer: v.id.Signer, Licensee: licensee(v.id)}
+	entry := audit.Entry{Event: audit.EventLoad, Plugin: path, SHA256: v.id.SHA256, Signer: v.id.Signer, Licensee: licensee(v.id)}
 	if old, ok := e.Live(); ok {
 		entry.Event, entry.Replaces = audit.EventSwap, old.SHA256
 	}
@@ -173,7 +179,7 @@ func (e *Engine) LoadFile(ctx context.Context, path string) (Identity, error) {
 	if err != nil {
 		return Identity{}, fmt.Errorf("read plugin: %w", err)
 	}
-	id, err := e.Load(ctx, b)
+	id, err := e.load(ctx, b, path)
 	if err != nil {
 		return Identity{}, fmt.Errorf("load plugin %s: %w", path, err)
 	}
@@ -192,7 +198,7 @@ func (e *Engine) Live() (Identity, bool) {
 }
 
 // prepare builds a ready version of module without publishing it.
-func (e *Engine) prepare(ctx context.Context, module []byte) (*version, error) {
+func (e *Engine) prepare(ctx context.Context, module []byte, path string) (*version, error) {
 	id, err := e.cfg.Verifier.Verify(ctx, module)
 	if err != nil {
 		return nil, fmt.Errorf("%w: verify: %w", ErrRefused, err)
@@ -207,7 +213,7 @@ func (e *Engine) prepare(ctx context.Context, module []byte) (*version, error) {
 	if err != nil {
 		// The verifier recorded its acceptance; record that the engine
 		// still refused the module, and why.
-		if aerr := e.record(ctx, audit.Entry{Event: audit.EventReject, SHA256: id.SHA256, Signer: id.Signer, Licensee: licensee(id), Reason: err.Error()}); aerr != nil {
+		if aerr := e.record(ctx, audit.Entry{Event: audit.EventReject, Plugin: path, SHA256: id.SHA256, Signer: id.Signer, Licensee: licensee(id), Reason: err.Error()}); aerr != nil {
 			err = errors.Join(err, aerr)
 		}
 		return nil, err

@@ -29,7 +29,7 @@ func (e *Engine) Watch(ctx context.Context, path string, interval time.Duration)
 			e.cfg.Logger.Warn("watch plugin file", "path", path, "err", err)
 		case !bytes.Equal(b, last):
 			last = b
-			if id, err := e.Load(ctx, b); err != nil {
+			if id, err := e.load(ctx, b, path); err != nil {
 				e.cfg.Logger.Error("reload plugin: keeping the previous version", "path", path, "err", err)
 			} else {
 				e.cfg.Logger.Info("plugin reloaded", "path", path, "plugin_sha256", id.SHA256, "signer", id.Signer)

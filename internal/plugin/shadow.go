@@ -37,7 +37,7 @@ type shadowJob struct {
 // candidate never bills. Promote it with [Engine.Load], drop it with
 // [Engine.ClearShadow].
 func (e *Engine) SetShadow(ctx context.Context, module []byte) (Identity, error) {
-	v, err := e.prepare(ctx, module)
+	v, err := e.prepare(ctx, module, "")
 	if err != nil {
 		e.stats.loadFailures.Add(1)
 		return Identity{}, fmt.Errorf("load shadow plugin: %w", err)

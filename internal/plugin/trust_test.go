@@ -222,7 +222,7 @@ func TestEngine_auditChain(t *testing.T) {
 		{Event: audit.EventReject, SHA256: shaBad, Signer: signer, Reason: "kmeter_abi_version returned 2"},
 		{Event: audit.EventRefuse, SHA256: shaUnsigned, Reason: "module is not signed"},
 		{Event: audit.EventAccept, SHA256: sha1, Signer: signer, Licensee: "Tenant Bank"},
-		{Event: audit.EventSwap, SHA256: sha1, Signer: signer, Licensee: "Tenant Bank", Replaces: sha2},
+		{Event: audit.EventSwap, Plugin: file, SHA256: sha1, Signer: signer, Licensee: "Tenant Bank", Replaces: sha2},
 	}
 	got := readEntries(t, path)
 	if len(got) != len(want) || head.Seq != uint64(len(want)) {
@@ -230,7 +230,7 @@ func TestEngine_auditChain(t *testing.T) {
 	}
 	for i, w := range want {
 		g := got[i]
-		if g.Event != w.Event || g.SHA256 != w.SHA256 || g.Signer != w.Signer || g.Licensee != w.Licensee || g.Replaces != w.Replaces ||
+		if g.Event != w.Event || g.Plugin != w.Plugin || g.SHA256 != w.SHA256 || g.Signer != w.Signer || g.Licensee != w.Licensee || g.Replaces != w.Replaces ||
 			!strings.Contains(g.Reason, w.Reason) || (w.Reason == "") != (g.Reason == "") {
 			t.Errorf("entry %d = %+v\nwant %+v", i+1, g, w)
 		}
