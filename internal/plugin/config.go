@@ -134,6 +134,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	// A nil *audit.Log in the interface means "no audit log", not a
+	// panic at the first load.
+	if l, ok := c.Audit.(*audit.Log); ok && l == nil {
+		c.Audit = nil
+	}
 	if err := errors.Join(errs...); err != nil {
 		return c, fmt.Errorf("plugin engine config: %w", err)
 	}
