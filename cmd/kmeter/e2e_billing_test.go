@@ -75,6 +75,9 @@ func TestE2E_billingTLS(t *testing.T) {
 	if q, _ := lineOf(inv, meter.TLSClientHandshakes); q != 0 {
 		t.Errorf("tenant shop billed %d client handshakes, want 0 (the client ran elsewhere)", q)
 	}
+	if out, code, err := pluginCLI(t, "ledger", "verify", "--data-dir", data); code != 0 {
+		t.Errorf("kmeter ledger verify: exit %d, %v\n%s", code, err, out)
+	}
 }
 
 // An agent given --trusted-keys refuses to start with an unsigned plugin
