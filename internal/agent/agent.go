@@ -87,7 +87,6 @@ type Agent struct {
 
 	snap       atomic.Pointer[Snapshot]
 	readErrors atomic.Uint64
-	reads      atomic.Uint64
 
 	events    *tlsEvents
 	stop      context.CancelFunc
@@ -230,7 +229,6 @@ func (a *Agent) Read() (*Snapshot, error) {
 	}
 	sort.Strings(s.Unavailable)
 	a.snap.Store(s)
-	a.reads.Add(1)
 	return s, nil
 }
 
@@ -245,7 +243,18 @@ func (a *Agent) ReadErrors() uint64 { return a.readErrors.Load() }
 func (a *Agent) Run(ctx context.Context, onRead func(*Snapshot)) error {
 	t := time.NewTicker(a.cfg.Interval)
 	defer t.Stop()
+	saved := -1
 	for {
+		// Save the cgroup path cache as soon as a new cgroup is seen, so
+		// that after a SIGKILL the usage of a cgroup removed meanwhile
+		// still goes to its tenant.
+		if n := a.cfg.Resolver.Known(); n != saved {
+			if err := a.cfg.Resolver.Save(a.pathCache()); err != nil {
+				a.log.Warn("save cgroup path cache", "err", err)
+			} else {
+				saved = n
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return a.cfg.Resolver.Save(a.pathCache())
@@ -257,11 +266,6 @@ func (a *Agent) Run(ctx context.Context, onRead func(*Snapshot)) error {
 			}
 			if onRead != nil {
 				onRead(s)
-			}
-			if a.reads.Load()%12 == 0 {
-				if err := a.cfg.Resolver.Save(a.pathCache()); err != nil {
-					a.log.Warn("save cgroup path cache", "err", err)
-				}
 			}
 		}
 	}

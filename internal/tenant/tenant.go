@@ -111,6 +111,14 @@ func (r *Resolver) Refresh() error {
 	return nil
 }
 
+// Known is the number of cgroups whose path the resolver knows, live or
+// removed. It only grows, so a change means the cache is worth saving.
+func (r *Resolver) Known() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.paths)
+}
+
 // Path returns the path of cgroup id relative to the cgroup2 mount.
 func (r *Resolver) Path(id uint64) (string, bool) {
 	r.mu.RLock()
