@@ -157,8 +157,8 @@ kmeter_plugin_batch_failures_total{reason="trap"} 0
 	}
 }
 
-// TestEngine_auditChain loads, swaps (by Load and by Watch) and refuses
-// modules with one audit log shared by the verifier and the engine, then
+// TestEngine_auditChain loads, swaps (by Load and by Watch), refuses and
+// shadows modules with one audit log shared by the verifier and the engine, then
 // checks the chain verifies and holds exactly these decisions in order.
 func TestEngine_auditChain(t *testing.T) {
 	k := publisherKey(t)
@@ -207,6 +207,10 @@ func TestEngine_auditChain(t *testing.T) {
 	}
 	cancel()
 	<-done
+	// A shadow candidate never bills but runs guest code: on the record.
+	if _, err := e.SetShadow(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
 
 	head, err := audit.VerifyFile(path, "")
 	if err != nil {
@@ -223,6 +227,8 @@ func TestEngine_auditChain(t *testing.T) {
 		{Event: audit.EventRefuse, SHA256: shaUnsigned, Reason: "module is not signed"},
 		{Event: audit.EventAccept, SHA256: sha1, Signer: signer, Licensee: "Tenant Bank"},
 		{Event: audit.EventSwap, Plugin: file, SHA256: sha1, Signer: signer, Licensee: "Tenant Bank", Replaces: sha2},
+		{Event: audit.EventAccept, SHA256: sha2, Signer: signer},
+		{Event: audit.EventLoad, SHA256: sha2, Signer: signer, Reason: "shadow candidate"},
 	}
 	got := readEntries(t, path)
 	if len(got) != len(want) || head.Seq != uint64(len(want)) {
