@@ -48,7 +48,7 @@ type Config struct {
 
 func (c Config) validate() error {
 	var errs []error
-	if err := c.Meter.Validate(); err != nil {
+	if err := meter.CheckConfig(c.Meter, true); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Interval <= 0 {

@@ -68,8 +68,13 @@ type Config struct {
 
 func (c Config) validate() error {
 	var errs []error
-	if err := (meter.Config{PinDir: c.PinDir, CgroupDir: c.CgroupDir}).Validate(); err != nil {
+	// The cgroup dir is only checked for presence: attaching there is the
+	// real test, and a failed attach must leave no pinned link behind.
+	if err := meter.CheckConfig(meter.Config{PinDir: c.PinDir}, false); err != nil {
 		errs = append(errs, err)
+	}
+	if c.CgroupDir == "" {
+		errs = append(errs, errors.New("cgroup2 dir is empty: set it to the cgroup v2 mount point (see /proc/mounts)"))
 	}
 	if c.Resolver == nil {
 		errs = append(errs, errors.New("tenant resolver is nil"))

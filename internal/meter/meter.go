@@ -8,8 +8,6 @@
 package meter
 
 import (
-	"errors"
-	"fmt"
 	"io"
 )
 
@@ -74,19 +72,4 @@ type Config struct {
 	PinDir string
 	// CgroupDir is the cgroup v2 mount point; cgroup programs attach there.
 	CgroupDir string
-}
-
-// Validate reports what is missing from c.
-func (c Config) Validate() error {
-	var errs []error
-	if c.PinDir == "" {
-		errs = append(errs, errors.New("pin dir is empty"))
-	}
-	if c.CgroupDir == "" {
-		errs = append(errs, errors.New("cgroup2 dir is empty"))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("meter config: %w", err)
-	}
-	return nil
 }
