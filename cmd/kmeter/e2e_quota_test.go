@@ -20,6 +20,11 @@ import (
 
 const e2eToken = "e2e-secret-token"
 
+// quotaSlack is added to the interval-based deadlines of the money loop:
+// on a busy 2-core CI machine (agents of other tests walking thousands of
+// cgroups) one agent read has been seen to take 500ms.
+const quotaSlack = time.Second
+
 // call makes an HTTP request to the agent and returns the status and body.
 // token and key (Idempotency-Key) are sent when not empty.
 func (a *testAgent) call(t *testing.T, method, path, token, key, body string) (int, string) {
@@ -160,8 +165,8 @@ func TestE2E_quotaFromMoney(t *testing.T) {
 	a.topUp(t, "shop", budget, "k1", http.StatusOK) // replayed, not booked twice
 	took := a.waitPolicy(t, "shop", enforce.PolicyNone, 10*time.Second)
 	t.Logf("top-up lifted the block in %v (interval %v)", took, interval)
-	if took > interval+500*time.Millisecond {
-		t.Errorf("top-up lifted the block after %v, want within one interval (%v) + 500ms", took, interval)
+	if took > interval+quotaSlack {
+		t.Errorf("top-up lifted the block after %v, want within one interval (%v) + %v", took, interval, quotaSlack)
 	}
 
 	// Spend it: connect every 5ms until the kernel says EPERM.
@@ -174,8 +179,8 @@ func TestE2E_quotaFromMoney(t *testing.T) {
 	// applies the policy: up to three intervals after the connect.
 	lag := r.okTimes[len(r.okTimes)-1].Sub(spent)
 	t.Logf("%d connects passed; the last one %v after the budget ran out (interval %v)", r.ok, lag, interval)
-	if lag > 3*interval+500*time.Millisecond {
-		t.Errorf("connections still allowed %v after the balance ran out, want within 3 intervals (%v) + 500ms", lag, 3*interval)
+	if lag > 3*interval+quotaSlack {
+		t.Errorf("connections still allowed %v after the balance ran out, want within 3 intervals (%v) + %v", lag, 3*interval, quotaSlack)
 	}
 	if a.policy(t, "shop") != enforce.PolicyBlockConnections {
 		t.Errorf("policy after EPERM is %q, want %q", a.policy(t, "shop"), enforce.PolicyBlockConnections)
@@ -198,8 +203,8 @@ func TestE2E_quotaFromMoney(t *testing.T) {
 	a.topUp(t, "shop", 1_000_000-debt, "k2", http.StatusCreated)
 	took = a.waitPolicy(t, "shop", enforce.PolicyNone, 10*time.Second)
 	t.Logf("second top-up lifted the block in %v", took)
-	if took > interval+500*time.Millisecond {
-		t.Errorf("top-up lifted the block after %v, want within one interval (%v) + 500ms", took, interval)
+	if took > interval+quotaSlack {
+		t.Errorf("top-up lifted the block after %v, want within one interval (%v) + %v", took, interval, quotaSlack)
 	}
 	if r := runConnects(t, shop, addr, "3"); r.ok != 3 {
 		t.Errorf("after the top-up %d of 3 connects passed (%d EPERM)", r.ok, r.eperm)
