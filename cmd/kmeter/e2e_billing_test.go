@@ -108,11 +108,16 @@ func TestE2E_unsignedPluginRefused(t *testing.T) {
 	if err == nil {
 		t.Fatalf("agent started with an unsigned plugin and --trusted-keys\n%s", stderr.String())
 	}
-	msg := stderr.String()
-	t.Logf("agent refused to start: %s", msg[strings.LastIndex(strings.TrimSpace(msg), "\n")+1:])
-	for _, want := range []string{module, "unsigned"} {
+	all := stderr.String()
+	msg := strings.TrimSpace(all)
+	msg = msg[strings.LastIndex(msg, "\n")+1:] // the error the command returned
+	t.Logf("agent refused to start: %s", msg)
+	if strings.Contains(all, "kmeter running") {
+		t.Errorf("agent reported running before refusing the plugin:\n%s", all)
+	}
+	for _, want := range []string{module, "not signed", "kmeter plugin sign"} {
 		if !strings.Contains(msg, want) {
-			t.Errorf("startup error does not name %q:\n%s", want, msg)
+			t.Errorf("startup error does not say %q: %s", want, msg)
 		}
 	}
 }
