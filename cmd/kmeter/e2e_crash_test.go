@@ -13,14 +13,16 @@ import (
 	"time"
 
 	"github.com/kmeter/kmeter/internal/ledger"
+	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
 	"github.com/kmeter/kmeter/internal/testutil"
 )
 
-// An agent SIGKILLed at random moments under a continuous workload, more
-// than twenty times, bills exactly what the kernel counted: every
+// An agent SIGKILLed at random moments under a continuous workload, twenty
+// times, bills exactly what the kernel counted: every
 // (tenant, meter) series of the ledger ends equal to the pinned counter,
 // no unit lost while the agent was down and none billed twice by a window
-// the crash interrupted; and the ledger verifies.
+// the crash interrupted; and the ledger verifies. It runs against SQLite
+// and against PostgreSQL (a fresh schema of $KMETER_TEST_POSTGRES).
 //
 // The kills land anywhere: while the agent loads or re-attaches its
 // programs, between windows, or inside a ledger commit. Crashes at the
@@ -28,12 +30,24 @@ import (
 // internal/window's tests with window.Config.Fault; this test covers a
 // real process dying for real.
 func TestE2E_crashLoopBillsExactly(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		ledger func(t *testing.T) []string // flags selecting the ledger, besides --data-dir
+	}{
+		{"sqlite", func(*testing.T) []string { return nil }},
+		{"postgres", func(t *testing.T) []string { return []string{"--ledger", ledgertest.PostgresURL(t)} }},
+	} {
+		t.Run(tt.name, func(t *testing.T) { crashLoop(t, t.TempDir(), tt.ledger(t)) })
+	}
+}
+
+func crashLoop(t *testing.T, data string, ledgerArgs []string) {
 	signed, keys := signedPlugin(t, buildPlugin(t, "c-flat")) // 2 micro-USD per unit of any meter
 	shop := testutil.NewCgroup(t, "shop")
-	pin, data := testutil.PinDir(t), t.TempDir()
+	pin := testutil.PinDir(t)
 	const interval = 100 * time.Millisecond
-	args := []string{"--pin-dir", pin, "--data-dir", data, "--interval", interval.String(), "--node-id", "crashy",
-		"--plugin", signed, "--trusted-keys", keys, "--config", writeConfig(t, tenantConfig("shop", shop, ""))}
+	args := append([]string{"--pin-dir", pin, "--data-dir", data, "--interval", interval.String(), "--node-id", "crashy",
+		"--plugin", signed, "--trusted-keys", keys, "--config", writeConfig(t, tenantConfig("shop", shop, ""))}, ledgerArgs...)
 
 	// The workload connects to a listener of the test (outside the
 	// tenant) over and over: syscalls, tcp_connects and bytes both ways.
@@ -61,7 +75,7 @@ func TestE2E_crashLoopBillsExactly(t *testing.T) {
 	seed := time.Now().UnixNano()
 	t.Logf("kill delays seeded with %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
-	const kills = 24
+	const kills = 20
 	var early int
 	for i := range kills {
 		delay := time.Duration(100+rng.IntN(601)) * time.Millisecond
@@ -98,7 +112,7 @@ func TestE2E_crashLoopBillsExactly(t *testing.T) {
 	}
 	a.stop(t)
 
-	out, _, err := pluginCLI(t, "ledger", "totals", "--data-dir", data)
+	out, _, err := pluginCLI(t, append([]string{"ledger", "totals", "--data-dir", data}, ledgerArgs...)...)
 	if err != nil {
 		t.Fatalf("kmeter ledger totals: %v", err)
 	}
@@ -129,7 +143,7 @@ func TestE2E_crashLoopBillsExactly(t *testing.T) {
 	for m, tot := range billed {
 		t.Errorf("shop/%s: ledger billed %+v, the kernel counted nothing", m, tot)
 	}
-	if out, code, err := pluginCLI(t, "ledger", "verify", "--data-dir", data); code != 0 {
+	if out, code, err := pluginCLI(t, append([]string{"ledger", "verify", "--data-dir", data}, ledgerArgs...)...); code != 0 {
 		t.Fatalf("kmeter ledger verify: exit %d, %v\n%s", code, err, out)
 	}
 }
