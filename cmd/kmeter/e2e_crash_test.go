@@ -75,7 +75,10 @@ func crashLoop(t *testing.T, data string, ledgerArgs []string) {
 	seed := time.Now().UnixNano()
 	t.Logf("kill delays seeded with %d", seed)
 	rng := rand.New(rand.NewPCG(uint64(seed), 0))
-	const kills = 20
+	kills := 20
+	if testing.Short() {
+		kills = 5
+	}
 	var early int
 	for i := range kills {
 		delay := time.Duration(100+rng.IntN(601)) * time.Millisecond
