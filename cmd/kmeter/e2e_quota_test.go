@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -272,5 +273,19 @@ func TestE2E_limitsAPILive(t *testing.T) {
 	}
 	if r := runConnects(t, shop, addr, "20"); r.ok != 20 {
 		t.Errorf("after DELETE %d of 20 connects passed (%d EPERM)", r.ok, r.eperm)
+	}
+
+	// A cgroup no tenant lists is a tenant named by its path, which the
+	// client path-escapes (as `kmeter limit` does).
+	other := testutil.NewCgroup(t, "other")
+	path := "/v1/limits/" + url.PathEscape(other.Rel)
+	if code, body := a.call(t, "PUT", path, e2eToken, "", `{"connect_rate":"1/s","connect_burst":2}`); code != http.StatusOK {
+		t.Fatalf("PUT %s: %d %s, want 200", path, code, body)
+	}
+	if r := runConnects(t, other, addr, "6"); r.ok < 2 || r.ok > 3 || r.eperm != 6-r.ok {
+		t.Errorf("cgroup tenant %s with burst 2: %d of 6 connects passed, %d EPERM", other.Rel, r.ok, r.eperm)
+	}
+	if r := runConnects(t, shop, addr, "20"); r.ok != 20 {
+		t.Errorf("a limit on %s throttled shop: %d of 20 connects passed", other.Rel, r.ok)
 	}
 }
