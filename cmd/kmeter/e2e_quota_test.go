@@ -289,3 +289,41 @@ func TestE2E_limitsAPILive(t *testing.T) {
 		t.Errorf("a limit on %s throttled shop: %d of 20 connects passed", other.Rel, r.ok)
 	}
 }
+
+// A postpaid tenant with a monthly volume quota is blocked once the bytes
+// billed this month reach it, whatever its balance.
+func TestE2E_monthlyQuotaBlocks(t *testing.T) {
+	signed, keys := signedPlugin(t, buildPlugin(t, "c-tls")) // bytes are free: only the volume counts
+	shop := testutil.NewCgroup(t, "shop")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(e2eToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const quota = 20_000
+	cfg := tenantConfig("shop", shop, fmt.Sprintf("    account: postpaid\n    on_empty: block_connections\n    monthly_quota_bytes: %d\n", quota))
+	const interval = 200 * time.Millisecond
+	a := startAgent(t, "--pin-dir", testutil.PinDir(t), "--data-dir", t.TempDir(), "--interval", interval.String(),
+		"--plugin", signed, "--trusted-keys", keys, "--token-file", tokenFile, "--config", writeConfig(t, cfg))
+	addr := acceptAll(t)
+	if p := a.policy(t, "shop"); p != enforce.PolicyNone {
+		t.Fatalf("postpaid tenant under its quota starts with policy %q", p)
+	}
+
+	r := runConnects(t, shop, addr, "3000", "5ms", "-until-eperm")
+	if r.eperm != 1 {
+		t.Fatalf("%d connects passed and none was denied: the %d-byte monthly quota never blocked", r.ok, quota)
+	}
+	if a.policy(t, "shop") != enforce.PolicyBlockConnections {
+		t.Errorf("policy after EPERM is %q, want %q", a.policy(t, "shop"), enforce.PolicyBlockConnections)
+	}
+	inv := a.apiInvoice(t, "shop")
+	tx, _ := lineOf(inv, meter.NetTxBytes)
+	rx, _ := lineOf(inv, meter.NetRxBytes)
+	t.Logf("blocked after %d connects; %d bytes billed this month (quota %d)", r.ok, tx+rx, quota)
+	if tx+rx < quota {
+		t.Errorf("blocked with %d bytes billed this month, below the quota %d", tx+rx, quota)
+	}
+	if inv.TotalMicro != 0 {
+		t.Errorf("c/tls charged %d micro-USD for connects and bytes, want 0", inv.TotalMicro)
+	}
+}
