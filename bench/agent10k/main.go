@@ -304,6 +304,7 @@ type feeder struct {
 	ts                       *tenants
 	sys, sock, net, tls      *ebpf.Map
 	nrs                      int
+	both                     int // tenants fed with both kinds in sockstate and netbytes
 	cpus                     int
 	rounds                   uint64
 	missing                  []string
@@ -327,7 +328,7 @@ const (
 )
 
 func openFeeder(pinDir string, ts *tenants, nrs int) (*feeder, error) {
-	f := &feeder{ts: ts, nrs: nrs, cpus: mustPossibleCPUs()}
+	f := &feeder{ts: ts, nrs: nrs, cpus: mustPossibleCPUs(), both: len(ts.ids)}
 	open := func(rel string, keySize, valSize uint32) (*ebpf.Map, error) {
 		p := filepath.Join(pinDir, rel)
 		m, err := ebpf.LoadPinnedMap(p, nil)
@@ -358,11 +359,25 @@ func openFeeder(pinDir string, ts *tenants, nrs int) (*feeder, error) {
 	if f.tls, err = open("tlsmeter/handshakes", 8, 16); err != nil {
 		return nil, err
 	}
-	for _, id := range ts.ids {
+	// The sockstate and netbytes maps hold fewer {cgroup, kind} keys
+	// than 10,000 tenants need for both kinds: every tenant gets kind 0
+	// (connects, tx bytes) and as many as fit also kind 1, leaving room
+	// for the host's own cgroups.
+	if f.both, err = fitBoth(len(ts.ids), f.sock, f.net); err != nil {
+		return nil, err
+	}
+	need := uint32(len(ts.ids) * nrs)
+	if f.sys != nil && need+keyMargin > f.sys.MaxEntries() {
+		return nil, fmt.Errorf("-syscall-nrs %d: %d tenants need %d keys, the syscalls map holds %d", nrs, len(ts.ids), need, f.sys.MaxEntries())
+	}
+	for i, id := range ts.ids {
 		for nr := range nrs {
 			f.sysKeys = append(f.sysKeys, counterKey{CgroupID: id, Kind: uint32(nr)})
 		}
-		f.sockKeys = append(f.sockKeys, counterKey{CgroupID: id, Kind: 0}, counterKey{CgroupID: id, Kind: 1})
+		f.sockKeys = append(f.sockKeys, counterKey{CgroupID: id, Kind: 0})
+		if i < f.both {
+			f.sockKeys = append(f.sockKeys, counterKey{CgroupID: id, Kind: 1})
+		}
 		f.tlsKeys = append(f.tlsKeys, id)
 	}
 	f.sysVals = make([]uint64, len(f.sysKeys)*f.cpus)
@@ -403,7 +418,7 @@ func (f *feeder) round() error {
 			continue
 		}
 		for i := range f.sockKeys {
-			spread(f.sockVals, i, []uint64{m.k0, m.k1}[i%2])
+			spread(f.sockVals, i, []uint64{m.k0, m.k1}[f.sockKeys[i].Kind])
 		}
 		if _, err := m.m.BatchUpdate(f.sockKeys, f.sockVals, nil); err != nil {
 			errs = append(errs, fmt.Errorf("update %s map: %w", m.name, err))
@@ -417,24 +432,55 @@ func (f *feeder) round() error {
 	return errors.Join(errs...)
 }
 
-// expected returns every tenant's cumulative usage per counter after the
+// expected returns tenant i's cumulative usage per counter after the
 // rounds written so far.
-func (f *feeder) expected() map[string]uint64 {
+func (f *feeder) expected(i int) map[string]uint64 {
 	tri := f.rounds * uint64(f.cpus*(f.cpus+1)/2) // sum over CPUs of rounds*(c+1)
 	out := map[string]uint64{}
 	if f.sys != nil {
 		out[meter.Syscalls] = tri * incSyscall * uint64(f.nrs)
 	}
 	if f.sock != nil {
-		out[meter.TCPConnects], out[meter.TCPAccepts] = tri*incConnect, tri*incAccept
+		out[meter.TCPConnects] = tri * incConnect
+		if i < f.both {
+			out[meter.TCPAccepts] = tri * incAccept
+		}
 	}
 	if f.net != nil {
-		out[meter.NetTxBytes], out[meter.NetRxBytes] = tri*incTx, tri*incRx
+		out[meter.NetTxBytes] = tri * incTx
+		if i < f.both {
+			out[meter.NetRxBytes] = tri * incRx
+		}
 	}
 	if f.tls != nil {
 		out[meter.TLSClientHandshakes], out[meter.TLSServerHandshakes] = tri*incTLSc, tri*incTLSs
 	}
 	return out
+}
+
+// keyMargin is the room left in each counter map for the host's own
+// cgroups, which the kernel programs keep counting during the bench.
+const keyMargin = 256
+
+// fitBoth returns how many of n tenants fit with both kinds in each of
+// the {cgroup, kind} maps ms (nil maps are not attached).
+func fitBoth(n int, ms ...*ebpf.Map) (int, error) {
+	both := n
+	for _, m := range ms {
+		if m == nil {
+			continue
+		}
+		used, err := meter.CountKeys(m)
+		if err != nil {
+			return 0, err
+		}
+		free := int(m.MaxEntries()) - used - keyMargin
+		if free < n {
+			return 0, fmt.Errorf("map %s has room for %d keys, %d tenants need at least %d: use fewer -tenants", m, free, n, n)
+		}
+		both = min(both, free-n)
+	}
+	return both, nil
 }
 
 func (f *feeder) close() {
@@ -465,6 +511,7 @@ type result struct {
 	profileCPU, profileHeap   string
 	usageSeries, chargeSeries int
 	charged                   bool
+	both                      int // tenants fed with both kinds in sockstate and netbytes
 }
 
 func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode string) (*result, error) {
@@ -646,10 +693,11 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 	if err != nil {
 		return nil, err
 	}
-	want := f.expected()
 	usage := final.byTenant("kmeter_usage_total", "meter")
 	charges := final.byTenant("kmeter_charges_micro_total", "currency")
-	for _, t := range ts.rel {
+	r.both = f.both
+	for i, t := range ts.rel {
+		want := f.expected(i)
 		u := usage[t]
 		ok := len(want) > 0
 		var total uint64
@@ -691,6 +739,9 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "  check: usage exact  %d/%d tenants (%d usage series)\n", r.tenantsOK, r.tenants, r.usageSeries)
 	if r.charged {
 		fmt.Fprintf(w, "  check: charged      %d/%d tenants exactly price x usage (%d charge series)\n", r.chargedOK, r.tenants, r.chargeSeries)
+	}
+	if r.both < r.tenants {
+		fmt.Fprintf(w, "  map capacity        only %d/%d tenants fit with both tcp_accepts and net_rx_bytes (the sockstate and netbytes maps are full)\n", r.both, r.tenants)
 	}
 	if len(r.missing) > 0 {
 		fmt.Fprintf(w, "  NOT FED (meter not attached): %s\n", strings.Join(r.missing, ", "))
