@@ -190,12 +190,12 @@ func (b *Billing) pricer(path string) (pricing.Pricer, error) {
 		Logger:   b.cfg.Log.With("plugin", path),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("plugin %s: %w", path, err)
+		return nil, fmt.Errorf("plugin engine: %w", err)
 	}
 	id, err := e.LoadFile(b.watchCtx, path)
 	if err != nil {
 		e.Close()
-		return nil, fmt.Errorf("plugin %s: %w", path, err)
+		return nil, err // names the path already, as does the router
 	}
 	b.cfg.Log.Info("plugin live", "path", path, "plugin_sha256", id.SHA256, "signer", id.Signer)
 	b.engines[path] = e
