@@ -511,6 +511,7 @@ type result struct {
 	profileCPU, profileHeap   string
 	usageSeries, chargeSeries int
 	charged                   bool
+	ledgerScrape              float64
 	both                      int // tenants fed with both kinds in sockstate and netbytes
 }
 
@@ -694,7 +695,11 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 		return nil, err
 	}
 	usage := final.byTenant("kmeter_usage_total", "meter")
-	charges := final.byTenant("kmeter_charges_micro_total", "currency")
+	r.ledgerScrape = final.sum("kmeter_ledger_scrape_success")
+	charges, err := ledgerCharges(ctx, bin, dataDir)
+	if err != nil {
+		return nil, err
+	}
 	r.both = f.both
 	for i, t := range ts.rel {
 		want := f.expected(i)
@@ -711,12 +716,11 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 			r.tenantsOK++
 		}
 		r.usageSeries += len(u)
-		var charged float64
-		for _, v := range charges[t] {
-			charged += v
+		charged, ok := charges[t]
+		if ok {
 			r.chargeSeries++
 		}
-		if charged == float64(total*priceMicro) {
+		if charged == int64(total*priceMicro) {
 			r.chargedOK++
 		}
 	}
@@ -738,7 +742,8 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "  feeder              %d rounds, %v per round (bench process, not the agent)\n", r.feedRounds, r.feedMean.Round(time.Millisecond))
 	fmt.Fprintf(w, "  check: usage exact  %d/%d tenants (%d usage series)\n", r.tenantsOK, r.tenants, r.usageSeries)
 	if r.charged {
-		fmt.Fprintf(w, "  check: charged      %d/%d tenants exactly price x usage (%d charge series)\n", r.chargedOK, r.tenants, r.chargeSeries)
+		fmt.Fprintf(w, "  check: charged      %d/%d tenants exactly price x usage in the ledger (%d tenants with a balance; kmeter tenants --json)\n", r.chargedOK, r.tenants, r.chargeSeries)
+		fmt.Fprintf(w, "  /metrics ledger     kmeter_ledger_scrape_success %v\n", r.ledgerScrape)
 	}
 	if r.both < r.tenants {
 		fmt.Fprintf(w, "  map capacity        only %d/%d tenants fit with both tcp_accepts and net_rx_bytes (the sockstate and netbytes maps are full)\n", r.both, r.tenants)
@@ -816,6 +821,32 @@ func download(url, file string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// ledgerCharges returns every tenant's charges in micro-units, read
+// from the ledger in dataDir with `kmeter tenants --json` (as an operator
+// would).
+func ledgerCharges(ctx context.Context, kmeter, dataDir string) (map[string]int64, error) {
+	b, err := exec.CommandContext(ctx, kmeter, "tenants", "--json", "--data-dir", dataDir).Output()
+	if err != nil {
+		return nil, fmt.Errorf("kmeter tenants --json: %w", err)
+	}
+	var rows []struct {
+		Name     string `json:"name"`
+		Balances []struct {
+			ChargedMicro int64 `json:"charged_micro"`
+		} `json:"balances"`
+	}
+	if err := json.Unmarshal(b, &rows); err != nil {
+		return nil, fmt.Errorf("parse kmeter tenants --json: %w", err)
+	}
+	out := make(map[string]int64, len(rows))
+	for _, r := range rows {
+		for _, bal := range r.Balances {
+			out[r.Name] += bal.ChargedMicro
+		}
+	}
+	return out, nil
 }
 
 // cpuTicks returns utime+stime of pid, in clock ticks.
