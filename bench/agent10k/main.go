@@ -5,6 +5,7 @@
 //
 //	go run ./bench/agent10k                       # as root, from the repo root; about 7 min
 //	go run ./bench/agent10k -profile              # also a CPU and heap profile of the billed agent
+//	go run ./bench/agent10k -mapread 62000        # only: per-key map read (as today) vs BPF_MAP_LOOKUP_BATCH
 //
 // What it does, per mode ("billed", then "metered"):
 //
@@ -101,7 +102,15 @@ func main() {
 	flag.BoolVar(&o.profile, "profile", false, "build the agent with a pprof listener and save CPU and heap profiles of the billed mode")
 	flag.DurationVar(&o.profileFor, "profile-for", 60*time.Second, "CPU profile length (taken after -measure)")
 	flag.StringVar(&o.bpfBase, "bpffs", "/sys/fs/bpf", "bpffs directory under which a private pin dir is made")
+	mapRead := flag.Int("mapread", 0, "only time reading a per-CPU map of this many keys, per key (as the agent does) and batched")
 	flag.Parse()
+	if *mapRead > 0 {
+		if err := runMapRead(os.Stdout, *mapRead, 4096, 15); err != nil {
+			fmt.Fprintln(os.Stderr, "bench agent10k:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o.modes = strings.Split(modes, ",")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
