@@ -14,12 +14,16 @@
 #define KIND_TX 0
 #define KIND_RX 1
 /* Keep in sync with MaxEntries in internal/meter/netbytes/netbytes.go. */
-#define NETBYTES_MAX_ENTRIES 16384
+#define NETBYTES_MAX_ENTRIES 65536
 
 /* {cgroup id, KIND_*} -> bytes, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, NETBYTES_MAX_ENTRIES);
+	/* Entries are allocated when a cgroup is first seen, not all at load:
+	 * sized for tens of thousands of tenants without pinning that much
+	 * kernel memory on hosts with few. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct kmeter_key);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

@@ -9,12 +9,16 @@
 #include "kmeter.h"
 
 /* Keep in sync with MaxEntries in internal/meter/syscalls/syscalls.go. */
-#define SYSCALLS_MAX_ENTRIES 32768
+#define SYSCALLS_MAX_ENTRIES 262144
 
 /* {cgroup id, syscall nr} -> count, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, SYSCALLS_MAX_ENTRIES);
+	/* Entries are allocated when a cgroup is first seen, not all at load:
+	 * sized for tens of thousands of tenants without pinning that much
+	 * kernel memory on hosts with few. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct kmeter_key);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

@@ -47,11 +47,15 @@ struct tls_event {
 /* Cgroups with counts; past this, handshakes of new cgroups are only
  * counted as uncounted.
  * Keep in sync with countsMaxEntries in internal/meter/tlsmeter/tlsmeter.go. */
-#define COUNTS_MAX_ENTRIES 16384
+#define COUNTS_MAX_ENTRIES 65536
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, COUNTS_MAX_ENTRIES);
+	/* Entries are allocated when a cgroup is first seen, not all at load:
+	 * sized for tens of thousands of tenants without pinning that much
+	 * kernel memory on hosts with few. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u64);
 	__type(value, struct tls_counts);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

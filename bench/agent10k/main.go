@@ -98,7 +98,7 @@ func main() {
 	flag.StringVar(&modes, "modes", "billed,metered", "comma-separated: billed (signed c-flat plugin, SQLite ledger), metered (no plugin)")
 	flag.StringVar(&o.workDir, "work", "", "directory for binaries, data dirs, logs and profiles (default: a new temp dir)")
 	flag.StringVar(&o.kmeterBin, "kmeter", "", "kmeter binary to measure (default: go build ./cmd/kmeter)")
-	flag.IntVar(&o.syscallNrs, "syscall-nrs", 2, "syscall numbers per tenant in the syscalls map (its capacity is 32768 keys)")
+	flag.IntVar(&o.syscallNrs, "syscall-nrs", 2, "syscall numbers per tenant in the syscalls map (its capacity is syscalls.MaxEntries keys)")
 	flag.BoolVar(&o.profile, "profile", false, "build the agent with a pprof listener and save CPU and heap profiles of the billed mode")
 	flag.DurationVar(&o.profileFor, "profile-for", 60*time.Second, "CPU profile length (taken after -measure)")
 	flag.StringVar(&o.bpfBase, "bpffs", "/sys/fs/bpf", "bpffs directory under which a private pin dir is made")

@@ -34,7 +34,7 @@ const Name = "netbytes"
 
 // MaxEntries is the number of {cgroup, direction} keys the counter map
 // holds. Keep in sync with NETBYTES_MAX_ENTRIES in bpf/netbytes.bpf.c.
-const MaxEntries = 16384
+const MaxEntries = 65536
 
 // Directions, as stored in the key. Keep in sync with KIND_* in
 // bpf/netbytes.bpf.c.

@@ -31,7 +31,7 @@ const Name = "sockstate"
 
 // MaxEntries is the number of {cgroup, kind} keys the counter map holds.
 // Keep in sync with SOCKSTATE_MAX_ENTRIES in bpf/sockstate.bpf.c.
-const MaxEntries = 16384
+const MaxEntries = 65536
 
 // The kinds of open, as stored in the key. Keep in sync with KIND_* in
 // bpf/sockstate.bpf.c.

@@ -32,7 +32,7 @@ const Name = "syscalls"
 
 // MaxEntries is the number of {cgroup, syscall} keys the counter map
 // holds. Keep in sync with SYSCALLS_MAX_ENTRIES in bpf/syscalls.bpf.c.
-const MaxEntries = 32768
+const MaxEntries = 262144
 
 // The hooks, in order of preference.
 const (

@@ -39,7 +39,7 @@ const Hook = "cgroup_skb/egress"
 
 // countsMaxEntries is how many cgroups the kernel keeps counts for.
 // Keep in sync with COUNTS_MAX_ENTRIES in bpf/tlsmeter.bpf.c.
-const countsMaxEntries = 16384
+const countsMaxEntries = 65536
 
 // linkPin is the name of the pinned link inside the meter's pin directory.
 const linkPin = "tls_egress_link"
