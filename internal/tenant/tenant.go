@@ -193,27 +193,6 @@ func (r *Resolver) roots(tenant string) []uint64 {
 	return ids
 }
 
-// Tenants returns the tenants of every live cgroup, sorted.
-func (r *Resolver) Tenants() []string {
-	r.mu.RLock()
-	paths := make([]string, 0, len(r.ids))
-	for p := range r.ids {
-		paths = append(paths, p)
-	}
-	r.mu.RUnlock()
-	seen := map[string]bool{}
-	var out []string
-	for _, p := range paths {
-		t := r.TenantOfPath(p)
-		if !seen[t] {
-			seen[t] = true
-			out = append(out, t)
-		}
-	}
-	sort.Strings(out)
-	return out
-}
-
 // Save writes the id -> path cache to file atomically, so a restarted
 // agent still knows removed cgroups.
 func (r *Resolver) Save(file string) error {
