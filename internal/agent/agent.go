@@ -160,16 +160,34 @@ func (a *Agent) Meters() []meter.Meter { return a.meters }
 // Resolver returns the tenant resolver.
 func (a *Agent) Resolver() *tenant.Resolver { return a.cfg.Resolver }
 
-// Counts reads the cumulative per-cgroup counts of every attached meter.
-func (a *Agent) Counts() (meter.Counts, error) {
+// read reads the cumulative per-cgroup counts of every attached meter,
+// and the syscall breakdown by number: a meter that has one is read once,
+// its per-cgroup total derived from the breakdown.
+func (a *Agent) read() (meter.Counts, map[uint64]map[uint32]uint64, error) {
 	c := meter.Counts{}
+	var byNr map[uint64]map[uint32]uint64
 	var errs []error
 	for _, m := range a.meters {
-		if err := m.ReadInto(c); err != nil {
+		bn, ok := m.(BySyscallNumber)
+		if !ok {
+			if err := m.ReadInto(c); err != nil {
+				errs = append(errs, fmt.Errorf("read %s: %w", m.Status().Meter, err))
+			}
+			continue
+		}
+		nrs, err := bn.ReadByNumber()
+		if err != nil {
 			errs = append(errs, fmt.Errorf("read %s: %w", m.Status().Meter, err))
+			continue
+		}
+		byNr = nrs
+		for id, counts := range nrs {
+			for _, v := range counts {
+				c.Add(id, meter.Syscalls, v)
+			}
 		}
 	}
-	return c, errors.Join(errs...)
+	return c, byNr, errors.Join(errs...)
 }
 
 // Read reads every meter now, aggregates per tenant, and publishes the
@@ -177,7 +195,7 @@ func (a *Agent) Counts() (meter.Counts, error) {
 func (a *Agent) Read() (*Snapshot, error) {
 	a.readMu.Lock()
 	defer a.readMu.Unlock()
-	c, err := a.Counts()
+	c, byNr, err := a.read()
 	if err != nil {
 		a.readErrors.Add(1)
 		return nil, err
@@ -198,16 +216,7 @@ func (a *Agent) Read() (*Snapshot, error) {
 			m[name] += v
 		}
 	}
-	for _, m := range a.meters {
-		bn, ok := m.(BySyscallNumber)
-		if !ok {
-			continue
-		}
-		byNr, err := bn.ReadByNumber()
-		if err != nil {
-			a.readErrors.Add(1)
-			return nil, fmt.Errorf("read syscalls by number: %w", err)
-		}
+	if byNr != nil {
 		s.SyscallsByNumber = map[string]map[uint32]uint64{}
 		for id, nrs := range byNr {
 			t := a.cfg.Resolver.Tenant(id)
