@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -63,38 +62,13 @@ type testAgent struct {
 
 func startAgent(t *testing.T, args ...string) *testAgent {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, append([]string{"-test.run=^$", "run", "--listen", addr}, args...)...)
-	cmd.Env = append(os.Environ(), testutil.HelperEnv+"=kmeter")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	a := &testAgent{cmd: cmd, addr: addr}
-	t.Cleanup(func() { a.kill() })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return a
-			}
-		}
+	a := spawnAgent(t, args...)
+	for deadline := time.Now().Add(30 * time.Second); !a.ready(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready at %s after 30s", addr)
+			t.Fatalf("agent not ready at %s after 30s", a.addr)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
+	return a
 }
 
 func (a *testAgent) kill() {
