@@ -10,18 +10,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"maps"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -41,6 +35,7 @@ import (
 	"github.com/kmeter/kmeter/internal/meter/sockstate"
 	"github.com/kmeter/kmeter/internal/meter/syscalls"
 	"github.com/kmeter/kmeter/internal/meter/tlsmeter"
+	"github.com/kmeter/kmeter/internal/testutil"
 )
 
 // opener opens one meter.
@@ -409,23 +404,12 @@ type server struct {
 }
 
 func newServer() (*server, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "bench.kmeter.test"},
-		DNSNames:     []string{"bench.kmeter.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := testutil.SelfSignedCert("bench.kmeter.test")
 	if err != nil {
 		return nil, err
 	}
 	cfg := &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		Certificates: []tls.Certificate{cert},
 		MinVersion:   tls.VersionTLS13,
 	}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)

@@ -2,17 +2,11 @@ package main
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -43,7 +37,7 @@ func tlsServerHelper(args []string) error {
 	if err != nil {
 		return err
 	}
-	cert, err := selfSignedCert()
+	cert, err := testutil.SelfSignedCert("kmeter-e2e")
 	if err != nil {
 		return err
 	}
@@ -110,26 +104,6 @@ func connectLoopHelper(args []string) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// selfSignedCert makes an ECDSA P-256 certificate for the test server.
-func selfSignedCert() (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "kmeter-e2e"},
-		DNSNames:     []string{"kmeter-e2e"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 // tlsHandshakes makes n real TLS handshakes: the server runs in cgroup

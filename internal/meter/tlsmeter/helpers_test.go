@@ -2,22 +2,17 @@ package tlsmeter
 
 import (
 	"bufio"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
+
+	"github.com/kmeter/kmeter/internal/testutil"
 )
 
 // The test binary doubles as the helper processes below, started inside
@@ -77,26 +72,6 @@ var helpers = map[string]func([]string) error{
 	"plain-client": plainClientHelper,
 }
 
-// selfSignedCert makes an ECDSA P-256 certificate for the test server.
-func selfSignedCert() (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "kmeter-test"},
-		DNSNames:     []string{"kmeter-test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
-}
-
 // listen listens on addr and prints "port=N" for the test.
 func listen(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -143,7 +118,7 @@ func tlsServerHelper(args []string) error {
 	if err != nil {
 		return err
 	}
-	cert, err := selfSignedCert()
+	cert, err := testutil.SelfSignedCert("kmeter-test")
 	if err != nil {
 		return err
 	}

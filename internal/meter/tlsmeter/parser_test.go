@@ -107,7 +107,7 @@ func (c *firstWrite) Write(p []byte) (int, error) {
 // side: the ClientHello and the ServerHello (or HelloRetryRequest).
 func hellos(t *testing.T, client, server *tls.Config) (clientHello, serverHello []byte) {
 	t.Helper()
-	cert, err := selfSignedCert()
+	cert, err := testutil.SelfSignedCert("kmeter-test")
 	if err != nil {
 		t.Fatal(err)
 	}
