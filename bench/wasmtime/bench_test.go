@@ -213,4 +213,3 @@ func BenchmarkPluginPriceBatch(b *testing.B) {
 	report(b, lat)
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(recs)), "ns/record")
 }
-
