@@ -223,10 +223,6 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		return res, fmt.Errorf("read usage: %w", err)
 	}
 	now := b.cfg.Now()
-	type series struct {
-		key Key
-		w   ledger.Window
-	}
 	var pending []series
 	for _, k := range slices.SortedFunc(maps.Keys(counts), compareKeys) {
 		v := counts[k]
@@ -256,6 +252,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		pending = append(pending, series{k, w})
 	}
 	// Price per route, one batch per pricer.
+	held := heldSeries{}
 	type batch struct {
 		route Route
 		idx   []int
@@ -270,7 +267,8 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		}
 		r, err := b.cfg.Pricers.PricerFor(s.key.Tenant, s.key.Meter)
 		if err != nil {
-			b.hold(s.key, s.w.Quantity, "", err)
+			b.hold(s.key, s.w.Quantity, "")
+			held.add(s.key, "", err)
 			continue
 		}
 		bt := byName[r.Name]
@@ -282,42 +280,13 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		bt.idx = append(bt.idx, i)
 	}
 	for _, bt := range batches {
-		recs := make([]pricing.Record, len(bt.idx))
-		for j, i := range bt.idx {
-			w := pending[i].w
-			recs[j] = pricing.Record{Tenant: w.Tenant, Meter: w.Meter, Quantity: w.Quantity, Start: w.Start, End: w.End}
-			if b.cfg.Attrs != nil {
-				recs[j].Attrs = b.cfg.Attrs(w.Tenant)
-			}
-		}
-		out, err := bt.route.Pricer.Price(ctx, recs)
-		if err == nil && len(out.Charges) != len(recs) {
-			err = fmt.Errorf("pricer returned %d charges for %d records", len(out.Charges), len(recs))
-		}
-		if err != nil {
-			for _, i := range bt.idx {
-				b.hold(pending[i].key, pending[i].w.Quantity, bt.route.Name, err)
-			}
-			continue
-		}
-		// A charge the ledger would refuse fails the whole commit, so it
-		// fails its batch here instead: the other pricers' series go on.
-		var bad error
-		for j, i := range bt.idx {
-			w := &pending[i].w
-			w.Charge, w.PluginSHA256 = out.Charges[j], out.PluginSHA256
-			if err := w.Validate(); err != nil && bad == nil {
-				bad = fmt.Errorf("pricer returned an unusable charge: %w", err)
-			}
-		}
-		for _, i := range bt.idx {
-			if bad != nil {
-				b.hold(pending[i].key, pending[i].w.Quantity, bt.route.Name, bad)
-			} else {
-				priced[i] = true
-			}
+		// Price in chunks: a plugin call has a record limit, and a failed
+		// chunk holds only its own series.
+		for lo := 0; lo < len(bt.idx); lo += MaxBatch {
+			b.priceChunk(ctx, bt.route, pending, bt.idx[lo:min(lo+MaxBatch, len(bt.idx))], priced, held)
 		}
 	}
+	held.log(b.cfg.Log)
 	ws := make([]ledger.Window, 0, len(pending))
 	for i, s := range pending {
 		if priced[i] {
@@ -362,11 +331,80 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	return res, nil
 }
 
-func (b *Biller) hold(k Key, qty uint64, route string, err error) {
+// series is one (tenant, meter) to bill in a tick and its window.
+type series struct {
+	key Key
+	w   ledger.Window
+}
+
+// MaxBatch is the most records priced in one plugin call; a window with
+// more series for one pricer is priced in several calls.
+const MaxBatch = 4096
+
+// priceChunk prices the pending series at idx with route and marks them
+// priced, or holds them all.
+func (b *Biller) priceChunk(ctx context.Context, route Route, pending []series, idx []int, priced []bool, held heldSeries) {
+	recs := make([]pricing.Record, len(idx))
+	for j, i := range idx {
+		w := pending[i].w
+		recs[j] = pricing.Record{Tenant: w.Tenant, Meter: w.Meter, Quantity: w.Quantity, Start: w.Start, End: w.End}
+		if b.cfg.Attrs != nil {
+			recs[j].Attrs = b.cfg.Attrs(w.Tenant)
+		}
+	}
+	out, err := route.Pricer.Price(ctx, recs)
+	if err == nil && len(out.Charges) != len(recs) {
+		err = fmt.Errorf("pricer returned %d charges for %d records", len(out.Charges), len(recs))
+	}
+	if err == nil {
+		// A charge the ledger would refuse fails the whole commit, so it
+		// fails its chunk here instead: the other series go on.
+		for j, i := range idx {
+			w := &pending[i].w
+			w.Charge, w.PluginSHA256 = out.Charges[j], out.PluginSHA256
+			if verr := w.Validate(); verr != nil && err == nil {
+				err = fmt.Errorf("pricer returned an unusable charge: %w", verr)
+			}
+		}
+	}
+	for _, i := range idx {
+		if err != nil {
+			b.hold(pending[i].key, pending[i].w.Quantity, route.Name)
+			held.add(pending[i].key, route.Name, err)
+		} else {
+			priced[i] = true
+		}
+	}
+}
+
+func (b *Biller) hold(k Key, qty uint64, route string) {
 	b.unbilled[k] = qty
 	b.pricingFailures[route]++
-	b.cfg.Log.Warn("pricing failed; holding usage for the next window", "tenant", k.Tenant, "meter", k.Meter,
-		"quantity", qty, "pricer", route, "err", err)
+}
+
+// heldSeries groups the series held in one tick by pricer and error, so
+// a failing plugin logs one line per tick, not one per tenant.
+type heldSeries map[[2]string]*heldGroup
+
+type heldGroup struct {
+	n       int
+	example Key
+}
+
+func (h heldSeries) add(k Key, route string, err error) {
+	g := h[[2]string{route, err.Error()}]
+	if g == nil {
+		g = &heldGroup{example: k}
+		h[[2]string{route, err.Error()}] = g
+	}
+	g.n++
+}
+
+func (h heldSeries) log(l *slog.Logger) {
+	for k, g := range h {
+		l.Warn("pricing failed; holding usage for the next window", "series", g.n,
+			"example_tenant", g.example.Tenant, "example_meter", g.example.Meter, "pricer", k[0], "err", k[1])
+	}
 }
 
 func (b *Biller) fault(p FaultPoint) error {

@@ -3,8 +3,10 @@ package window_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -373,6 +375,48 @@ func TestBiller_badChargesHoldOnlyTheirBatch(t *testing.T) {
 	}
 	if u := b.Unbilled(); u[window.Key{Tenant: "short", Meter: "syscalls"}] != 10 || u[window.Key{Tenant: "neg", Meter: "syscalls"}] != 10 {
 		t.Errorf("unbilled = %v", u)
+	}
+	mustVerify(t, l)
+}
+
+// cappedPricer refuses batches over max records, as the plugin engine does
+// past its MaxRecords, and remembers the largest batch it saw.
+type cappedPricer struct {
+	fixedPricer
+	max     int
+	largest atomic.Int64
+}
+
+func (p *cappedPricer) Price(ctx context.Context, recs []pricing.Record) (pricing.Result, error) {
+	if int64(len(recs)) > p.largest.Load() {
+		p.largest.Store(int64(len(recs)))
+	}
+	if len(recs) > p.max {
+		return pricing.Result{}, fmt.Errorf("%d records, more than %d", len(recs), p.max)
+	}
+	return p.fixedPricer.Price(ctx, recs)
+}
+
+// A window with more series than one plugin call takes is priced in
+// chunks of window.MaxBatch, and every series is billed in one tick.
+func TestBiller_Tick_chunksLargeWindows(t *testing.T) {
+	l := ledgertest.SQLite.Open(t)
+	src := newSource()
+	p := &cappedPricer{fixedPricer: fixedPricer{microPerUnit: 1}, max: window.MaxBatch}
+	b := newBiller(t, "n1", src, l, onePricer{p}, nil)
+	const n = 2*window.MaxBatch + 10
+	for i := range n {
+		src.add(fmt.Sprintf("t%05d", i), "syscalls", uint64(i%7+1))
+	}
+	r := mustTick(t, b)
+	if r.Windows != n || r.Held != 0 {
+		t.Fatalf("tick = %+v, want %d windows and none held", r, n)
+	}
+	if got := p.largest.Load(); got != window.MaxBatch {
+		t.Errorf("largest batch %d records, want %d", got, window.MaxBatch)
+	}
+	if calls := p.calls.Load(); calls != 3 {
+		t.Errorf("%d plugin calls, want 3", calls)
 	}
 	mustVerify(t, l)
 }
