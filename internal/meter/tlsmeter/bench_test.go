@@ -16,13 +16,7 @@ import (
 func benchMeter(tb testing.TB, ringSize uint32) (*Meter, *ebpf.Program) {
 	tb.Helper()
 	testutil.RequireBPF(tb)
-	spec, err := loadTlsmeter()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	for _, ms := range spec.Maps {
-		ms.Pinning = ebpf.PinNone
-	}
+	spec := unpinnedSpec(tb)
 	if ringSize != 0 {
 		spec.Maps["events"].MaxEntries = ringSize
 	}

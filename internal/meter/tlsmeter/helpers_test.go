@@ -11,6 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/kmeter/kmeter/internal/testutil"
 )
@@ -280,4 +283,19 @@ func helperOutput(out string) map[string]string {
 		}
 	}
 	return kv
+}
+
+// unpinnedSpec loads the tlsmeter spec with pinning turned off, for tests
+// that load its test programs: pinned by name without a pin path, their
+// maps would land in a shared bpffs dir and outlive the test.
+func unpinnedSpec(tb testing.TB) *ebpf.CollectionSpec {
+	tb.Helper()
+	spec, err := loadTlsmeter()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, ms := range spec.Maps {
+		ms.Pinning = ebpf.PinNone
+	}
+	return spec
 }

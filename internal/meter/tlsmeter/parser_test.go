@@ -22,10 +22,7 @@ import (
 func parser(t *testing.T) func(frame []byte) tlsmeterParseResult {
 	t.Helper()
 	testutil.RequireBPF(t)
-	spec, err := loadTlsmeter()
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := unpinnedSpec(t)
 	var objs struct {
 		Prog *ebpf.Program `ebpf:"tls_parse_test"`
 		Out  *ebpf.Map     `ebpf:"parse_out"`

@@ -547,10 +547,7 @@ func TestMeter_retransmittedHello(t *testing.T) {
 		serverArgs: []string{"-n", strconv.Itoa(n)},
 		clientArgs: []string{"-n", strconv.Itoa(n), "-sni", "retransmit.kmeter.test"},
 		beforeClient: func(port uint16) {
-			spec, err := loadTlsmeter()
-			if err != nil {
-				t.Fatal(err)
-			}
+			spec := unpinnedSpec(t)
 			if err := spec.Variables["test_drop_port"].Set(port); err != nil {
 				t.Fatal(err)
 			}
