@@ -93,7 +93,9 @@ func (c *Client) do(ctx context.Context, method, tenant string, body []byte, out
 		return fmt.Errorf("read agent answer: %w", err)
 	}
 	if resp.StatusCode >= 300 {
-		var e errorBody
+		var e struct {
+			Error string `json:"error"`
+		}
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
 		}

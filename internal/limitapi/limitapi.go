@@ -20,6 +20,7 @@ import (
 
 	"github.com/kmeter/kmeter/internal/enforce"
 	"github.com/kmeter/kmeter/internal/httpauth"
+	"github.com/kmeter/kmeter/internal/server"
 )
 
 // Store is what the API changes; *enforce.Enforcer implements it.
@@ -92,7 +93,7 @@ func Handler(s Store, tok httpauth.Token) http.Handler {
 			l, p, _ := s.Limit(n)
 			out = append(out, Tenant{Tenant: n, Limit: l.Spec(), Policy: p})
 		}
-		writeJSON(w, http.StatusOK, out)
+		server.WriteJSON(w, http.StatusOK, out)
 	})
 	return tok.Require(mux)
 }
@@ -107,7 +108,7 @@ func writeTenant(w http.ResponseWriter, s Store, name string) {
 	if counts, err := s.Enforced(); err == nil {
 		t.Enforced = counts[name]
 	}
-	writeJSON(w, http.StatusOK, t)
+	server.WriteJSON(w, http.StatusOK, t)
 }
 
 func statusOf(err error) int {
@@ -120,20 +121,8 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, errorBody{Error: err.Error()})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	server.WriteError(w, code, err.Error())
 }
 
 var _ Store = (*enforce.Enforcer)(nil)
