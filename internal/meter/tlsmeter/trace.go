@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/kmeter/kmeter/internal/tenant"
 )
 
 // Trace loads a private instance of the meter at cgroupDir (see
@@ -68,40 +67,36 @@ func FormatEvent(e Event, cgroup string) string {
 	return b.String()
 }
 
-// cgroupNames maps cgroup ids (directory inode numbers) to paths relative
-// to the cgroup2 mount, rescanning at most once a second on a miss.
+// cgroupNames names cgroup ids for trace lines with a tenant.Resolver,
+// rescanning at most once a second on a miss.
 type cgroupNames struct {
-	root     string
-	byID     map[uint64]string
+	res      *tenant.Resolver // nil when the hierarchy cannot be read
 	scanned  time.Time
 	interval time.Duration
 }
 
 func newCgroupNames(root string) *cgroupNames {
-	return &cgroupNames{root: root, byID: make(map[uint64]string), interval: time.Second}
+	res, err := tenant.NewResolver(root, nil)
+	if err != nil {
+		res = nil // events then show cgroup ids
+	}
+	return &cgroupNames{res: res, scanned: time.Now(), interval: time.Second}
 }
 
 func (c *cgroupNames) path(id uint64) string {
-	if p, ok := c.byID[id]; ok {
+	if c.res == nil {
+		return ""
+	}
+	if p, ok := c.res.Path(id); ok {
 		return p
 	}
 	if time.Since(c.scanned) < c.interval {
 		return ""
 	}
 	c.scanned = time.Now()
-	_ = filepath.WalkDir(c.root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			rel, _ := filepath.Rel(c.root, p)
-			c.byID[st.Ino] = "/" + strings.TrimPrefix(rel, ".")
-		}
-		return nil
-	})
-	return c.byID[id]
+	if c.res.Refresh() != nil {
+		return ""
+	}
+	p, _ := c.res.Path(id)
+	return p
 }
