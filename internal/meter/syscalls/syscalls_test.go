@@ -9,8 +9,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmeter/kmeter/internal/meter"
 	"github.com/kmeter/kmeter/internal/testutil"
@@ -164,15 +166,23 @@ func TestMeter_fullMapCountsOverflow(t *testing.T) {
 		t.Fatal(err)
 	}
 	vals := make([]uint64, possible)
-	for i := uint64(0); ; i++ {
+	// Fill the map until the kernel says it is full (E2BIG). Its entries
+	// are allocated on demand, so under memory pressure an insert can fail
+	// for a moment with another error: retry that key.
+	for i, retries := uint64(0), 0; ; {
 		key := syscallsKmeterKey{CgroupId: 1<<62 + i}
 		err := m.counts.Update(key, vals, ebpf.UpdateNoExist)
-		if errors.Is(err, ebpf.ErrKeyExist) {
+		if err == nil || errors.Is(err, ebpf.ErrKeyExist) {
+			i++
 			continue
 		}
-		if err != nil {
+		if errors.Is(err, unix.E2BIG) {
 			break // full
 		}
+		if retries++; retries > 1000 {
+			t.Fatalf("fill the counter map: %d keys in, then: %v", i, err)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	before, err := m.Overflow()
 	if err != nil {
