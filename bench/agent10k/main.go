@@ -5,6 +5,7 @@
 //
 //	go run ./bench/agent10k                       # as root, from the repo root; about 7 min
 //	go run ./bench/agent10k -profile              # also a CPU and heap profile of the billed agent
+//	go run ./bench/agent10k -profile -profile-modes metered -modes metered   # ... of the metered agent
 //	go run ./bench/agent10k -mapread 62000        # only: per-key map read (as today) vs BPF_MAP_LOOKUP_BATCH
 //
 // What it does, per mode ("billed", then "metered"):
@@ -84,6 +85,7 @@ type options struct {
 	kmeterBin  string
 	syscallNrs int
 	profile    bool
+	profModes  []string
 	profileFor time.Duration
 	bpfBase    string
 }
@@ -100,6 +102,7 @@ func main() {
 	flag.StringVar(&o.kmeterBin, "kmeter", "", "kmeter binary to measure (default: go build ./cmd/kmeter)")
 	flag.IntVar(&o.syscallNrs, "syscall-nrs", 2, "syscall numbers per tenant in the syscalls map (its capacity is syscalls.MaxEntries keys)")
 	flag.BoolVar(&o.profile, "profile", false, "build the agent with a pprof listener and save CPU and heap profiles of the billed mode")
+	profModes := flag.String("profile-modes", "billed", "with -profile: comma-separated modes whose agent is profiled")
 	flag.DurationVar(&o.profileFor, "profile-for", 60*time.Second, "CPU profile length (taken after -measure)")
 	flag.StringVar(&o.bpfBase, "bpffs", "/sys/fs/bpf", "bpffs directory under which a private pin dir is made")
 	mapRead := flag.Int("mapread", 0, "only time reading a per-CPU map of this many keys, per key (as the agent does) and batched")
@@ -112,6 +115,7 @@ func main() {
 		return
 	}
 	o.modes = strings.Split(modes, ",")
+	o.profModes = strings.Split(*profModes, ",")
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, o, os.Stdout); err != nil {
@@ -540,7 +544,7 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 		return nil, err
 	}
 	bin := b.kmeter
-	profiling := o.profile && mode == "billed"
+	profiling := o.profile && slices.Contains(o.profModes, mode)
 	var pprofAddr string
 	if profiling {
 		bin = b.kmeterProf

@@ -197,12 +197,7 @@ func (m *Meter) ReadInto(c meter.Counts) error {
 	if closed {
 		return fmt.Errorf("read tls counts: %w", os.ErrClosed)
 	}
-	var (
-		id     uint64
-		percpu []tlsmeterTlsCounts
-	)
-	it := m.maps.Handshakes.Iterate()
-	for it.Next(&id, &percpu) {
+	err := meter.EachPerCPU(m.maps.Handshakes, func(id uint64, percpu []tlsmeterTlsCounts) {
 		var client, server uint64
 		for _, v := range percpu {
 			client += v.Client
@@ -210,8 +205,8 @@ func (m *Meter) ReadInto(c meter.Counts) error {
 		}
 		c.Add(id, meter.TLSClientHandshakes, client)
 		c.Add(id, meter.TLSServerHandshakes, server)
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("read tls counts: %w", err)
 	}
 	return nil
