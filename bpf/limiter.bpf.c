@@ -49,6 +49,7 @@ struct rate {
 	__u64 rate;       // tokens per second; 0 with on=1 denies everything
 	__u64 burst_n;    // bucket size in nano-tokens
 	__u64 max_idle_ns; // idle time after which the bucket is full: burst_n / rate
+	__u64 batch;      // bytes a subtree root pre-takes into its credit; 0 = none
 	__u32 on;         // 1 when this kind is limited
 	__u32 _pad;
 };
@@ -68,6 +69,12 @@ struct tenant_limits {
 	__u64 policy_floor;
 	__u32 policy; // Keep in sync with policyCode in internal/enforce/enforce.go.
 	__u32 _pad2;
+	// Bytes this subtree root already took from the tenant's egress and
+	// ingress buckets and may still send or receive: a packet covered by
+	// its credit passes with one atomic add, without the bucket's lookup,
+	// clock read and lock. User space writes 0 with every limit change,
+	// so a new limit applies to the next packet.
+	__s64 credit[2];
 };
 
 // settings are switches for the whole host.
@@ -93,7 +100,7 @@ struct tbucket {
 	__s64 tokens;    // nano-tokens; may go below zero after an oversize packet
 	__u64 last_ns;   // bpf_ktime_get_coarse_ns of the last refill
 	__u64 since_ns;  // when the bucket was created full
-	__u64 passed;    // events (or bytes) let through
+	__u64 passed;    // events (or bytes) let through or handed to a root's credit
 	__u64 refilled_n; // nano-tokens added by refills, after the cap at burst
 };
 
@@ -233,13 +240,17 @@ static __always_inline void count(__u64 id, __u32 kind)
 		*v += 1;
 }
 
-// take takes cost tokens (in whole units) from bucket (id, kind) limited
-// by r and reports whether the event may pass.
-static __always_inline int take(__u64 id, __u32 kind, const struct rate *r, __u64 cost)
+// take_batch takes cost tokens (in whole units) from bucket (id, kind)
+// limited by r and reports whether the event may pass. With credit, it
+// also moves r->batch more tokens into *credit when the bucket holds them
+// after this event, so that the next packets of that root pass on the
+// credit alone; a bucket running low hands out nothing, and then every
+// packet is judged here exactly as without credit.
+static __always_inline int take_batch(__u64 id, __u32 kind, const struct rate *r, __u64 cost, __s64 *credit)
 {
 	struct bucket_key k = {.id = id, .kind = kind};
 	struct tbucket *b;
-	__u64 now, elapsed, cost_n;
+	__u64 now, elapsed, cost_n, extra = 0;
 	__s64 full;
 	int ok = 0;
 
@@ -284,12 +295,40 @@ static __always_inline int take(__u64 id, __u32 kind, const struct rate *r, __u6
 	// the burst (a 64 KiB GSO packet against a small burst), and goes
 	// into debt, so the long-run rate stays exact and nothing starves.
 	if (b->tokens >= (__s64)cost_n || b->tokens == full) {
-		b->tokens -= (__s64)cost_n;
-		b->passed += cost;
+		// batch <= burst, so batch * NANO fits like burst_n does.
+		if (credit && r->batch && b->tokens - (__s64)cost_n >= (__s64)(r->batch * NANO))
+			extra = r->batch;
+		b->tokens -= (__s64)(cost_n + extra * NANO);
+		b->passed += cost + extra;
 		ok = 1;
 	}
 	bpf_spin_unlock(&b->lock);
+	if (extra)
+		__sync_fetch_and_add(credit, (__s64)extra);
 	return ok;
+}
+
+// take takes cost tokens from bucket (id, kind); see take_batch.
+static __always_inline int take(__u64 id, __u32 kind, const struct rate *r, __u64 cost)
+{
+	return take_batch(id, kind, r, cost, 0);
+}
+
+// take_bytes takes cost bytes for a tenant's egress or ingress (kind), from
+// the credit of the subtree root l when it covers them, else from the
+// tenant's bucket. The credit is shared by all CPUs: a failed subtraction
+// is given back, so credit is never spent twice, and a packet that found
+// too little goes to the bucket.
+static __always_inline int take_bytes(struct tenant_limits *l, __u32 kind, __u64 cost)
+{
+	__s64 *credit = &l->credit[kind & 1];
+
+	if (*credit >= (__s64)cost) {
+		if (__sync_fetch_and_add(credit, -(__s64)cost) >= (__s64)cost)
+			return 1;
+		__sync_fetch_and_add(credit, (__s64)cost);
+	}
+	return take_batch(l->key, kind, &l->k[kind], cost, credit);
 }
 
 static __always_inline struct tenant_limits *tenant_of_skb(struct __sk_buff *skb)
@@ -455,7 +494,7 @@ static __always_inline int skb_verdict(struct __sk_buff *skb, int egress)
 	if (l) {
 		if (egress && l->k[KIND_TLS].on && !tls_verdict(skb, tenant, &l->k[KIND_TLS]))
 			return drop; // counted once per socket in tls_verdict
-		if (l->k[kind].on && !take(tenant, kind, &l->k[kind], skb->len)) {
+		if (l->k[kind].on && !take_bytes(l, kind, skb->len)) {
 			count(tenant, egress ? C_EGRESS_DROP : C_INGRESS_DROP);
 			return drop;
 		}

@@ -442,12 +442,22 @@ func kernelRate(rate, burst uint64) limiterRate {
 	return limiterRate{Rate: rate, BurstN: burstN, MaxIdleNs: burstN / rate, On: 1}
 }
 
+// creditBatch is how many bytes a subtree root takes from a byte bucket
+// at once into its credit (struct tenant_limits in bpf/limiter.bpf.c), so
+// that most packets pass on one atomic add instead of the bucket's
+// locked refill. A sixteenth of the burst keeps what one root can hold
+// ahead small against the burst, and the kernel hands out none once the
+// bucket runs low, so a tenant at its limit is judged packet by packet.
+func creditBatch(burst uint64) uint64 { return burst / 16 }
+
 func kernelLimits(l Limit, blockConnect bool) limiterTenantLimits {
 	var kl limiterTenantLimits
 	kl.K[kindEgress] = kernelRate(l.Egress, l.EgressBurst)
 	kl.K[kindIngress] = kernelRate(l.Ingress, l.IngressBurst)
 	kl.K[kindConnect] = kernelRate(l.ConnectRate, l.ConnectBurst)
 	kl.K[kindTLS] = kernelRate(l.TLSRate, l.TLSBurst)
+	kl.K[kindEgress].Batch = creditBatch(l.EgressBurst)
+	kl.K[kindIngress].Batch = creditBatch(l.IngressBurst)
 	if blockConnect {
 		// On with rate 0: the kernel denies every connect().
 		kl.K[kindConnect] = limiterRate{On: 1}

@@ -44,6 +44,7 @@ type limiterRate struct {
 	Rate      uint64
 	BurstN    uint64
 	MaxIdleNs uint64
+	Batch     uint64
 	On        uint32
 	Pad       uint32
 }
@@ -100,6 +101,7 @@ type limiterTenantLimits struct {
 	PolicyFloor uint64
 	Policy      uint32
 	Pad2        uint32
+	Credit      [2]int64
 }
 
 // Names of all BPF objects in the ELF.
