@@ -90,6 +90,9 @@ type Agent struct {
 
 	readMu     sync.Mutex
 	unresolved map[uint64]bool // cgroup ids no rescan could name
+	// lastCgroups is how many cgroups the last read saw: the next read's
+	// maps are made that size, not grown to it.
+	lastCgroups int
 
 	events    *tlsEvents
 	stop      context.CancelFunc
@@ -164,7 +167,7 @@ func (a *Agent) Resolver() *tenant.Resolver { return a.cfg.Resolver }
 // and the syscall breakdown by number: a meter that has one is read once,
 // its per-cgroup total derived from the breakdown.
 func (a *Agent) read() (meter.Counts, map[uint64]map[uint32]uint64, error) {
-	c := meter.Counts{}
+	c := make(meter.Counts, a.lastCgroups)
 	var byNr map[uint64]map[uint32]uint64
 	var errs []error
 	for _, m := range a.meters {
@@ -182,9 +185,11 @@ func (a *Agent) read() (meter.Counts, map[uint64]map[uint32]uint64, error) {
 		}
 		byNr = nrs
 		for id, counts := range nrs {
+			var sum uint64
 			for _, v := range counts {
-				c.Add(id, meter.Syscalls, v)
+				sum += v
 			}
+			c.Add(id, meter.Syscalls, sum)
 		}
 	}
 	return c, byNr, errors.Join(errs...)
@@ -200,30 +205,39 @@ func (a *Agent) Read() (*Snapshot, error) {
 		a.readErrors.Add(1)
 		return nil, err
 	}
+	a.lastCgroups = len(c)
 	if err := a.resolve(c); err != nil {
 		a.readErrors.Add(1)
 		return nil, err
 	}
-	s := &Snapshot{Time: time.Now(), Tenants: map[string]map[string]uint64{}}
+	s := &Snapshot{Time: time.Now(), Tenants: make(map[string]map[string]uint64, len(c))}
+	// The per-cgroup maps are this read's own: a tenant's first cgroup
+	// hands its map over instead of being copied (most tenants have one
+	// cgroup), which halves the maps built per read.
+	tenantOf := make(map[uint64]string, len(c))
 	for id, byName := range c {
 		t := a.cfg.Resolver.Tenant(id)
-		m := s.Tenants[t]
-		if m == nil {
-			m = map[string]uint64{}
-			s.Tenants[t] = m
+		tenantOf[id] = t
+		m, ok := s.Tenants[t]
+		if !ok {
+			s.Tenants[t] = byName
+			continue
 		}
 		for name, v := range byName {
 			m[name] += v
 		}
 	}
 	if byNr != nil {
-		s.SyscallsByNumber = map[string]map[uint32]uint64{}
+		s.SyscallsByNumber = make(map[string]map[uint32]uint64, len(byNr))
 		for id, nrs := range byNr {
-			t := a.cfg.Resolver.Tenant(id)
-			m := s.SyscallsByNumber[t]
-			if m == nil {
-				m = map[uint32]uint64{}
-				s.SyscallsByNumber[t] = m
+			t, ok := tenantOf[id]
+			if !ok {
+				t = a.cfg.Resolver.Tenant(id)
+			}
+			m, ok := s.SyscallsByNumber[t]
+			if !ok {
+				s.SyscallsByNumber[t] = nrs
+				continue
 			}
 			for nr, v := range nrs {
 				m[nr] += v

@@ -94,12 +94,8 @@ func (w Window) Validate() error {
 var (
 	usageCols = []string{"series_id", "seq", "prev_seq", "entry_id", "amount_micro",
 		"vendor_micro", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
-	usageTypes = []string{"bigint", "bigint", "bigint", "bigint", "bigint",
-		"bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint"}
-	entryCols    = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256"}
-	entryTypes   = []string{"bigint", "text", "text", "text", "bigint", "text", "bigint", "bigint", "text", "text"}
-	postingCols  = []string{"entry_id", "account", "currency", "amount_micro"}
-	postingTypes = []string{"bigint", "text", "text", "bigint"}
+	entryCols   = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256"}
+	postingCols = []string{"entry_id", "account", "currency", "amount_micro"}
 )
 
 // Checkpoint is the last committed window of one series.
@@ -149,7 +145,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return nil
 	}
 	var errs []error
-	seen := make(map[seriesKey]bool, len(ws))
 	for _, w := range ws {
 		if err := w.Validate(); err != nil {
 			errs = append(errs, err)
@@ -158,11 +153,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			errs = append(errs, fmt.Errorf("windows of nodes %s and %s in one commit: commit each node's windows separately", ws[0].Node, w.Node))
 			break
 		}
-		k := seriesKey{w.Node, w.Tenant, w.Meter}
-		if seen[k] {
-			errs = append(errs, fmt.Errorf("two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter))
-		}
-		seen[k] = true
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
@@ -185,11 +175,11 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: begin: %w", err)
 	}
 	defer tx.Rollback()
-	insert := func(table string, cols, types []string, rows [][]any) error {
-		if conn != nil && len(rows) >= 64 {
-			return copyRows(ctx, conn, table, cols, rows)
+	insert := func(table string, cols []string, n int, row rowFunc) error {
+		if conn != nil && n >= 64 {
+			return copyFunc(ctx, conn, table, cols, n, row)
 		}
-		return l.d.bulkInsert(ctx, tx, table, cols, types, rows, "")
+		return l.d.insertFunc(ctx, tx, "INSERT INTO "+table+" ("+strings.Join(cols, ", ")+")", len(cols), n, row, "")
 	}
 	closed, err := l.closedPeriods(ctx, tx)
 	if err != nil {
@@ -200,45 +190,60 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		late                             bool
 	}
 	type sums struct {
-		entry          int // index into entries
+		entry          int // index into order
 		amount, vendor int64
 	}
 	groups := map[group]*sums{}
 	var order []group
-	series, fresh, err := l.seriesIDs(ctx, tx, ws)
+	sids, fresh, err := l.seriesIDs(ctx, tx, ws)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	usage := make([][]any, len(ws))
-	tenants := make([]string, 0, len(ws))
+	// One window per series: checked on the series ids, which hash far
+	// cheaper than three strings.
+	seen := make(map[int64]struct{}, len(ws))
+	for i, id := range sids {
+		if _, dup := seen[id]; dup {
+			w := ws[i]
+			return fmt.Errorf("commit windows: two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter)
+		}
+		seen[id] = struct{}{}
+	}
+	// entryOf[i] is the index in order of window i's entry. Windows
+	// come grouped by tenant, so the last group is tried before the map.
+	entryOf := make([]int32, len(ws))
+	var last group
+	var lastSums *sums
 	for i, w := range ws {
 		period, late := openPeriod(PeriodOf(w.End), closed)
 		g := group{w.Tenant, w.Charge.Currency, period, w.PluginSHA256, late}
-		s := groups[g]
-		if s == nil {
-			s = &sums{entry: len(order)}
-			groups[g] = s
-			order = append(order, g)
-			tenants = append(tenants, w.Tenant)
+		s := lastSums
+		if s == nil || g != last {
+			s = groups[g]
+			if s == nil {
+				s = &sums{entry: len(order)}
+				groups[g] = s
+				order = append(order, g)
+			}
+			last, lastSums = g, s
 		}
 		if s.amount > math.MaxInt64-w.Charge.AmountMicro {
 			return fmt.Errorf("commit windows: charges of tenant %s overflow int64: commit fewer windows at once", w.Tenant)
 		}
 		s.amount += w.Charge.AmountMicro
 		s.vendor += w.Charge.VendorMicro
-		// entry_id (index 3) is filled in once ids are allocated.
-		usage[i] = []any{series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.Seq), int64(w.PrevSeq), s.entry, w.Charge.AmountMicro, w.Charge.VendorMicro,
-			int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
+		entryOf[i] = int32(s.entry)
 	}
 	ids, err := l.d.allocIDs(ctx, tx, len(order))
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	for _, u := range usage {
-		u[3] = ids[u[3].(int)]
-	}
-	if err := l.moveCheckpoints(ctx, tx, series, ws); err != nil {
+	if err := l.moveCheckpoints(ctx, tx, sids, ws); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
+	}
+	tenants := make([]string, len(order))
+	for i, g := range order {
+		tenants[i] = g.tenant
 	}
 	freshTenants, err := l.ensureTenants(ctx, tx, tenants)
 	if err != nil {
@@ -246,8 +251,13 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	now := l.now().UnixMicro()
 	node := ws[0].Node
-	entries := make([][]any, len(order))
-	postings := make([][]any, 0, 3*len(order))
+	type posting struct {
+		entry    int64
+		account  string
+		currency string
+		amount   int64
+	}
+	postings := make([]posting, 0, 3*len(order))
 	deltas := make(map[balanceKey]balanceDelta, len(order)+2)
 	add := func(account, currency string, balance, charged int64) {
 		k := balanceKey{account, currency}
@@ -258,32 +268,44 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	for i, g := range order {
 		s := groups[g]
-		id := ids[i]
-		entries[i] = []any{id, "usage", g.tenant, g.currency, s.amount, g.period, b2i(g.late), now, node, g.plugin}
 		if s.amount == 0 {
 			continue
 		}
-		postings = append(postings, []any{id, TenantAccount(g.tenant), g.currency, -s.amount})
+		id := ids[i]
+		postings = append(postings, posting{id, TenantAccount(g.tenant), g.currency, -s.amount})
 		add(TenantAccount(g.tenant), g.currency, -s.amount, s.amount)
 		if s.vendor != 0 {
-			postings = append(postings, []any{id, VendorAccount(g.plugin), g.currency, s.vendor})
+			postings = append(postings, posting{id, VendorAccount(g.plugin), g.currency, s.vendor})
 			add(VendorAccount(g.plugin), g.currency, s.vendor, 0)
 		}
 		if platform := s.amount - s.vendor; platform != 0 {
-			postings = append(postings, []any{id, PlatformAccount, g.currency, platform})
+			postings = append(postings, posting{id, PlatformAccount, g.currency, platform})
 			add(PlatformAccount, g.currency, platform, 0)
 		}
 	}
-	if err := insert("entries", entryCols, entryTypes, entries); err != nil {
+	err = insert("entries", entryCols, len(order), func(i int, dst []any) []any {
+		g := order[i]
+		return append(dst, ids[i], "usage", g.tenant, g.currency, groups[g].amount, g.period, b2i(g.late), now, node, g.plugin)
+	})
+	if err != nil {
 		return fmt.Errorf("commit windows: insert entries: %w", err)
 	}
-	if err := insert("usage", usageCols, usageTypes, usage); err != nil {
+	err = insert("usage", usageCols, len(ws), func(i int, dst []any) []any {
+		w := &ws[i]
+		return append(dst, sids[i], int64(w.Seq), int64(w.PrevSeq), ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
+			int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro())
+	})
+	if err != nil {
 		if l.d.isUnique(err) {
 			return fmt.Errorf("commit windows: %w (%v)", ErrDuplicateWindow, err)
 		}
 		return fmt.Errorf("commit windows: insert usage: %w", err)
 	}
-	if err := insert("postings", postingCols, postingTypes, postings); err != nil {
+	err = insert("postings", postingCols, len(postings), func(i int, dst []any) []any {
+		p := &postings[i]
+		return append(dst, p.entry, p.account, p.currency, p.amount)
+	})
+	if err != nil {
 		return fmt.Errorf("commit windows: insert postings: %w", err)
 	}
 	if len(deltas) > 0 {
@@ -305,52 +327,80 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 // moveCheckpoints sets each window's series checkpoint to the window,
 // if it still is the window's PrevSeq: a compare-and-swap per series. A
 // series whose checkpoint moved meanwhile (another writer with the same
-// node id, or a retry of a landed commit) fails the whole commit.
-func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, series map[seriesKey]int64, ws []Window) error {
+// node id, or a retry of a landed commit) fails the whole commit. sids
+// are the windows' series ids.
+func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, sids []int64, ws []Window) error {
 	const ncols = 5
 	per := maxParams / ncols
-	for start := 0; start < len(ws); start += per {
-		batch := ws[start:min(start+per, len(ws))]
-		var q string
-		args := make([]any, 0, len(batch)*ncols)
-		if l.d == postgres {
-			cols := make([][]int64, ncols)
-			for _, w := range batch {
-				for c, v := range []int64{series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro()} {
-					cols[c] = append(cols[c], v)
-				}
-			}
-			for _, c := range cols {
-				args = append(args, c)
-			}
-			q = `UPDATE series SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us
-				FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(id, prev, seq, counter, end_us)
-				WHERE series.id = v.id AND series.last_seq = v.prev`
-		} else {
-			var b strings.Builder
-			b.WriteString(`UPDATE series SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5 FROM (VALUES `)
-			for i, w := range batch {
-				if i > 0 {
-					b.WriteByte(',')
-				}
-				b.WriteString("(?,?,?,?,?)")
-				args = append(args, series[seriesKey{w.Node, w.Tenant, w.Meter}], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro())
-			}
-			b.WriteString(`) AS v WHERE series.id = v.column1 AND series.last_seq = v.column2`)
-			q = b.String()
+	if l.d == postgres {
+		// One statement of five arrays: no per-row parameters to bind.
+		cols := make([][]int64, ncols)
+		for c := range cols {
+			cols[c] = make([]int64, len(ws))
 		}
-		res, err := tx.ExecContext(ctx, q, args...)
+		for i, w := range ws {
+			cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i] = sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro()
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE series SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us
+			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(id, prev, seq, counter, end_us)
+			WHERE series.id = v.id AND series.last_seq = v.prev`, cols[0], cols[1], cols[2], cols[3], cols[4])
+		return checkMoved(res, err, len(ws), ws[0].Node)
+	}
+	query := func(n int) string {
+		var b strings.Builder
+		b.WriteString(`UPDATE series SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5 FROM (VALUES `)
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("(?,?,?,?,?)")
+		}
+		b.WriteString(`) AS v WHERE series.id = v.column1 AND series.last_seq = v.column2`)
+		return b.String()
+	}
+	args := make([]any, 0, min(per, len(ws))*ncols)
+	fill := func(lo, hi int) []any {
+		args = args[:0]
+		for i := lo; i < hi; i++ {
+			w := &ws[i]
+			args = append(args, sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro())
+		}
+		return args
+	}
+	// As for inserts, full batches share one prepared statement.
+	full := len(ws) / per
+	if full > 0 {
+		stmt, err := tx.PrepareContext(ctx, query(per))
 		if err != nil {
 			return fmt.Errorf("move checkpoints: %w", err)
 		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return fmt.Errorf("move checkpoints: %w", err)
+		defer stmt.Close()
+		for b := range full {
+			res, err := stmt.ExecContext(ctx, fill(b*per, (b+1)*per)...)
+			if err := checkMoved(res, err, per, ws[0].Node); err != nil {
+				return err
+			}
 		}
-		if n != int64(len(batch)) {
-			return fmt.Errorf("%w: %d of %d series are no longer at the window's starting checkpoint (another writer with node id %s?)",
-				ErrDuplicateWindow, int64(len(batch))-n, len(batch), ws[0].Node)
-		}
+	}
+	if rest := len(ws) - full*per; rest > 0 {
+		res, err := tx.ExecContext(ctx, query(rest), fill(full*per, len(ws))...)
+		return checkMoved(res, err, rest, ws[0].Node)
+	}
+	return nil
+}
+
+// checkMoved checks that a checkpoint update moved all n series.
+func checkMoved(res sql.Result, err error, n int, node string) error {
+	if err != nil {
+		return fmt.Errorf("move checkpoints: %w", err)
+	}
+	moved, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("move checkpoints: %w", err)
+	}
+	if moved != int64(n) {
+		return fmt.Errorf("%w: %d of %d series are no longer at the window's starting checkpoint (another writer with node id %s?)",
+			ErrDuplicateWindow, int64(n)-moved, n, node)
 	}
 	return nil
 }
@@ -358,18 +408,18 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, series map[ser
 // seriesKey names one billed series.
 type seriesKey struct{ node, tenant, meter string }
 
-// seriesIDs returns the ids of the windows' series inside tx, creating
-// the missing ones, and the ids to cache once tx commits.
-func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) (map[seriesKey]int64, map[seriesKey]int64, error) {
-	ids := make(map[seriesKey]int64, len(ws))
-	var missing []seriesKey
+// seriesIDs returns the series id of every window (ids[i] is ws[i]'s)
+// inside tx, creating the missing series, and the ids to cache once tx
+// commits.
+func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int64, map[seriesKey]int64, error) {
+	ids := make([]int64, len(ws))
+	var missing []int // indexes into ws
 	l.mu.Lock()
-	for _, w := range ws {
-		k := seriesKey{w.Node, w.Tenant, w.Meter}
-		if id, ok := l.series[k]; ok {
-			ids[k] = id
+	for i, w := range ws {
+		if id, ok := l.series[seriesKey{w.Node, w.Tenant, w.Meter}]; ok {
+			ids[i] = id
 		} else {
-			missing = append(missing, k)
+			missing = append(missing, i)
 		}
 	}
 	l.mu.Unlock()
@@ -377,8 +427,8 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) (map[se
 		return ids, nil, nil
 	}
 	rows := make([][]any, len(missing))
-	for i, k := range missing {
-		rows[i] = []any{k.node, k.tenant, k.meter}
+	for j, i := range missing {
+		rows[j] = []any{ws[i].Node, ws[i].Tenant, ws[i].Meter}
 	}
 	if err := l.d.bulkInsert(ctx, tx, "series", []string{"node", "tenant", "meter"}, []string{"text", "text", "text"}, rows,
 		` ON CONFLICT (node, tenant, meter) DO NOTHING`); err != nil {
@@ -403,12 +453,13 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) (map[se
 	if err := r.Err(); err != nil {
 		return nil, nil, fmt.Errorf("read series: %w", err)
 	}
-	for _, k := range missing {
-		id, ok := fresh[k]
+	for _, i := range missing {
+		w := ws[i]
+		id, ok := fresh[seriesKey{w.Node, w.Tenant, w.Meter}]
 		if !ok {
-			return nil, nil, fmt.Errorf("series %s/%s/%s was not recorded", k.node, k.tenant, k.meter)
+			return nil, nil, fmt.Errorf("series %s/%s/%s was not recorded", w.Node, w.Tenant, w.Meter)
 		}
-		ids[k] = id
+		ids[i] = id
 	}
 	return ids, fresh, nil
 }
