@@ -65,10 +65,11 @@ type limiterSliceKey struct {
 }
 
 type limiterSlicePort struct {
-	_     structs.HostLayout
-	Lo    uint16
-	Hi    uint16
-	Slice uint32
+	_       structs.HostLayout
+	Lo      uint16
+	Hi      uint16
+	Slice   uint32
+	Limited uint32
 }
 
 type limiterSliceVal struct {

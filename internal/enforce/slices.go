@@ -233,9 +233,13 @@ func buildSliceEntries(slices []Slice, keys map[string]uint64) []*sliceEntry {
 		id uint32
 	}
 	var rules []owned
+	limited := map[uint32]uint32{}
 	for _, s := range slices {
 		for _, r := range s.Rules {
 			rules = append(rules, owned{r, s.ID})
+		}
+		if s.Egress > 0 {
+			limited[s.ID] = 1
 		}
 	}
 	byKey := map[limiterSliceKey]*sliceEntry{}
@@ -259,7 +263,7 @@ func buildSliceEntries(slices []Slice, keys map[string]uint64) []*sliceEntry {
 				continue
 			}
 			if ent.n < slicePorts {
-				ent.val.P[ent.n] = limiterSlicePort{Lo: o.r.PortLo, Hi: o.r.PortHi, Slice: o.id}
+				ent.val.P[ent.n] = limiterSlicePort{Lo: o.r.PortLo, Hi: o.r.PortHi, Slice: o.id, Limited: limited[o.id]}
 			}
 			ent.n++
 		}
