@@ -2,16 +2,63 @@
 /*
  * syscalls: counts every syscall entry per cgroup and per syscall number.
  *
- * Two programs, one per hook; the loader loads only the one it attaches:
- * tp_btf/sys_enter where the kernel has BTF (cheapest: no tracefs, no perf
- * event), the classic tracepoint raw_syscalls/sys_enter otherwise.
+ * Two ways to count, each on two hooks; the loader loads only what it
+ * attaches:
+ *
+ * - cgroup storage (kernel 6.2+, preferred): every cgroup v2 cgroup gets
+ *   one struct sys_nrs (a counter per syscall number) in BPF cgroup local
+ *   storage, created on its first syscall. The hot path is one storage
+ *   lookup (a per-cgroup cache slot, no hashing) and one atomic add.
+ *   Storage has no keys to iterate, so user space reads it through the
+ *   cgroup iterator kmeter_cgs_walk, which copies every cgroup's non-zero
+ *   counters into sys_totals; kmeter_cgs_rmdir copies a cgroup's final
+ *   counters there when it is removed, before its storage is freed.
+ * - per-CPU hash (fallback, older kernels): {cgroup id, syscall nr} ->
+ *   count in sys_counts, incremented in place. The storage path counts
+ *   here too when a cgroup's storage cannot be created.
+ *
+ * Each way runs on tp_btf/sys_enter where the kernel has BTF (cheapest:
+ * no tracefs, no perf event) or on the classic tracepoint
+ * raw_syscalls/sys_enter. Readers add sys_totals and sys_counts, so
+ * counts survive a switch between the two ways (an upgrade from a kmeter
+ * that only had the hash keeps the hash's counts).
  */
 #include "kmeter.h"
 
 /* Keep in sync with MaxEntries in internal/meter/syscalls/syscalls.go. */
 #define SYSCALLS_MAX_ENTRIES 262144
 
-/* {cgroup id, syscall nr} -> count, per CPU. */
+/*
+ * Syscall numbers 0..SYS_NR_SLOTS-1 get their own counter (x86-64 and
+ * ia32 numbers end below 470 in 6.18); anything else (x32's bit 30, the
+ * -1 of a syscall skipped by ptrace) goes to the last slot and is
+ * reported as SYS_NR_OTHER. 488 + 1 counters keep one storage element
+ * (128-byte header + value + allocator header) within a 4 KiB slab.
+ * Keep in sync with NumberSlots and OtherNumber in
+ * internal/meter/syscalls/syscalls.go.
+ */
+#define SYS_NR_SLOTS 488
+#define SYS_NR_OTHER 0xffffffffu
+
+/* One cgroup's counters, in its cgroup local storage. */
+struct sys_nrs {
+	__u64 by_nr[SYS_NR_SLOTS + 1];
+};
+
+/*
+ * A walk record, written by kmeter_cgs_walk only for a cgroup some of
+ * whose counters did not fit in sys_totals: dropped syscalls of cgroup_id
+ * are then not visible to the reader.
+ */
+struct sys_dropped {
+	__u64 cgroup_id;
+	__u64 dropped;
+};
+
+/* Puts struct sys_dropped in the BTF, for bpf2go -type. */
+const struct sys_dropped *unused_sys_dropped __attribute__((unused));
+
+/* {cgroup id, syscall nr} -> count, per CPU: the hash hot path. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, SYSCALLS_MAX_ENTRIES);
@@ -24,7 +71,10 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sys_counts SEC(".maps");
 
-/* Syscalls not counted in sys_counts because it was full, per CPU. */
+/*
+ * Syscalls attributed to no cgroup, per CPU: sys_counts was full, or a
+ * removed cgroup's counters did not fit in sys_totals.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -33,7 +83,44 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sys_overflow SEC(".maps");
 
-static __always_inline void count_syscall(long nr)
+/* Live counters of each cgroup: the cgroup-storage hot path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGRP_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sys_nrs);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sys_store SEC(".maps");
+
+/*
+ * {cgroup id, syscall nr} -> the cgroup's count as last seen in its
+ * storage: by the latest walk for a live cgroup, final for a removed one.
+ * Both writers run under cgroup_mutex, so they never race, and a value
+ * only grows.
+ *
+ * Preallocated (about 16 MiB): kmeter_cgs_rmdir runs with interrupts off
+ * and inserts a removed cgroup's 30 to 60 keys at once, which drains the
+ * per-CPU cache an on-demand hash allocates from (it refills from an
+ * interrupt); a test lost most removed cgroups' counts that way.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SYSCALLS_MAX_ENTRIES);
+	__type(key, struct kmeter_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sys_totals SEC(".maps");
+
+static __always_inline void add_overflow(__u64 n)
+{
+	__u32 slot = 0;
+	__u64 *v = bpf_map_lookup_elem(&sys_overflow, &slot);
+
+	if (v)
+		__sync_fetch_and_add(v, n); /* rare: no need to save the atomic */
+}
+
+static __always_inline void count_hash(long nr)
 {
 	struct kmeter_key key = {
 		.cgroup_id = bpf_get_current_cgroup_id(),
@@ -43,17 +130,117 @@ static __always_inline void count_syscall(long nr)
 	kmeter_add(&sys_counts, &key, 1, &sys_overflow, 0, false);
 }
 
+static __always_inline void count_storage(long nr)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct sys_nrs *s;
+	__u32 slot = (unsigned long)nr < SYS_NR_SLOTS ? (__u32)nr : SYS_NR_SLOTS;
+
+	s = bpf_cgrp_storage_get(&sys_store, task->cgroups->dfl_cgrp, 0,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!s) {
+		/* The storage could not be created now (its allocator's per-CPU
+		 * cache runs dry when many new cgroups start at once) or its
+		 * lock was busy on this CPU: count in the hash, which readers
+		 * add, rather than lose the syscall. */
+		count_hash(nr);
+		return;
+	}
+	/* Atomic: threads of one cgroup on other CPUs add to the same
+	 * counters. */
+	__sync_fetch_and_add(&s->by_nr[slot], 1);
+}
+
+/*
+ * store_totals copies the non-zero counters of s (cgroup id) into
+ * sys_totals and returns the sum of those that did not fit.
+ */
+static __always_inline __u64 store_total(struct kmeter_key *key, __u64 n)
+{
+	__u64 *v;
+
+	if (!n)
+		return 0;
+	v = bpf_map_lookup_elem(&sys_totals, key);
+	if (v) {
+		*v = n;
+		return 0;
+	}
+	return bpf_map_update_elem(&sys_totals, key, &n, BPF_NOEXIST) ? n : 0;
+}
+
+static __always_inline __u64 store_totals(__u64 id, struct sys_nrs *s)
+{
+	struct kmeter_key key = { .cgroup_id = id };
+	__u64 dropped = 0;
+
+	for (__u32 i = 0; i < SYS_NR_SLOTS; i++) {
+		key.kind = i;
+		dropped += store_total(&key, s->by_nr[i]);
+	}
+	key.kind = SYS_NR_OTHER;
+	return dropped + store_total(&key, s->by_nr[SYS_NR_SLOTS]);
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(kmeter_cgs_btf, struct pt_regs *regs, long id)
+{
+	count_storage(id);
+	return 0;
+}
+
+SEC("tracepoint/raw_syscalls/sys_enter")
+int kmeter_cgs_tp(struct trace_event_raw_sys_enter *ctx)
+{
+	count_storage(ctx->id);
+	return 0;
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(kmeter_sys_btf, struct pt_regs *regs, long id)
 {
-	count_syscall(id);
+	count_hash(id);
 	return 0;
 }
 
 SEC("tracepoint/raw_syscalls/sys_enter")
 int kmeter_sys_tp(struct trace_event_raw_sys_enter *ctx)
 {
-	count_syscall(ctx->id);
+	count_hash(ctx->id);
+	return 0;
+}
+
+/*
+ * A removed cgroup's storage is freed with it: keep its final counters.
+ * No task is left in it, so they no longer change.
+ */
+SEC("tp_btf/cgroup_rmdir")
+int BPF_PROG(kmeter_cgs_rmdir, struct cgroup *cgrp, const char *path)
+{
+	struct sys_nrs *s = bpf_cgrp_storage_get(&sys_store, cgrp, 0, 0);
+
+	if (s)
+		add_overflow(store_totals(cgrp->kn->id, s));
+	return 0;
+}
+
+/* Read side: refresh sys_totals from every live cgroup's storage. */
+SEC("iter/cgroup")
+int kmeter_cgs_walk(struct bpf_iter__cgroup *ctx)
+{
+	struct cgroup *cgrp = ctx->cgroup;
+	struct sys_dropped rec;
+	struct sys_nrs *s;
+
+	if (!cgrp)
+		return 0;
+	s = bpf_cgrp_storage_get(&sys_store, cgrp, 0, 0);
+	if (!s)
+		return 0;
+	rec.cgroup_id = cgrp->kn->id;
+	rec.dropped = store_totals(rec.cgroup_id, s);
+	if (rec.dropped)
+		bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }
 

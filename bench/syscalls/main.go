@@ -1,14 +1,15 @@
 // Command syscalls measures what counting syscalls costs per syscall: it
 // times getppid in a tight loop with nothing attached, with empty BPF
 // programs on tp_btf/sys_enter and on the classic tracepoint
-// raw_syscalls/sys_enter, with kmeter's syscalls meter (on both hooks),
-// and with bpftrace counting per cgroup, all in one run.
+// raw_syscalls/sys_enter, with kmeter's syscalls meter (cgroup storage and
+// the per-CPU hash fallback, each on both hooks), and with bpftrace
+// counting per cgroup, all in one run.
 //
 // Each round visits every setup in turn (attach, time, detach) between
 // timings with nothing attached, so slow drifts of a shared machine cancel
 // out; the report gives medians over rounds of the thread's CPU time.
 //
-//	go run ./bench/syscalls           # as root; about 90 s
+//	go run ./bench/syscalls           # as root; about 2 minutes
 //
 // It needs root, bpffs and tracefs, and bpftrace on PATH (-bpftrace="" skips it).
 package main
@@ -42,6 +43,18 @@ import (
 // bpftraceProgram is the bpftrace one-liner kmeter is compared with.
 const bpftraceProgram = `tracepoint:raw_syscalls:sys_enter { @[cgroup] = count(); }`
 
+// Setup names the report's ratios refer to.
+const (
+	noProgram     = "no program"
+	emptyBTF      = "empty tp_btf/sys_enter"
+	emptyTP       = "empty tracepoint raw_syscalls/sys_enter"
+	meterStoreBTF = "kmeter syscalls (tp_btf, cgroup storage)"
+	meterStoreTP  = "kmeter syscalls (tracepoint, cgroup storage)"
+	meterHashBTF  = "kmeter syscalls (tp_btf, per-CPU hash)"
+	meterHashTP   = "kmeter syscalls (tracepoint, per-CPU hash)"
+	bpftraceName  = "bpftrace @[cgroup] = count()"
+)
+
 // setup attaches something to measure and returns how to detach it.
 type setup struct {
 	name   string
@@ -73,15 +86,17 @@ func run(ctx context.Context, n, rounds, nslices, cpu int, bpftrace, pinBase str
 	defer os.RemoveAll(pinDir)
 
 	setups := []setup{
-		{"no program", func(context.Context) (func() error, error) { return func() error { return nil }, nil }},
-		{"empty tp_btf/sys_enter", attachEmptyTPBTF},
-		{"empty tracepoint raw_syscalls/sys_enter", attachEmptyTracepoint},
+		{noProgram, func(context.Context) (func() error, error) { return func() error { return nil }, nil }},
+		{emptyBTF, attachEmptyTPBTF},
+		{emptyTP, attachEmptyTracepoint},
 		{"tp_btf: bpf_get_current_cgroup_id only", attachCgroupIDOnly},
-		{"kmeter syscalls (tp_btf)", attachMeter(pinDir, meter.HookPreferredOnly)},
-		{"kmeter syscalls (tracepoint fallback)", attachMeter(pinDir, meter.HookFallbackOnly)},
+		{meterStoreBTF, attachMeter(pinDir, meter.HookPreferredOnly, syscalls.StorageCgroup)},
+		{meterStoreTP, attachMeter(pinDir, meter.HookFallbackOnly, syscalls.StorageCgroup)},
+		{meterHashBTF, attachMeter(pinDir, meter.HookPreferredOnly, syscalls.StorageHash)},
+		{meterHashTP, attachMeter(pinDir, meter.HookFallbackOnly, syscalls.StorageHash)},
 	}
 	if bpftrace != "" {
-		setups = append(setups, setup{"bpftrace @[cgroup] = count()", attachBpftrace(bpftrace)})
+		setups = append(setups, setup{bpftraceName, attachBpftrace(bpftrace)})
 	}
 
 	runtime.LockOSThread()
@@ -176,17 +191,23 @@ func report(w io.Writer, setups []setup, abs, added [][]float64, n, rounds, nsli
 		add[i] = median(added[i])
 		fmt.Fprintf(w, "| %s | %.1f | %.1f | %.1f..%.1f |\n", s.name, median(abs[i]), add[i], slices.Min(added[i]), slices.Max(added[i]))
 	}
-	ratio := func(name string, a, b int) {
-		if b < len(setups) {
-			fmt.Fprintf(w, "| %s | %.2f |\n", name, add[a]/add[b])
+	idx := func(name string) int { return slices.IndexFunc(setups, func(s setup) bool { return s.name == name }) }
+	ratio := func(name, a, b string) {
+		if i, j := idx(a), idx(b); i >= 0 && j >= 0 {
+			fmt.Fprintf(w, "| %s | %.2f |\n", name, add[i]/add[j])
 		}
 	}
 	fmt.Fprintln(w, "\n| ratio of added costs (medians) | ratio |")
 	fmt.Fprintln(w, "|---|---:|")
-	ratio("kmeter (tp_btf) / bpftrace (goal <= 0.5)", 4, 6)
-	ratio("kmeter (tp_btf) / empty tp_btf (goal <= 1.5)", 4, 1)
-	ratio("kmeter (tracepoint) / empty tracepoint", 5, 2)
-	ratio("kmeter (tracepoint) / bpftrace", 5, 6)
+	ratio("kmeter (tp_btf, cgroup storage) / bpftrace (goal <= 0.5)", meterStoreBTF, bpftraceName)
+	ratio("kmeter (tp_btf, cgroup storage) / empty tp_btf (goal <= 1.5)", meterStoreBTF, emptyBTF)
+	ratio("kmeter (tp_btf, per-CPU hash) / empty tp_btf", meterHashBTF, emptyBTF)
+	ratio("kmeter (tracepoint, cgroup storage) / empty tracepoint", meterStoreTP, emptyTP)
+	ratio("kmeter (tracepoint, per-CPU hash) / empty tracepoint", meterHashTP, emptyTP)
+	ratio("kmeter (tracepoint, cgroup storage) / bpftrace", meterStoreTP, bpftraceName)
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Fprintf(w, "\nload average at the end: %s", la)
+	}
 }
 
 func kernel() string {
@@ -251,9 +272,9 @@ func attachEmptyTracepoint(context.Context) (func() error, error) {
 	return func() error { return errors.Join(l.Close(), prog.Close()) }, nil
 }
 
-func attachMeter(pinDir string, mode meter.HookMode) func(context.Context) (func() error, error) {
+func attachMeter(pinDir string, mode meter.HookMode, storage syscalls.Storage) func(context.Context) (func() error, error) {
 	return func(context.Context) (func() error, error) {
-		m, err := syscalls.OpenWith(meter.Config{PinDir: pinDir}, syscalls.Options{Hook: mode})
+		m, err := syscalls.OpenWith(meter.Config{PinDir: pinDir}, syscalls.Options{Hook: mode, Storage: storage})
 		if err != nil {
 			return nil, err
 		}

@@ -51,6 +51,10 @@ type Status struct {
 	Fallback bool `json:"fallback"`
 	// Reused is true when a pinned link from an earlier agent was kept.
 	Reused bool `json:"reused"`
+	// Storage names where the hot path keeps its counters, for meters
+	// that have a choice (the syscalls meter: "cgrp_storage" or
+	// "percpu_hash"); empty for the others.
+	Storage string `json:"storage,omitempty"`
 	// Err is set when the meter could not attach; its counters are then
 	// reported as unavailable, never as zero.
 	Err string `json:"error,omitempty"`

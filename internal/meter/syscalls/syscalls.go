@@ -1,26 +1,43 @@
 // Package syscalls is the kmeter meter that counts every syscall entry per
 // cgroup and per syscall number, in the kernel.
 //
-// The BPF program (bpf/syscalls.bpf.c) runs on each syscall entry: it
-// reads the current task's cgroup id and increments one per-CPU counter
-// keyed by {cgroup id, syscall number}; nothing goes to user space per
-// event. Per-cgroup totals are sums computed here, at read time.
+// The BPF program (bpf/syscalls.bpf.c) runs on each syscall entry and
+// increments one counter of the current task's cgroup; nothing goes to user
+// space per event. Per-cgroup totals are sums computed here, at read time.
 //
-// It attaches to tp_btf/sys_enter where the kernel supports it, and to the
-// classic tracepoint raw_syscalls/sys_enter (which needs tracefs)
-// otherwise. Maps and the link are pinned under <PinDir>/syscalls, so the
+// Where the counters live:
+//   - cgroup storage (kernel 6.2+, preferred): each cgroup holds an array of
+//     counters indexed by syscall number in BPF cgroup local storage, so the
+//     hot path finds them without hashing. Reading runs a cgroup iterator
+//     that copies every cgroup's non-zero counters into a hash map, and a
+//     program on tp_btf/cgroup_rmdir keeps the final counts of removed
+//     cgroups there.
+//   - a per-CPU hash keyed by {cgroup id, syscall number} (the fallback on
+//     kernels without cgroup storage).
+//
+// Either attaches to tp_btf/sys_enter where the kernel supports it, and to
+// the classic tracepoint raw_syscalls/sys_enter (which needs tracefs)
+// otherwise. Maps and links are pinned under <PinDir>/syscalls, so the
 // counters keep counting while the agent restarts; remove that directory
 // (or call [Meter.Unpin]) to stop counting and drop the counts.
 //
 // Syscall numbers are those of the task's ABI: on x86-64, 32-bit tasks
-// count with their own (ia32) numbers under the same keys.
+// count with their own (ia32) numbers under the same keys. With cgroup
+// storage, numbers from [NumberSlots] up (x32 calls, which set bit 30)
+// are counted together under [OtherNumber].
 package syscalls
 
 import (
+	"bytes"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/kmeter/kmeter/internal/hostfs"
@@ -30,9 +47,19 @@ import (
 // Name is the meter's name and the directory under PinDir holding its pins.
 const Name = "syscalls"
 
-// MaxEntries is the number of {cgroup, syscall} keys the counter map
+// MaxEntries is the number of {cgroup, syscall} keys each counter hash
 // holds. Keep in sync with SYSCALLS_MAX_ENTRIES in bpf/syscalls.bpf.c.
 const MaxEntries = 262144
+
+// NumberSlots is how many syscall numbers (0 to NumberSlots-1) get a
+// counter of their own with cgroup storage. Keep in sync with
+// SYS_NR_SLOTS in bpf/syscalls.bpf.c.
+const NumberSlots = 488
+
+// OtherNumber is the number under which [Meter.ReadByNumber] reports,
+// with cgroup storage, the syscalls numbered NumberSlots or more. Keep in
+// sync with SYS_NR_OTHER in bpf/syscalls.bpf.c.
+const OtherNumber = 0xffffffff
 
 // The hooks, in order of preference.
 const (
@@ -40,11 +67,46 @@ const (
 	HookTracepoint = "tracepoint/raw_syscalls/sys_enter"
 )
 
+// Where the hot path keeps its counters, as reported in
+// [meter.Status.Storage].
+const (
+	StoreCgroup = "cgrp_storage"
+	StoreHash   = "percpu_hash"
+)
+
+// Storage chooses where the hot path counts.
+type Storage int
+
+const (
+	// StorageAuto uses cgroup storage where the kernel has it, and the
+	// per-CPU hash otherwise.
+	StorageAuto Storage = iota
+	// StorageCgroup uses cgroup storage or fails.
+	StorageCgroup
+	// StorageHash counts in the per-CPU hash even where cgroup storage
+	// works (tests and benchmarks use it to run the fallback). Counts
+	// already in cgroup storage are still read, so switching loses none.
+	StorageHash
+)
+
 // Options tune [OpenWith]. The zero value is what agents use.
 type Options struct {
 	// Hook restricts the hook choice; tests use it to run both paths.
 	Hook meter.HookMode
+	// Storage restricts where the hot path counts.
+	Storage Storage
 }
+
+// Program, map and pin names; the programs' names are in
+// bpf/syscalls.bpf.c.
+const (
+	linkName      = "sys_enter_link"
+	rmdirLinkName = "cgroup_rmdir_link"
+	progRmdir     = "kmeter_cgs_rmdir"
+	progWalk      = "kmeter_cgs_walk"
+	mapStore      = "sys_store"
+	mapTotals     = "sys_totals"
+)
 
 // Meter is the loaded and attached syscalls meter. Its methods are safe
 // to call from one goroutine at a time.
@@ -53,7 +115,13 @@ type Meter struct {
 	att      *meter.Attached
 	counts   *ebpf.Map
 	overflow *ebpf.Map
-	status   meter.Status
+	// Set where the kernel has cgroup storage, whatever the hot path.
+	totals *ebpf.Map
+	rmdir  link.Link
+	walk   *link.Iter
+	// unseen is what the latest walk could not copy to totals.
+	unseen uint64
+	status meter.Status
 }
 
 var _ meter.Meter = (*Meter)(nil)
@@ -72,6 +140,9 @@ func OpenWith(cfg meter.Config, opts Options) (*Meter, error) {
 	if err := meter.CheckConfig(cfg, false); err != nil {
 		return nil, fmt.Errorf("open syscalls meter: %w", err)
 	}
+	if opts.Storage < StorageAuto || opts.Storage > StorageHash {
+		return nil, fmt.Errorf("open syscalls meter: unknown storage choice %d (use StorageAuto, StorageCgroup or StorageHash)", opts.Storage)
+	}
 	dir, err := meter.MapsDir(cfg.PinDir, Name)
 	if err != nil {
 		return nil, fmt.Errorf("open syscalls meter: %w", err)
@@ -80,31 +151,105 @@ func OpenWith(cfg meter.Config, opts Options) (*Meter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open syscalls meter: %w", err)
 	}
-	att, err := meter.LoadAttach(spec, dir, "sys_enter_link", opts.Hook, hooks())
-	if err != nil {
-		return nil, fmt.Errorf("attach syscalls meter: %w", err)
+	m := &Meter{dir: dir, status: meter.Status{Meter: Name, Counters: []string{meter.Syscalls}}}
+	storageErr := features.HaveMapType(ebpf.CgroupStorage)
+	if storageErr == nil {
+		storageErr = m.openStorage(spec)
 	}
-	m := &Meter{
-		dir:      dir,
-		att:      att,
-		counts:   att.Maps["sys_counts"],
-		overflow: att.Maps["sys_overflow"],
-		status: meter.Status{
-			Meter:    Name,
-			Counters: []string{meter.Syscalls},
-			Hook:     att.Hook,
-			Fallback: att.Fallback,
-			Reused:   att.Reused,
-		},
+	if storageErr != nil {
+		if opts.Storage == StorageCgroup {
+			return nil, fmt.Errorf("open syscalls meter: cgroup storage: %w", storageErr)
+		}
+		withoutStorage(spec)
 	}
-	return m, nil
+
+	var errs []error
+	for _, s := range []struct {
+		store string
+		hooks []meter.Hook
+	}{{StoreCgroup, storageHooks()}, {StoreHash, hashHooks()}} {
+		if s.store == StoreCgroup && (storageErr != nil || opts.Storage == StorageHash) ||
+			s.store == StoreHash && opts.Storage == StorageCgroup {
+			continue
+		}
+		att, err := meter.LoadAttach(spec, dir, linkName, opts.Hook, s.hooks)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.store, err))
+			continue
+		}
+		m.att, m.counts, m.overflow = att, att.Maps["sys_counts"], att.Maps["sys_overflow"]
+		m.status.Hook, m.status.Fallback, m.status.Reused, m.status.Storage = att.Hook, att.Fallback, att.Reused, s.store
+		return m, nil
+	}
+	m.closeStorage()
+	return nil, fmt.Errorf("attach syscalls meter: %w", errors.Join(errs...))
 }
 
-func hooks() []meter.Hook {
+// openStorage attaches what reads cgroup storage: the program keeping
+// removed cgroups' final counts (pinned, so it runs while no agent does)
+// and the cgroup iterator that copies live counts for a read.
+func (m *Meter) openStorage(spec *ebpf.CollectionSpec) error {
+	coll, err := meter.LoadPinned(spec, m.dir, progRmdir, progWalk)
+	if err != nil {
+		return err
+	}
+	defer coll.Close()
+	rmdir := coll.Programs[progRmdir]
+	l, _, err := meter.AttachPinned(filepath.Join(m.dir, rmdirLinkName), rmdir, func() (link.Link, error) {
+		return link.AttachTracing(link.TracingOptions{Program: rmdir, AttachType: ebpf.AttachTraceRawTp})
+	})
+	if err != nil {
+		return fmt.Errorf("attach tp_btf/cgroup_rmdir: %w", err)
+	}
+	walk, err := attachCgroupIter(coll.Programs[progWalk])
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("attach iter/cgroup: %w", err)
+	}
+	m.rmdir, m.walk, m.totals = l, walk, coll.DetachMap(mapTotals)
+	return nil
+}
+
+func (m *Meter) closeStorage() error {
+	var errs []error
+	if m.walk != nil {
+		errs = append(errs, m.walk.Close())
+	}
+	if m.rmdir != nil {
+		errs = append(errs, m.rmdir.Close())
+	}
+	if m.totals != nil {
+		errs = append(errs, m.totals.Close())
+	}
+	m.walk, m.rmdir, m.totals = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// withoutStorage drops what needs cgroup storage from spec, so that the
+// hash programs load on kernels without it.
+func withoutStorage(spec *ebpf.CollectionSpec) {
+	delete(spec.Maps, mapStore)
+	delete(spec.Maps, mapTotals)
+	for _, h := range storageHooks() {
+		delete(spec.Programs, h.Program)
+	}
+	delete(spec.Programs, progRmdir)
+	delete(spec.Programs, progWalk)
+}
+
+func storageHooks() []meter.Hook {
+	return hooks("kmeter_cgs_btf", "kmeter_cgs_tp")
+}
+
+func hashHooks() []meter.Hook {
+	return hooks("kmeter_sys_btf", "kmeter_sys_tp")
+}
+
+func hooks(btfProg, tpProg string) []meter.Hook {
 	return []meter.Hook{
 		{
 			Name:    HookTPBTF,
-			Program: "kmeter_sys_btf",
+			Program: btfProg,
 			Probe:   func() error { return meter.ProbeTPBTF("sys_enter") },
 			Attach: func(p *ebpf.Program) (link.Link, error) {
 				return link.AttachTracing(link.TracingOptions{Program: p, AttachType: ebpf.AttachTraceRawTp})
@@ -112,7 +257,7 @@ func hooks() []meter.Hook {
 		},
 		{
 			Name:    HookTracepoint,
-			Program: "kmeter_sys_tp",
+			Program: tpProg,
 			Probe: func() error {
 				_, err := hostfs.EnsureTracefs()
 				return err
@@ -124,7 +269,52 @@ func hooks() []meter.Hook {
 	}
 }
 
-// Status reports the hook in use.
+// ProbeStorage reports whether the cgroup-storage way of counting works
+// here: the map type, the programs (loaded with temporary maps) and their
+// hooks. kmeter doctor shows it; a non-nil error means the meter counts
+// in the per-CPU hash.
+func ProbeStorage() error {
+	if err := features.HaveMapType(ebpf.CgroupStorage); err != nil {
+		return err
+	}
+	spec, err := loadSyscalls()
+	if err != nil {
+		return err
+	}
+	for _, ms := range spec.Maps {
+		ms.Pinning = ebpf.PinNone
+	}
+	for name := range spec.Programs {
+		if name != progRmdir && name != progWalk && name != "kmeter_cgs_btf" {
+			delete(spec.Programs, name)
+		}
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	defer coll.Close()
+	var errs []error
+	for _, name := range []string{progRmdir, "kmeter_cgs_btf"} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs[name], AttachType: ebpf.AttachTraceRawTp})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("attach %s: %w", name, err))
+			continue
+		}
+		l.Close()
+	}
+	it, err := attachCgroupIter(coll.Programs[progWalk])
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("attach iter/cgroup: %w", err))...)
+	}
+	defer it.Close()
+	if _, err := readWalk(it); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Status reports the hook and the storage in use.
 func (m *Meter) Status() meter.Status { return m.status }
 
 // ReadInto adds each cgroup's cumulative syscall count (all numbers) to c.
@@ -132,9 +322,7 @@ func (m *Meter) ReadInto(c meter.Counts) error {
 	if m.att == nil {
 		return meter.ErrClosed
 	}
-	return meter.SumPerCPU(m.counts, func(k syscallsKmeterKey, n uint64) {
-		c.Add(k.CgroupId, meter.Syscalls, n)
-	})
+	return m.read(func(cgroup uint64, _ uint32, n uint64) { c.Add(cgroup, meter.Syscalls, n) })
 }
 
 // ReadByNumber returns the cumulative counts as cgroup id -> syscall
@@ -144,13 +332,13 @@ func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
 		return nil, meter.ErrClosed
 	}
 	out := make(map[uint64]map[uint32]uint64)
-	err := meter.SumPerCPU(m.counts, func(k syscallsKmeterKey, n uint64) {
-		byNr := out[k.CgroupId]
+	err := m.read(func(cgroup uint64, nr uint32, n uint64) {
+		byNr := out[cgroup]
 		if byNr == nil {
 			byNr = make(map[uint32]uint64)
-			out[k.CgroupId] = byNr
+			out[cgroup] = byNr
 		}
-		byNr[k.Kind] += n
+		byNr[nr] += n
 	})
 	if err != nil {
 		return nil, err
@@ -158,9 +346,85 @@ func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
 	return out, nil
 }
 
+// read calls fn for every counter: cgroup storage first (refreshed by a
+// walk), then the per-CPU hash. A cgroup can be in both after a switch of
+// storage; its counts add up.
+func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
+	if m.walk != nil {
+		dropped, err := readWalk(m.walk)
+		if err != nil {
+			return fmt.Errorf("read syscalls meter: %w", err)
+		}
+		m.unseen = 0
+		for _, d := range dropped {
+			m.unseen += d.Dropped
+		}
+		if err := readHash(m.totals, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) }); err != nil {
+			return fmt.Errorf("read syscalls meter: %w", err)
+		}
+	}
+	return meter.SumPerCPU(m.counts, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) })
+}
+
+// readWalk runs the cgroup iterator once, which refreshes sys_totals from
+// every live cgroup's storage, and returns the cgroups whose counters
+// did not all fit there.
+func readWalk(it *link.Iter) ([]syscallsSysDropped, error) {
+	r, err := it.Open()
+	if err != nil {
+		return nil, fmt.Errorf("walk cgroups: %w", err)
+	}
+	defer r.Close()
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		// The kernel's cgroup iterator must finish in one read of at most
+		// 32 KiB: 2048 cgroups with counters that do not fit.
+		return nil, fmt.Errorf("walk cgroups: %w (sys_totals is full for thousands of cgroups)", err)
+	}
+	out := make([]syscallsSysDropped, len(raw)/binary.Size(syscallsSysDropped{}))
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, out); err != nil {
+		return nil, fmt.Errorf("walk cgroups: parse %d bytes: %w", len(raw), err)
+	}
+	return out, nil
+}
+
+// readHash calls fn with every key and value of the hash m, in batches
+// where the kernel supports them.
+func readHash(m *ebpf.Map, fn func(k syscallsKmeterKey, n uint64)) error {
+	const batch = 4096
+	keys := make([]syscallsKmeterKey, batch)
+	vals := make([]uint64, batch)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if first && errors.Is(err, ebpf.ErrNotSupported) {
+			var (
+				k syscallsKmeterKey
+				v uint64
+			)
+			it := m.Iterate()
+			for it.Next(&k, &v) {
+				fn(k, v)
+			}
+			return it.Err()
+		}
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read map %s: %w", m, err)
+		}
+	}
+}
+
 // Overflow returns the number of syscalls that were not attributed to a
-// cgroup because the counter map was full. Agents export it; it should
-// stay 0.
+// cgroup: the counter hash was full, a cgroup's storage could not be
+// created, a removed cgroup's counts did not fit in sys_totals, or (as of
+// the latest read) a live cgroup's counts did not. Agents export it; it
+// should stay 0.
 func (m *Meter) Overflow() (uint64, error) {
 	if m.att == nil {
 		return 0, meter.ErrClosed
@@ -169,16 +433,22 @@ func (m *Meter) Overflow() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return sums[0], nil
+	return sums[0] + m.unseen, nil
 }
 
-// Stats reports how full the counter map is. Entries counts
-// {cgroup, syscall number} keys; Overflow is keyed by [meter.Syscalls].
+// Stats reports how full the map the hot path fills is: with cgroup
+// storage, the hash of copied counts; otherwise the counter hash. Entries
+// counts {cgroup, syscall number} keys; Overflow is keyed by
+// [meter.Syscalls].
 func (m *Meter) Stats() (meter.MapStats, error) {
 	if m.att == nil {
 		return meter.MapStats{}, meter.ErrClosed
 	}
-	n, err := meter.CountKeys(m.counts)
+	full := m.counts
+	if m.status.Storage == StoreCgroup {
+		full = m.totals
+	}
+	n, err := meter.CountKeys(full)
 	if err != nil {
 		return meter.MapStats{}, err
 	}
@@ -191,21 +461,21 @@ func (m *Meter) Stats() (meter.MapStats, error) {
 		return meter.MapStats{}, err
 	}
 	return meter.MapStats{
-		MaxEntries:    m.counts.MaxEntries(),
+		MaxEntries:    full.MaxEntries(),
 		Entries:       n,
 		Overflow:      map[string]uint64{meter.Syscalls: of},
 		ProgramMisses: missed,
 	}, nil
 }
 
-// Close releases the meter's file descriptors. The program keeps counting
+// Close releases the meter's file descriptors. The programs keep counting
 // into the pinned maps until [Meter.Unpin] or the pin dir is removed.
 // Close is idempotent.
 func (m *Meter) Close() error {
 	if m.att == nil {
 		return nil
 	}
-	err := m.att.Close()
+	err := errors.Join(m.att.Close(), m.closeStorage())
 	m.att = nil
 	if err != nil {
 		return fmt.Errorf("close syscalls meter: %w", err)
@@ -213,7 +483,7 @@ func (m *Meter) Close() error {
 	return nil
 }
 
-// Unpin removes the meter's pins (link and maps), so the program stops
+// Unpin removes the meter's pins (links and maps), so the programs stop
 // counting once the meter is closed and the counts are dropped. Call it
 // when uninstalling; a restarting agent must not.
 func (m *Meter) Unpin() error {

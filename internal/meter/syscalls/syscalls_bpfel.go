@@ -20,14 +20,32 @@ type syscallsKmeterKey struct {
 	Pad      uint32
 }
 
+type syscallsSysDropped struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Dropped  uint64
+}
+
+type syscallsSysNrs struct {
+	_    structs.HostLayout
+	ByNr [489]uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	syscallsMapSysCounts     = "sys_counts"
-	syscallsMapSysOverflow   = "sys_overflow"
-	syscallsProgKmeterSysBtf = "kmeter_sys_btf"
-	syscallsProgKmeterSysTp  = "kmeter_sys_tp"
+	syscallsMapSysCounts        = "sys_counts"
+	syscallsMapSysOverflow      = "sys_overflow"
+	syscallsMapSysStore         = "sys_store"
+	syscallsMapSysTotals        = "sys_totals"
+	syscallsProgKmeterCgsBtf    = "kmeter_cgs_btf"
+	syscallsProgKmeterCgsRmdir  = "kmeter_cgs_rmdir"
+	syscallsProgKmeterCgsTp     = "kmeter_cgs_tp"
+	syscallsProgKmeterCgsWalk   = "kmeter_cgs_walk"
+	syscallsProgKmeterSysBtf    = "kmeter_sys_btf"
+	syscallsProgKmeterSysTp     = "kmeter_sys_tp"
+	syscallsVarUnusedSysDropped = "unused_sys_dropped"
 )
 
 // loadSyscalls returns the embedded CollectionSpec for syscalls.
@@ -72,8 +90,12 @@ type syscallsSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallsProgramSpecs struct {
-	KmeterSysBtf *ebpf.ProgramSpec `ebpf:"kmeter_sys_btf"`
-	KmeterSysTp  *ebpf.ProgramSpec `ebpf:"kmeter_sys_tp"`
+	KmeterCgsBtf   *ebpf.ProgramSpec `ebpf:"kmeter_cgs_btf"`
+	KmeterCgsRmdir *ebpf.ProgramSpec `ebpf:"kmeter_cgs_rmdir"`
+	KmeterCgsTp    *ebpf.ProgramSpec `ebpf:"kmeter_cgs_tp"`
+	KmeterCgsWalk  *ebpf.ProgramSpec `ebpf:"kmeter_cgs_walk"`
+	KmeterSysBtf   *ebpf.ProgramSpec `ebpf:"kmeter_sys_btf"`
+	KmeterSysTp    *ebpf.ProgramSpec `ebpf:"kmeter_sys_tp"`
 }
 
 // syscallsMapSpecs contains maps before they are loaded into the kernel.
@@ -82,12 +104,15 @@ type syscallsProgramSpecs struct {
 type syscallsMapSpecs struct {
 	SysCounts   *ebpf.MapSpec `ebpf:"sys_counts"`
 	SysOverflow *ebpf.MapSpec `ebpf:"sys_overflow"`
+	SysStore    *ebpf.MapSpec `ebpf:"sys_store"`
+	SysTotals   *ebpf.MapSpec `ebpf:"sys_totals"`
 }
 
 // syscallsVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallsVariableSpecs struct {
+	UnusedSysDropped *ebpf.VariableSpec `ebpf:"unused_sys_dropped"`
 }
 
 // syscallsObjects contains all objects after they have been loaded into the kernel.
@@ -112,12 +137,16 @@ func (o *syscallsObjects) Close() error {
 type syscallsMaps struct {
 	SysCounts   *ebpf.Map `ebpf:"sys_counts"`
 	SysOverflow *ebpf.Map `ebpf:"sys_overflow"`
+	SysStore    *ebpf.Map `ebpf:"sys_store"`
+	SysTotals   *ebpf.Map `ebpf:"sys_totals"`
 }
 
 func (m *syscallsMaps) Close() error {
 	return _SyscallsClose(
 		m.SysCounts,
 		m.SysOverflow,
+		m.SysStore,
+		m.SysTotals,
 	)
 }
 
@@ -125,18 +154,27 @@ func (m *syscallsMaps) Close() error {
 //
 // It can be passed to loadSyscallsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallsVariables struct {
+	UnusedSysDropped *ebpf.Variable `ebpf:"unused_sys_dropped"`
 }
 
 // syscallsPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadSyscallsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallsPrograms struct {
-	KmeterSysBtf *ebpf.Program `ebpf:"kmeter_sys_btf"`
-	KmeterSysTp  *ebpf.Program `ebpf:"kmeter_sys_tp"`
+	KmeterCgsBtf   *ebpf.Program `ebpf:"kmeter_cgs_btf"`
+	KmeterCgsRmdir *ebpf.Program `ebpf:"kmeter_cgs_rmdir"`
+	KmeterCgsTp    *ebpf.Program `ebpf:"kmeter_cgs_tp"`
+	KmeterCgsWalk  *ebpf.Program `ebpf:"kmeter_cgs_walk"`
+	KmeterSysBtf   *ebpf.Program `ebpf:"kmeter_sys_btf"`
+	KmeterSysTp    *ebpf.Program `ebpf:"kmeter_sys_tp"`
 }
 
 func (p *syscallsPrograms) Close() error {
 	return _SyscallsClose(
+		p.KmeterCgsBtf,
+		p.KmeterCgsRmdir,
+		p.KmeterCgsTp,
+		p.KmeterCgsWalk,
 		p.KmeterSysBtf,
 		p.KmeterSysTp,
 	)

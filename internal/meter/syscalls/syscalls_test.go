@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,7 +23,8 @@ const nrGetppid = syscall.SYS_GETPPID // 110 on x86-64
 
 func TestMain(m *testing.M) {
 	testutil.RunHelper(map[string]func([]string) error{
-		"getppid": helperGetppid,
+		"getppid":         helperGetppid,
+		"getppid-threads": helperGetppidThreads,
 	})
 	os.Exit(m.Run())
 }
@@ -40,6 +42,40 @@ func helperGetppid(args []string) error {
 	return nil
 }
 
+// helperGetppidThreads makes args[0] getppid syscalls from each of
+// args[1] OS threads, thread i pinned to CPU i modulo the CPU count, all
+// at once: threads of one cgroup adding to the same counters.
+func helperGetppidThreads(args []string) error {
+	k, err := strconv.Atoi(args[0])
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil {
+		return err
+	}
+	var start, done sync.WaitGroup
+	start.Add(n)
+	errs := make([]error, n)
+	for i := range n {
+		done.Add(1)
+		go func() {
+			defer done.Done()
+			runtime.LockOSThread()
+			var set unix.CPUSet
+			set.Set(i % runtime.NumCPU())
+			errs[i] = unix.SchedSetaffinity(0, &set)
+			start.Done()
+			start.Wait()
+			for range k {
+				syscall.RawSyscall(syscall.SYS_GETPPID, 0, 0, 0)
+			}
+		}()
+	}
+	done.Wait()
+	return errors.Join(errs...)
+}
+
 func runGetppid(t *testing.T, cg testutil.Cgroup, k int) {
 	t.Helper()
 	if err := cg.SelfCommand(t, "getppid", strconv.Itoa(k)).Run(); err != nil {
@@ -49,7 +85,12 @@ func runGetppid(t *testing.T, cg testutil.Cgroup, k int) {
 
 func openMeter(t *testing.T, pinDir string, hook meter.HookMode) *Meter {
 	t.Helper()
-	m, err := OpenWith(meter.Config{PinDir: pinDir, CgroupDir: testutil.Cgroup2Dir(t)}, Options{Hook: hook})
+	return openWith(t, pinDir, Options{Hook: hook})
+}
+
+func openWith(t *testing.T, pinDir string, opts Options) *Meter {
+	t.Helper()
+	m, err := OpenWith(meter.Config{PinDir: pinDir, CgroupDir: testutil.Cgroup2Dir(t)}, opts)
 	testutil.CheckLoad(t, err)
 	t.Cleanup(func() { m.Close() })
 	return m
@@ -64,40 +105,57 @@ func getppidCount(t *testing.T, m *Meter, cg testutil.Cgroup) uint64 {
 	return byNr[cg.ID][nrGetppid]
 }
 
+// Every way of counting: cgroup storage and the per-CPU hash, each on
+// both hooks.
+var ways = []struct {
+	name     string
+	opts     Options
+	hook     string
+	fallback bool
+	storage  string
+}{
+	{"auto: cgroup storage on tp_btf", Options{}, HookTPBTF, false, StoreCgroup},
+	{"cgroup storage on the classic tracepoint", Options{Hook: meter.HookFallbackOnly, Storage: StorageCgroup}, HookTracepoint, true, StoreCgroup},
+	{"hash on tp_btf", Options{Hook: meter.HookPreferredOnly, Storage: StorageHash}, HookTPBTF, false, StoreHash},
+	{"hash on the classic tracepoint", Options{Hook: meter.HookFallbackOnly, Storage: StorageHash}, HookTracepoint, true, StoreHash},
+}
+
 func TestMeter_countsGetppidPerCgroup(t *testing.T) {
 	const k = 1000
-	for _, tc := range []struct {
-		name     string
-		mode     meter.HookMode
-		hook     string
-		fallback bool
-	}{
-		{"auto prefers tp_btf", meter.HookAuto, HookTPBTF, false},
-		{"classic tracepoint", meter.HookFallbackOnly, HookTracepoint, true},
-	} {
+	for _, tc := range ways {
 		t.Run(tc.name, func(t *testing.T) {
-			m := openMeter(t, testutil.PinDir(t), tc.mode)
+			m := openWith(t, testutil.PinDir(t), tc.opts)
 			st := m.Status()
-			if st.Hook != tc.hook || st.Fallback != tc.fallback || st.Reused {
-				t.Fatalf("status = %+v, want hook %s fallback %v, not reused", st, tc.hook, tc.fallback)
+			if st.Hook != tc.hook || st.Fallback != tc.fallback || st.Storage != tc.storage || st.Reused {
+				t.Fatalf("status = %+v, want hook %s fallback %v storage %s, not reused", st, tc.hook, tc.fallback, tc.storage)
 			}
 			cg := testutil.NewCgroup(t, "a")
 			other := testutil.NewCgroup(t, "b")
 
 			before := getppidCount(t, m, cg)
 			runGetppid(t, cg, k)
-			if got := getppidCount(t, m, cg) - before; got != k {
+			byNr, err := m.ReadByNumber()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := byNr[cg.ID][nrGetppid] - before; got != k {
 				t.Errorf("getppid count of cgroup a = %d, want exactly %d", got, k)
 			}
 			if got := getppidCount(t, m, other); got != 0 {
 				t.Errorf("getppid count of idle cgroup b = %d, want 0", got)
 			}
+			// The helper process also execs, maps memory and exits: its
+			// total is every number's count, the k getppid among them.
+			var sum uint64
+			for _, n := range byNr[cg.ID] {
+				sum += n
+			}
 			c := meter.Counts{}
 			if err := m.ReadInto(c); err != nil {
 				t.Fatal(err)
 			}
-			if got := c[cg.ID][meter.Syscalls]; got < k {
-				t.Errorf("total syscalls of cgroup a = %d, want >= %d", got, k)
+			if got := c[cg.ID][meter.Syscalls]; got < k || got != sum {
+				t.Errorf("total syscalls of cgroup a = %d, want >= %d and = %d, the sum by number", got, k, sum)
 			}
 			stats, err := m.Stats()
 			if err != nil {
@@ -113,6 +171,81 @@ func TestMeter_countsGetppidPerCgroup(t *testing.T) {
 				t.Errorf("program misses on tp_btf = %d, want 0", stats.ProgramMisses)
 			}
 		})
+	}
+}
+
+// Threads of one cgroup on both CPUs add to the same counters at once:
+// none may be lost.
+func TestMeter_threadsOnAllCPUsCountExactly(t *testing.T) {
+	const k, threads = 200_000, 2
+	for _, tc := range ways {
+		t.Run(tc.name, func(t *testing.T) {
+			m := openWith(t, testutil.PinDir(t), tc.opts)
+			cg := testutil.NewCgroup(t, "a")
+			if err := cg.SelfCommand(t, "getppid-threads", strconv.Itoa(k), strconv.Itoa(threads)).Run(); err != nil {
+				t.Fatalf("getppid threads helper: %v", err)
+			}
+			if got := getppidCount(t, m, cg); got != k*threads {
+				t.Errorf("counted %d getppid, want exactly %d (%d threads x %d)", got, k*threads, threads, k)
+			}
+		})
+	}
+}
+
+// A removed cgroup's counts stay readable, also when it is removed while
+// no agent runs.
+func TestMeter_removedCgroupKeepsCounts(t *testing.T) {
+	const k = 700
+	for _, tc := range ways {
+		t.Run(tc.name, func(t *testing.T) {
+			pinDir := testutil.PinDir(t)
+			m := openWith(t, pinDir, tc.opts)
+			live := testutil.NewCgroup(t, "live")
+			down := testutil.NewCgroup(t, "down")
+			runGetppid(t, live, k)
+			runGetppid(t, down, 2*k)
+			if err := os.Remove(live.Path); err != nil {
+				t.Fatal(err)
+			}
+			if got := getppidCount(t, m, live); got != k {
+				t.Errorf("removed cgroup counted %d, want %d", got, k)
+			}
+			if err := m.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(down.Path); err != nil { // no agent now
+				t.Fatal(err)
+			}
+			again := openWith(t, pinDir, tc.opts)
+			for _, c := range []struct {
+				cg   testutil.Cgroup
+				want uint64
+			}{{live, k}, {down, 2 * k}} {
+				if got := getppidCount(t, again, c.cg); got != c.want {
+					t.Errorf("after restart, removed cgroup %s counted %d, want %d", c.cg.Rel, got, c.want)
+				}
+			}
+		})
+	}
+}
+
+// Switching where the hot path counts (a kernel upgrade, a kmeter that
+// only had the hash, a forced fallback) neither loses nor doubles counts.
+func TestMeter_switchingStorageKeepsCounts(t *testing.T) {
+	const k = 300
+	pinDir := testutil.PinDir(t)
+	cg := testutil.NewCgroup(t, "a")
+	var want uint64
+	for i, s := range []Storage{StorageHash, StorageCgroup, StorageHash, StorageAuto} {
+		m := openWith(t, pinDir, Options{Storage: s})
+		runGetppid(t, cg, k)
+		want += k
+		if got := getppidCount(t, m, cg); got != want {
+			t.Errorf("step %d (%s): counted %d, want %d", i, m.Status().Storage, got, want)
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -156,9 +289,9 @@ func TestMeter_restartKeepsCounting(t *testing.T) {
 
 // A full map must never lose counts silently: what cannot be stored is
 // counted as overflow.
-func TestMeter_fullMapCountsOverflow(t *testing.T) {
+func TestMeter_fullHashCountsOverflow(t *testing.T) {
 	const k = 200
-	m := openMeter(t, testutil.PinDir(t), meter.HookAuto)
+	m := openWith(t, testutil.PinDir(t), Options{Storage: StorageHash})
 	cg := testutil.NewCgroup(t, "a")
 
 	possible, err := ebpf.PossibleCPU()
@@ -206,6 +339,55 @@ func TestMeter_fullMapCountsOverflow(t *testing.T) {
 	// Other processes keep making syscalls into the full map.
 	if stats.Entries != MaxEntries || stats.Overflow[meter.Syscalls] < after {
 		t.Errorf("stats = %+v, want %d entries and overflow >= %d", stats, MaxEntries, after)
+	}
+}
+
+// With cgroup storage the map that can fill is sys_totals, where reads
+// copy live counts and removed cgroups leave theirs: what does not fit is
+// reported as overflow, while the cgroup lives and after it is removed.
+func TestMeter_fullTotalsCountsOverflow(t *testing.T) {
+	const k = 200
+	m := openWith(t, testutil.PinDir(t), Options{Storage: StorageCgroup})
+	cg := testutil.NewCgroup(t, "a")
+
+	const batch = 4096
+	keys := make([]syscallsKmeterKey, batch)
+	vals := make([]uint64, batch)
+	for i := uint64(0); ; i += batch {
+		for j := range keys {
+			keys[j] = syscallsKmeterKey{CgroupId: 1<<62 + i + uint64(j)}
+		}
+		_, err := m.totals.BatchUpdate(keys, vals, nil)
+		if errors.Is(err, unix.E2BIG) {
+			break // full
+		}
+		if err != nil {
+			t.Fatalf("fill sys_totals: %d keys in, then: %v", i, err)
+		}
+	}
+	runGetppid(t, cg, k)
+	if got := getppidCount(t, m, cg); got != 0 {
+		t.Errorf("cgroup counted %d in a full map, want 0", got)
+	}
+	live, err := m.Overflow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if live < k {
+		t.Errorf("overflow while the cgroup lives = %d, want >= %d", live, k)
+	}
+	if err := os.Remove(cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.ReadByNumber(); err != nil {
+		t.Fatal(err)
+	}
+	stats, err := m.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.Entries != MaxEntries || stats.Overflow[meter.Syscalls] < k {
+		t.Errorf("stats after removing the cgroup = %+v, want %d entries and overflow >= %d", stats, MaxEntries, k)
 	}
 }
 
@@ -284,5 +466,17 @@ func TestMeter_switchingHookReplacesLink(t *testing.T) {
 	runGetppid(t, cg, again)
 	if got := getppidCount(t, second, cg); got != k+again {
 		t.Errorf("counted %d, want exactly %d", got, k+again)
+	}
+}
+
+func TestOpenWith_unknownStorage(t *testing.T) {
+	testutil.RequireBPF(t)
+	m, err := OpenWith(meter.Config{PinDir: testutil.PinDir(t)}, Options{Storage: Storage(7)})
+	if err == nil {
+		m.Close()
+		t.Fatal("OpenWith succeeded")
+	}
+	if !strings.Contains(err.Error(), "unknown storage choice 7") {
+		t.Errorf("error %q does not name the bad storage choice", err)
 	}
 }
