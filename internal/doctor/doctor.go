@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmeter/kmeter/internal/hostfs"
+	"github.com/kmeter/kmeter/internal/meter/syscalls"
 )
 
 // Level grades one check.
@@ -240,6 +241,7 @@ func hooks(cgroupDir string) []hook {
 		{name: "cgroup_skb/ingress", usedBy: "net_rx_bytes, ingress limits", meter: true, probe: cgroup(ebpf.CGroupSKB, ebpf.AttachCGroupInetIngress, 1)},
 		{name: "cgroup/connect4", usedBy: "connection rate limits (IPv4)", optional: true, probe: cgroup(ebpf.CGroupSockAddr, ebpf.AttachCGroupInet4Connect, 1)},
 		{name: "cgroup/connect6", usedBy: "connection rate limits (IPv6)", optional: true, probe: cgroup(ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, 1)},
+		{name: "map cgrp_storage", usedBy: "syscalls meter counts in cgroup storage, without hashing (else in a per-CPU hash)", optional: true, probe: syscalls.ProbeStorage},
 		{name: "map ringbuf", usedBy: "per-event TLS records", optional: true, probe: func() error { return features.HaveMapType(ebpf.RingBuf) }},
 		{name: "map sk_storage", usedBy: "TLS first-payload tracking", optional: true, probe: func() error { return features.HaveMapType(ebpf.SkStorage) }},
 		{name: "kprobe/tcp_sendmsg", usedBy: "optional faster paths on kernels with kprobes", optional: true, probe: func() error {

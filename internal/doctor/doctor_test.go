@@ -41,7 +41,7 @@ func TestRun_thisHost(t *testing.T) {
 	for _, c := range r.Checks {
 		got[c.Name] = c.Level
 	}
-	for _, name := range []string{"btf", "cgroup2", "bpffs", "hook tp_btf/sys_enter", "hook tp_btf/inet_sock_set_state", "hook cgroup_skb/egress", "hook cgroup/connect4", "hook map ringbuf"} {
+	for _, name := range []string{"btf", "cgroup2", "bpffs", "hook tp_btf/sys_enter", "hook tp_btf/inet_sock_set_state", "hook cgroup_skb/egress", "hook cgroup/connect4", "hook map ringbuf", "hook map cgrp_storage"} {
 		if got[name] != OK {
 			t.Errorf("%s: %v, want ok", name, got[name])
 		}
