@@ -44,3 +44,31 @@ type Result struct {
 type Pricer interface {
 	Price(ctx context.Context, recs []Record) (Result, error)
 }
+
+// Appender is a [Pricer] that can append a batch's charges to a slice the
+// caller owns. A caller pricing batch after batch passes the same buffer
+// back each time and so allocates nothing per batch, where Price hands
+// out a fresh slice. The usual way to call it is [PriceAppend].
+type Appender interface {
+	Pricer
+	// PriceAppend is Price with one charge per record appended to dst:
+	// Result.Charges is dst extended by len(recs) charges, in record
+	// order, and may share dst's backing array. On error it returns no
+	// charges and dst's contents are unchanged.
+	PriceAppend(ctx context.Context, recs []Record, dst []Charge) (Result, error)
+}
+
+// PriceAppend prices recs with p and appends the charges to dst, using
+// [Appender] when p implements it and Price (then a copy) otherwise.
+// Result.Charges is dst extended by len(recs) charges.
+func PriceAppend(ctx context.Context, p Pricer, recs []Record, dst []Charge) (Result, error) {
+	if a, ok := p.(Appender); ok {
+		return a.PriceAppend(ctx, recs, dst)
+	}
+	res, err := p.Price(ctx, recs)
+	if err != nil {
+		return res, err
+	}
+	res.Charges = append(dst, res.Charges...)
+	return res, nil
+}
