@@ -387,17 +387,24 @@ func (e *Engine) acquire(shadow bool) (*version, error) {
 // exhausted) it returns no charges; the caller holds the batch and
 // retries, and the live plugin keeps serving.
 func (e *Engine) Price(ctx context.Context, recs []pricing.Record) (pricing.Result, error) {
+	return e.PriceAppend(ctx, recs, make([]pricing.Charge, 0, len(recs)))
+}
+
+// PriceAppend implements [pricing.Appender]: [Engine.Price] with the
+// charges appended to dst, so a caller that reuses its buffer allocates
+// nothing per batch. On error dst's contents are untouched.
+func (e *Engine) PriceAppend(ctx context.Context, recs []pricing.Record, dst []pricing.Charge) (pricing.Result, error) {
 	v, err := e.acquire(false)
 	if err != nil {
 		return pricing.Result{}, err
 	}
 	defer v.users.Done()
-	charges, err := e.priceWith(ctx, v, recs, false, false, make([]pricing.Charge, 0, len(recs)))
+	charges, err := e.priceWith(ctx, v, recs, false, false, dst)
 	if err != nil {
 		return pricing.Result{}, fmt.Errorf("price batch of %d records with plugin %s: %w", len(recs), short(v.id.SHA256), err)
 	}
 	res := pricing.Result{Charges: charges, PluginSHA256: v.id.SHA256}
-	e.offerShadow(recs, res)
+	e.offerShadow(recs, pricing.Result{Charges: charges[len(dst):], PluginSHA256: v.id.SHA256})
 	return res, nil
 }
 
@@ -521,4 +528,4 @@ func short(sha string) string {
 	return sha
 }
 
-var _ pricing.Pricer = (*Engine)(nil)
+var _ pricing.Appender = (*Engine)(nil)

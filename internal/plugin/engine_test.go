@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -68,11 +69,10 @@ func TestEncoder_matchesABI(t *testing.T) {
 		{Tenant: "a", Meter: "m1", Quantity: 5, Start: t0, End: t0, Attrs: pro},
 	}
 	var enc encoder
-	if err := enc.encode(recs); err != nil {
+	b, err := enc.bytes(recs)
+	if err != nil {
 		t.Fatal(err)
 	}
-	b := make([]byte, enc.size())
-	enc.copyTo(b)
 	got, err := abi.DecodeBatch(b)
 	if err != nil {
 		t.Fatal(err)
@@ -95,11 +95,10 @@ func TestEncoder_matchesABI(t *testing.T) {
 	// from the encoder's attribute cache.
 	for _, change := range []func(){func() { pro["plan"] = "free" }, func() { pro["zone"] = "b" }, func() { delete(pro, "zone"); delete(pro, "region"); pro["area"] = "eu" }} {
 		change()
-		if err := enc.encode(recs[:1]); err != nil {
+		b, err := enc.bytes(recs[:1])
+		if err != nil {
 			t.Fatal(err)
 		}
-		b = make([]byte, enc.size())
-		enc.copyTo(b)
 		got, err := abi.DecodeBatch(b)
 		if err != nil {
 			t.Fatal(err)
@@ -114,8 +113,104 @@ func TestEncoder_matchesABI(t *testing.T) {
 		}
 	}
 	bad := []pricing.Record{{Tenant: "a", Meter: "m", Start: t0, End: t0.Add(-time.Second)}}
-	if err := enc.encode(bad); err == nil || !strings.Contains(err.Error(), "ends before it starts") {
+	if _, err := enc.bytes(bad); err == nil || !strings.Contains(err.Error(), "ends before it starts") {
 		t.Fatalf("size(reversed window) = %v", err)
+	}
+}
+
+// TestEngine_PriceAppend checks that charges are appended after what dst
+// already holds, that a reused buffer gives the same charges, that a
+// failed batch leaves dst alone, and that a shadow comparison is not
+// disturbed when the caller overwrites its buffer right after the call.
+func TestEngine_PriceAppend(t *testing.T) {
+	v1, v2 := examplePlugin(t, "c-flat"), examplePlugin(t, "c-flat-v2")
+	reports := make(chan ShadowReport, 1)
+	e := newEngine(t, func(c *Config) { c.OnShadow = func(r ShadowReport) { reports <- r } })
+	mustLoad(t, e, v1)
+	ctx := context.Background()
+	sentinel := usd(7, 1)
+	recs := []pricing.Record{rec("a", "m", 10), rec("b", "m", 0), rec("a", "n", 5)}
+	want := []pricing.Charge{sentinel, usd(20, 0), usd(0, 0), usd(10, 0)}
+	buf := []pricing.Charge{sentinel}
+	for round := 0; round < 3; round++ {
+		res, err := e.PriceAppend(ctx, recs, buf[:1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(res.Charges, want) || res.PluginSHA256 != SHA256Hex(v1) {
+			t.Fatalf("round %d: %+v, want %+v from %s", round, res, want, SHA256Hex(v1))
+		}
+		buf = res.Charges
+	}
+	bad := []pricing.Record{rec("a", "m", 1), {Tenant: "a", Meter: "m", Start: t0, End: t0.Add(-time.Second)}}
+	if res, err := e.PriceAppend(ctx, bad, buf[:1]); err == nil || res.Charges != nil {
+		t.Fatalf("reversed window priced: %+v, %v", res, err)
+	}
+	if !reflect.DeepEqual(buf, want) {
+		t.Fatalf("failed batch changed the buffer: %+v", buf)
+	}
+	if _, err := e.SetShadow(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.PriceAppend(ctx, recs, buf[:0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(res.Charges) // the caller reuses its buffer at once
+	if r := <-reports; r.LiveTotalMicro != 30 || r.CandidateTotalMicro != 45 || r.Differing != 2 {
+		t.Fatalf("shadow report %+v: want live 30, candidate 45, 2 differing", r)
+	}
+}
+
+// TestEngine_batchGrowth prices batches of changing shape on one warm
+// instance, so each way the host places a batch in guest memory runs:
+// records written straight into the input buffer, records that fit but
+// strings that do not (a new kmeter_alloc after encoding), more records
+// than the buffer holds, and small again. The C tls plugin reads every
+// meter name from the string area and charges only
+// tls_server_handshakes, so a string misplaced shows as a wrong charge.
+func TestEngine_batchGrowth(t *testing.T) {
+	e := newEngine(t, func(c *Config) { c.PoolSize = 1 })
+	mustLoad(t, e, examplePlugin(t, "c-tls"))
+	batch := func(n, tenantLen int) ([]pricing.Record, []pricing.Charge) {
+		recs := make([]pricing.Record, n)
+		want := make([]pricing.Charge, n)
+		for i := range recs {
+			meter := "tls_server_handshakes"
+			if i%3 == 1 {
+				meter = "tls_server_handshake" // a prefix: must not match
+			}
+			tenant := fmt.Sprintf("t%d-%s", i, strings.Repeat("x", tenantLen))
+			recs[i] = rec(tenant, meter, uint64(i+1))
+			want[i] = usd(0, 0)
+			if i%3 != 1 {
+				want[i] = usd(int64(i+1), 0)
+			}
+		}
+		return recs, want
+	}
+	for _, step := range []struct {
+		name         string
+		n, tenantLen int
+	}{
+		{"small", 4, 1},
+		{"same records, long strings", 4, 5000},
+		{"small again", 4, 1},
+		{"more records", 3000, 1},
+		{"fewer, long strings", 100, 2000},
+		{"small at the end", 2, 0},
+	} {
+		recs, want := batch(step.n, step.tenantLen)
+		res, err := e.Price(context.Background(), recs)
+		if err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if !reflect.DeepEqual(res.Charges, want) {
+			t.Fatalf("%s: charges differ from the documented rule", step.name)
+		}
+	}
+	if s := e.Stats(); s.Batches != 6 {
+		t.Fatalf("stats %+v, want 6 batches", s)
 	}
 }
 

@@ -90,10 +90,25 @@ func (in *instance) close(ctx context.Context) { _ = in.mod.Close(ctx) }
 // record to dst. Any error leaves dst as it was and means the instance
 // must be discarded.
 func (in *instance) call(ctx context.Context, st *callState, recs []pricing.Record, event bool, dst []pricing.Charge) ([]pricing.Charge, error) {
-	if err := in.enc.encode(recs); err != nil {
+	n := len(recs)
+	hs := headSize(n)
+	// The header and records go straight into the input buffer from the
+	// last kmeter_alloc when they fit in it; the deduplicated attributes
+	// and strings follow once their size is known. Guest memory never
+	// shrinks, so a buffer that was inside it still is.
+	var head []byte
+	direct := hs <= in.inCap
+	if direct {
+		head, direct = in.mem.Read(in.inPtr, uint32(hs))
+	}
+	if !direct {
+		in.enc.head = slices.Grow(in.enc.head[:0], hs)[:hs]
+		head = in.enc.head
+	}
+	if err := in.enc.encode(head, recs); err != nil {
 		return dst, fmt.Errorf("encode batch: %w", err)
 	}
-	size := in.enc.size()
+	size := in.enc.size(n)
 	if st != nil {
 		st.now = in.enc.now
 		ctx = context.WithValue(ctx, callStateKey{}, st)
@@ -101,6 +116,12 @@ func (in *instance) call(ctx context.Context, st *callState, recs []pricing.Reco
 	// The input buffer from an earlier kmeter_alloc is reused while the
 	// batch fits: one guest call per batch in the steady state.
 	if size > in.inCap {
+		if direct {
+			// kmeter_alloc may write anywhere in guest memory: keep the
+			// records on the host side while it runs.
+			in.enc.head = append(in.enc.head[:0], head...)
+			head = in.enc.head
+		}
 		in.stack[0] = uint64(size)
 		if err := in.alloc.CallWithStack(ctx, in.stack[:]); err != nil {
 			return dst, classify(ctx, exportAlloc, err)
@@ -109,15 +130,20 @@ func (in *instance) call(ctx context.Context, st *callState, recs []pricing.Reco
 		if in.inPtr == 0 {
 			return dst, fmt.Errorf("%w: %s(%d) returned 0: out of memory (cap %d pages)", ErrBadOutput, exportAlloc, size, in.mem.Size()/65536)
 		}
+		buf, ok := in.mem.Read(in.inPtr, uint32(size))
+		if !ok {
+			return dst, fmt.Errorf("%w: %s(%d) returned %#x, outside memory (%d bytes)", ErrBadOutput, exportAlloc, size, in.inPtr, in.mem.Size())
+		}
 		in.inCap = size
+		copy(buf, head)
 	}
 	ptr := in.inPtr
 	buf, ok := in.mem.Read(ptr, uint32(size))
 	if !ok {
 		in.inCap = 0
-		return dst, fmt.Errorf("%w: %s(%d) returned %#x, outside memory (%d bytes)", ErrBadOutput, exportAlloc, size, ptr, in.mem.Size())
+		return dst, fmt.Errorf("%w: input buffer %#x+%d lies outside memory (%d bytes)", ErrBadOutput, ptr, size, in.mem.Size())
 	}
-	in.enc.copyTo(buf)
+	in.enc.place(buf, n)
 	fn := in.price
 	if event && in.event != nil {
 		fn = in.event

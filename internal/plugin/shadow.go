@@ -86,9 +86,15 @@ func (e *Engine) offerShadow(recs []pricing.Record, live pricing.Result) {
 		e.mu.RUnlock()
 		return
 	}
+	if len(e.shadowQ) == cap(e.shadowQ) { // busy: skip the copies below
+		e.stats.shadowDropped.Add(1)
+		e.mu.RUnlock()
+		return
+	}
+	// The worker gets its own copies of the records and charges: callers
+	// may reuse theirs once Price or PriceAppend returns.
+	live.Charges = append([]pricing.Charge(nil), live.Charges...)
 	select {
-	// The worker gets its own copy of the slice: callers may reuse theirs
-	// once Price returns.
 	case e.shadowQ <- shadowJob{recs: append([]pricing.Record(nil), recs...), live: live}:
 	default:
 		e.stats.shadowDropped.Add(1)
