@@ -17,7 +17,9 @@
 //     and starts `kmeter run` with a fresh pin dir and data dir;
 //  3. makes every tenant active: twice per interval it raises all seven
 //     counters of every tenant in the agent's PINNED maps (syscalls: two
-//     syscall numbers per tenant, sockstate, netbytes, tlsmeter), which
+//     syscall numbers per tenant, in each tenant's cgroup storage, through
+//     the cgroup's fd, or in the per-CPU hash where the meter has no
+//     storage; sockstate, netbytes, tlsmeter), which
 //     is exactly what the kernel programs do when the tenant's processes
 //     run. Real processes in 10,000 cgroups are too heavy for a 2-vCPU
 //     test machine; the agent cannot tell the difference, since it only
@@ -65,6 +67,7 @@ import (
 
 	"github.com/kmeter/kmeter/internal/hostfs"
 	"github.com/kmeter/kmeter/internal/meter"
+	"github.com/kmeter/kmeter/internal/meter/syscalls"
 )
 
 // priceMicro is what plugins/c/flat charges per unit of any meter.
@@ -326,6 +329,11 @@ type feeder struct {
 	sysVals, sockVals        []uint64
 	tlsVals                  []tlsCounts
 	perRoundSys, perRoundNet [2]uint64
+	// With cgroup storage: the storage map, one open fd per tenant
+	// cgroup (its key) and the value written.
+	store    *ebpf.Map
+	cgFDs    []int
+	storeVal []uint64
 }
 
 // Per-round growth of each counter; different per counter so a swapped
@@ -362,6 +370,18 @@ func openFeeder(pinDir string, ts *tenants, nrs int) (*feeder, error) {
 	var err error
 	if f.sys, err = open("syscalls/sys_counts", 16, 8); err != nil {
 		return nil, err
+	}
+	if f.sys != nil {
+		f.store, err = ebpf.LoadPinnedMap(filepath.Join(pinDir, "syscalls/sys_store"), nil)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("open pinned map syscalls/sys_store: %w", err)
+		}
+		if f.store != nil {
+			if err := f.openCgroups(); err != nil {
+				f.close()
+				return nil, err
+			}
+		}
 	}
 	if f.sock, err = open("sockstate/sock_counts", 16, 8); err != nil {
 		return nil, err
@@ -401,6 +421,25 @@ func openFeeder(pinDir string, ts *tenants, nrs int) (*feeder, error) {
 
 // round adds one round of usage to every tenant. The growth is split
 // over the CPUs' slots, as the kernel would leave it.
+// openCgroups opens every tenant's cgroup dir: its fd is the key of the
+// syscalls meter's cgroup storage.
+func (f *feeder) openCgroups() error {
+	if want := uint32(8 * (syscalls.NumberSlots + 1)); f.store.KeySize() != 4 || f.store.ValueSize() != want {
+		return fmt.Errorf("pinned map syscalls/sys_store has key/value sizes %d/%d, this bench writes 4/%d: update it to syscalls.NumberSlots",
+			f.store.KeySize(), f.store.ValueSize(), want)
+	}
+	root := filepath.Dir(f.ts.parent)
+	for _, r := range f.ts.rel {
+		fd, err := syscall.Open(filepath.Join(root, r), syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open cgroup %s: %w", r, err)
+		}
+		f.cgFDs = append(f.cgFDs, fd)
+	}
+	f.storeVal = make([]uint64, syscalls.NumberSlots+1)
+	return nil
+}
+
 func (f *feeder) round() error {
 	f.rounds++
 	spread := func(vals []uint64, i int, inc uint64) {
@@ -417,7 +456,20 @@ func (f *feeder) round() error {
 		}
 	}
 	var errs []error
-	if f.sys != nil {
+	switch {
+	case f.store != nil:
+		// Cgroup storage holds one count per number, summed over CPUs
+		// (the kernel adds atomically); the same total as the hash.
+		for nr := range f.nrs {
+			f.storeVal[nr] = f.rounds * incSyscall * uint64(f.cpus*(f.cpus+1)/2)
+		}
+		for _, fd := range f.cgFDs {
+			if err := f.store.Update(int32(fd), f.storeVal, ebpf.UpdateAny); err != nil {
+				errs = append(errs, fmt.Errorf("update syscalls cgroup storage: %w", err))
+				break
+			}
+		}
+	case f.sys != nil:
 		if _, err := f.sys.BatchUpdate(f.sysKeys, f.sysVals, nil); err != nil {
 			errs = append(errs, fmt.Errorf("update syscalls map: %w", err))
 		}
@@ -497,11 +549,15 @@ func fitBoth(n int, ms ...*ebpf.Map) (int, error) {
 }
 
 func (f *feeder) close() {
-	for _, m := range []*ebpf.Map{f.sys, f.sock, f.net, f.tls} {
+	for _, m := range []*ebpf.Map{f.sys, f.sock, f.net, f.tls, f.store} {
 		if m != nil {
 			m.Close()
 		}
 	}
+	for _, fd := range f.cgFDs {
+		syscall.Close(fd)
+	}
+	f.cgFDs = nil
 }
 
 // result is one mode's measurement.
