@@ -57,6 +57,11 @@ func BenchmarkCommitWindows(b *testing.B) {
 			// also measures the neighbours. (Includes building the windows;
 			// PostgreSQL's server CPU is not in it.)
 			b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
+			// Peak RSS of the whole test process so far (Go heap, SQLite's
+			// page cache and allocator): an upper bound for what the
+			// ledger adds to an agent. Sub-benchmarks run in order, so
+			// PostgreSQL's number includes SQLite's peak.
+			b.ReportMetric(float64(maxRSS())/(1<<20), "peak-rss-MiB")
 		})
 	}
 }
@@ -68,4 +73,13 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// maxRSS is the peak resident set size of this process, in bytes.
+func maxRSS() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Maxrss << 10 // KiB on Linux
 }
