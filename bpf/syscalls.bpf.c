@@ -33,7 +33,8 @@
  * ia32 numbers end below 470 in 6.18); anything else (x32's bit 30, the
  * -1 of a syscall skipped by ptrace) goes to the last slot and is
  * reported as SYS_NR_OTHER. 488 + 1 counters keep one storage element
- * (128-byte header + value + allocator header) within a 4 KiB slab.
+ * (128-byte header + value + allocator header) within a 4 KiB slab;
+ * store_totals needs SYS_NR_SLOTS to be a multiple of 8.
  * Keep in sync with NumberSlots and OtherNumber in
  * internal/meter/syscalls/syscalls.go.
  */
@@ -174,9 +175,18 @@ static __always_inline __u64 store_totals(__u64 id, struct sys_nrs *s)
 	struct kmeter_key key = { .cgroup_id = id };
 	__u64 dropped = 0;
 
-	for (__u32 i = 0; i < SYS_NR_SLOTS; i++) {
-		key.kind = i;
-		dropped += store_total(&key, s->by_nr[i]);
+	/* Most of a cgroup's counters are 0: test 8 at a time, so a walk
+	 * over thousands of cgroups is not spent on zeros. */
+	for (__u32 g = 0; g < SYS_NR_SLOTS; g += 8) {
+		__u64 *c = &s->by_nr[g];
+
+		if (!(c[0] | c[1] | c[2] | c[3] | c[4] | c[5] | c[6] | c[7]))
+			continue;
+#pragma unroll
+		for (__u32 j = 0; j < 8; j++) {
+			key.kind = g + j;
+			dropped += store_total(&key, c[j]);
+		}
 	}
 	key.kind = SYS_NR_OTHER;
 	return dropped + store_total(&key, s->by_nr[SYS_NR_SLOTS]);

@@ -10,6 +10,7 @@
 // out; the report gives medians over rounds of the thread's CPU time.
 //
 //	go run ./bench/syscalls           # as root; about 2 minutes
+//	go run ./bench/syscalls -bpfstats # each program's own run time (BPF_ENABLE_STATS)
 //
 // It needs root, bpffs and tracefs, and bpftrace on PATH (-bpftrace="" skips it).
 package main
@@ -68,14 +69,18 @@ func main() {
 	pinBase := flag.String("pin", "/sys/fs/bpf", "bpffs directory for the meter's temporary pins")
 	cpu := flag.Int("cpu", 0, "CPU to run the loop on; -1 lets the scheduler choose")
 	nslices := flag.Int("slices", 15, "each timing keeps the fastest of this many slices of its calls")
+	bpfStats := flag.Bool("bpfstats", false, "instead of timing getppid, report each attached program's own mean run time (kernel BPF stats, enabled only while it runs)")
 	flag.Parse()
-	if err := run(context.Background(), *n, *rounds, *nslices, *cpu, *bpftrace, *pinBase, os.Stdout); err != nil {
+	if *bpfStats {
+		*bpftrace = "" // its program is not ours to find by name
+	}
+	if err := run(context.Background(), *n, *rounds, *nslices, *cpu, *bpftrace, *pinBase, *bpfStats, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "bench syscalls:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, n, rounds, nslices, cpu int, bpftrace, pinBase string, out io.Writer) error {
+func run(ctx context.Context, n, rounds, nslices, cpu int, bpftrace, pinBase string, bpfStats bool, out io.Writer) error {
 	if _, err := hostfs.EnsureTracefs(); err != nil {
 		return err
 	}
@@ -109,6 +114,9 @@ func run(ctx context.Context, n, rounds, nslices, cpu int, bpftrace, pinBase str
 		}
 	}
 	loop(n / 10) // warm up caches and the CPU frequency
+	if bpfStats {
+		return runStats(ctx, out, setups[1:], n*rounds)
+	}
 
 	// Every setup is timed between two timings with nothing attached;
 	// its added cost in a round is its time minus the mean of those two,
@@ -317,5 +325,82 @@ func attachBpftrace(bin string) func(ctx context.Context) (func() error, error) 
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+}
+
+// runStats attaches each setup in turn, makes n getppid calls with the
+// kernel's BPF run-time statistics on, and reports the mean run time of
+// the programs the setup loaded (bench_* and kmeter_* programs that were
+// not there before). The statistics cost two clock reads per run, so
+// the numbers are a program body's own time plus a constant, for
+// comparing programs with each other.
+func runStats(ctx context.Context, w io.Writer, setups []setup, n int) error {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		return fmt.Errorf("enable bpf stats: %w", err)
+	}
+	defer stats.Close()
+	fmt.Fprintf(w, "getppid x %d per setup, kernel %s; run_time_ns / run_cnt of each program while attached (all CPUs, every process's syscalls)\n\n", n, kernel())
+	fmt.Fprintln(w, "| setup | program | runs | ns per run |")
+	fmt.Fprintln(w, "|---|---|---:|---:|")
+	for _, s := range setups {
+		before, err := programIDs()
+		if err != nil {
+			return err
+		}
+		detach, err := s.attach(ctx)
+		if err != nil {
+			return fmt.Errorf("attach %s: %w", s.name, err)
+		}
+		after, err := programIDs()
+		if err != nil {
+			return errors.Join(err, detach())
+		}
+		var progs []*ebpf.Program
+		var st0 []*ebpf.ProgramStats
+		for _, id := range after {
+			if slices.Contains(before, id) {
+				continue
+			}
+			p, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				continue // gone already: not ours
+			}
+			info, err := p.Info()
+			st, serr := p.Stats()
+			if err != nil || serr != nil || !(strings.HasPrefix(info.Name, "bench_") || strings.HasPrefix(info.Name, "kmeter_")) {
+				p.Close()
+				continue
+			}
+			progs, st0 = append(progs, p), append(st0, st)
+		}
+		loop(n)
+		for i, p := range progs {
+			info, _ := p.Info()
+			st, err := p.Stats()
+			if err == nil && st.RunCount > st0[i].RunCount {
+				runs := st.RunCount - st0[i].RunCount
+				fmt.Fprintf(w, "| %s | %s | %d | %.1f |\n", s.name, info.Name, runs, float64(st.Runtime-st0[i].Runtime)/float64(runs))
+			}
+			p.Close()
+		}
+		if err := detach(); err != nil {
+			return fmt.Errorf("detach %s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+func programIDs() ([]ebpf.ProgramID, error) {
+	var ids []ebpf.ProgramID
+	for id := ebpf.ProgramID(0); ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			return ids, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list programs: %w", err)
+		}
+		ids, id = append(ids, next), next
 	}
 }

@@ -2,6 +2,7 @@ package syscalls
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -88,7 +89,7 @@ func openMeter(t *testing.T, pinDir string, hook meter.HookMode) *Meter {
 	return openWith(t, pinDir, Options{Hook: hook})
 }
 
-func openWith(t *testing.T, pinDir string, opts Options) *Meter {
+func openWith(t testing.TB, pinDir string, opts Options) *Meter {
 	t.Helper()
 	m, err := OpenWith(meter.Config{PinDir: pinDir, CgroupDir: testutil.Cgroup2Dir(t)}, opts)
 	testutil.CheckLoad(t, err)
@@ -478,5 +479,65 @@ func TestOpenWith_unknownStorage(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "unknown storage choice 7") {
 		t.Errorf("error %q does not name the bad storage choice", err)
+	}
+}
+
+// BenchmarkMeter_ReadByNumber times one read of every cgroup's counts, as
+// the agent makes each interval, with 2000 cgroups holding 2 syscall
+// numbers each (as bench/agent10k feeds them): with cgroup storage (a
+// cgroup walk refreshing sys_totals, then a batched read of it) and with
+// the per-CPU hash (a batched read).
+func BenchmarkMeter_ReadByNumber(b *testing.B) {
+	const cgroups, nrs = 2000, 2
+	for _, tc := range []struct {
+		name    string
+		storage Storage
+	}{{"cgroup storage", StorageCgroup}, {"per-CPU hash", StorageHash}} {
+		b.Run(tc.name, func(b *testing.B) {
+			m := openWith(b, testutil.PinDir(b), Options{Storage: tc.storage})
+			ncpu, err := ebpf.PossibleCPU()
+			if err != nil {
+				b.Fatal(err)
+			}
+			var keys []syscallsKmeterKey
+			val := make([]uint64, NumberSlots+1)
+			for nr := range nrs {
+				val[nr] = 7
+			}
+			store, err := ebpf.LoadPinnedMap(filepath.Join(m.dir, mapStore), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer store.Close()
+			for i := range cgroups {
+				cg := testutil.NewCgroup(b, fmt.Sprintf("c%05d", i))
+				if tc.storage == StorageHash {
+					for nr := range nrs {
+						keys = append(keys, syscallsKmeterKey{CgroupId: cg.ID, Kind: uint32(nr)})
+					}
+					continue
+				}
+				fd, err := unix.Open(cg.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				err = store.Update(int32(fd), val, ebpf.UpdateAny)
+				unix.Close(fd)
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			if len(keys) > 0 {
+				if _, err := m.counts.BatchUpdate(keys, make([]uint64, len(keys)*ncpu), nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for b.Loop() {
+				if _, err := m.ReadByNumber(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/cgroups, "ns/cgroup")
+		})
 	}
 }
