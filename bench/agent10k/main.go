@@ -571,6 +571,7 @@ type result struct {
 	commits                   float64
 	lag                       float64
 	heapInuse                 float64
+	goSys, heapIdleHeld       float64 // Go runtime memory from the OS; idle heap not yet returned
 	load0, load1              string
 	tenantsOK, chargedOK      int
 	tenants                   int
@@ -735,6 +736,8 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 	}
 	r.lag = m1.sum("kmeter_window_lag_seconds")
 	r.heapInuse = m1.sum("go_memstats_heap_inuse_bytes")
+	r.goSys = m1.sum("go_memstats_sys_bytes")
+	r.heapIdleHeld = m1.sum("go_memstats_heap_idle_bytes") - m1.sum("go_memstats_heap_released_bytes")
 
 	if profiling {
 		r.profileCPU = filepath.Join(o.workDir, "cpu-"+mode+".pprof")
@@ -801,6 +804,8 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "\nmode %s (%d tenants)\n", r.mode, r.tenants)
 	fmt.Fprintf(w, "  RSS steady median   %s   max %s   VmHWM %s   (Go heap in use %.1f MiB)\n",
 		mib(r.rssMedian), mib(r.rssMax), mib(r.hwm), r.heapInuse/(1<<20))
+	fmt.Fprintf(w, "  Go runtime memory   %.1f MiB from the OS, %.1f MiB of it idle heap not yet returned (at the end of the measurement; the rest of RSS is outside Go: SQLite, wazero)\n",
+		r.goSys/(1<<20), r.heapIdleHeld/(1<<20))
 	fmt.Fprintf(w, "  CPU                 %.2f%% of one core over %v (%v CPU per window)\n",
 		r.cpuPct, r.measured.Round(time.Second), r.cpuPerWindow.Round(time.Millisecond))
 	if r.commits > 0 {

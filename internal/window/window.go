@@ -147,9 +147,8 @@ type Biller struct {
 	// keys is the last tick's series in billing order; a reading with
 	// the same series reuses it instead of sorting again.
 	keys    []Key
-	pending []series
+	pending []ledger.Window
 	priced  []bool
-	ws      []ledger.Window
 }
 
 // New validates cfg and loads the node's checkpoints from the ledger.
@@ -258,7 +257,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		default:
 			w.Quantity = v - cp.Counter
 		}
-		pending = append(pending, series{k, w})
+		pending = append(pending, w)
 	}
 	// Price per route, one batch per pricer.
 	held := heldSeries{}
@@ -272,15 +271,16 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	priced := slices.Grow(b.priced[:0], len(pending))[:len(pending)]
 	clear(priced)
 	b.priced = priced
-	for i, s := range pending {
-		if s.w.Rebased {
+	for i, w := range pending {
+		if w.Rebased {
 			priced[i] = true // bills nothing: nothing to price
 			continue
 		}
-		r, err := b.cfg.Pricers.PricerFor(s.key.Tenant, s.key.Meter)
+		r, err := b.cfg.Pricers.PricerFor(w.Tenant, w.Meter)
 		if err != nil {
-			b.hold(s.key, s.w.Quantity, "")
-			held.add(s.key, "", err)
+			k := Key{w.Tenant, w.Meter}
+			b.hold(k, w.Quantity, "")
+			held.add(k, "", err)
 			continue
 		}
 		bt := byName[r.Name]
@@ -299,18 +299,18 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		}
 	}
 	held.log(b.cfg.Log)
-	ws := slices.Grow(b.ws[:0], len(pending))
 	defer func() {
-		// Drop the strings the buffers hold, so that series gone from
-		// the source do not stay reachable through them. Every tick
-		// clears what it used, so the whole buffers stay clear.
+		// Drop the strings the buffer holds, so that series gone from
+		// the source do not stay reachable through it. Every tick
+		// clears what it used, so the whole buffer stays clear.
 		clear(pending)
-		clear(ws)
-		b.ws = ws[:0]
 	}()
-	for i, s := range pending {
+	// The windows to commit are the priced ones, moved to the front of
+	// pending in place.
+	ws := pending[:0]
+	for i := range pending {
 		if priced[i] {
-			ws = append(ws, s.w)
+			ws = append(ws, pending[i])
 		} else {
 			res.Held++
 		}
@@ -373,22 +373,16 @@ func (b *Biller) sortedKeys(counts map[Key]uint64) []Key {
 	return b.keys
 }
 
-// series is one (tenant, meter) to bill in a tick and its window.
-type series struct {
-	key Key
-	w   ledger.Window
-}
-
 // MaxBatch is the most records priced in one plugin call; a window with
 // more series for one pricer is priced in several calls.
 const MaxBatch = 4096
 
 // priceChunk prices the pending series at idx with route and marks them
 // priced, or holds them all.
-func (b *Biller) priceChunk(ctx context.Context, route Route, pending []series, idx []int, priced []bool, held heldSeries) {
+func (b *Biller) priceChunk(ctx context.Context, route Route, pending []ledger.Window, idx []int, priced []bool, held heldSeries) {
 	recs := make([]pricing.Record, len(idx))
 	for j, i := range idx {
-		w := pending[i].w
+		w := pending[i]
 		recs[j] = pricing.Record{Tenant: w.Tenant, Meter: w.Meter, Quantity: w.Quantity, Start: w.Start, End: w.End}
 		if b.cfg.Attrs != nil {
 			recs[j].Attrs = b.cfg.Attrs(w.Tenant)
@@ -402,7 +396,7 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, pending []series, 
 		// A charge the ledger would refuse fails the whole commit, so it
 		// fails its chunk here instead: the other series go on.
 		for j, i := range idx {
-			w := &pending[i].w
+			w := &pending[i]
 			w.Charge, w.PluginSHA256 = out.Charges[j], out.PluginSHA256
 			if verr := w.Validate(); verr != nil && err == nil {
 				err = fmt.Errorf("pricer returned an unusable charge: %w", verr)
@@ -411,8 +405,9 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, pending []series, 
 	}
 	for _, i := range idx {
 		if err != nil {
-			b.hold(pending[i].key, pending[i].w.Quantity, route.Name)
-			held.add(pending[i].key, route.Name, err)
+			k := Key{pending[i].Tenant, pending[i].Meter}
+			b.hold(k, pending[i].Quantity, route.Name)
+			held.add(k, route.Name, err)
 		} else {
 			priced[i] = true
 		}
