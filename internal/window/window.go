@@ -149,6 +149,8 @@ type Biller struct {
 	keys    []Key
 	pending []ledger.Window
 	priced  []bool
+	recs    []pricing.Record
+	charges []pricing.Charge
 }
 
 // New validates cfg and loads the node's checkpoints from the ledger.
@@ -380,15 +382,21 @@ const MaxBatch = 4096
 // priceChunk prices the pending series at idx with route and marks them
 // priced, or holds them all.
 func (b *Biller) priceChunk(ctx context.Context, route Route, pending []ledger.Window, idx []int, priced []bool, held heldSeries) {
-	recs := make([]pricing.Record, len(idx))
+	recs := slices.Grow(b.recs[:0], len(idx))[:len(idx)]
+	b.recs = recs
+	defer clear(recs) // drop the tenants' strings and attributes
 	for j, i := range idx {
-		w := pending[i]
+		w := &pending[i]
 		recs[j] = pricing.Record{Tenant: w.Tenant, Meter: w.Meter, Quantity: w.Quantity, Start: w.Start, End: w.End}
 		if b.cfg.Attrs != nil {
 			recs[j].Attrs = b.cfg.Attrs(w.Tenant)
 		}
 	}
-	out, err := route.Pricer.Price(ctx, recs)
+	// Records and charges go through buffers kept from chunk to chunk.
+	out, err := pricing.PriceAppend(ctx, route.Pricer, recs, b.charges[:0])
+	if err == nil {
+		b.charges = out.Charges[:0]
+	}
 	if err == nil && len(out.Charges) != len(recs) {
 		err = fmt.Errorf("pricer returned %d charges for %d records", len(out.Charges), len(recs))
 	}
