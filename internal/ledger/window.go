@@ -157,29 +157,30 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	// On PostgreSQL the transaction runs on a dedicated connection, so
-	// that the bulk of the rows can go in with COPY on that same
-	// connection.
-	var conn *sql.Conn
-	begin := l.db.BeginTx
-	if l.d == postgres {
-		c, err := l.db.Conn(ctx)
-		if err != nil {
-			return fmt.Errorf("commit windows: connect: %w", err)
-		}
-		defer c.Close()
-		conn, begin = c, c.BeginTx
+	// The transaction runs on a dedicated connection, so that the bulk
+	// of the rows can go in on that same connection below database/sql:
+	// with COPY on PostgreSQL, with driver-level statements on SQLite.
+	conn, err := l.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("commit windows: connect: %w", err)
 	}
-	tx, err := begin(ctx, nil)
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("commit windows: begin: %w", err)
 	}
 	defer tx.Rollback()
 	insert := func(table string, cols []string, n int, row rowFunc) error {
-		if conn != nil && n >= 64 {
+		switch {
+		case l.d == postgres && n >= 64:
 			return copyFunc(ctx, conn, table, cols, n, row)
+		case l.d == postgres:
+			return l.d.insertFunc(ctx, tx, "INSERT INTO "+table+" ("+strings.Join(cols, ", ")+")", len(cols), n, row, "")
 		}
-		return l.d.insertFunc(ctx, tx, "INSERT INTO "+table+" ("+strings.Join(cols, ", ")+")", len(cols), n, row, "")
+		tuple := "(" + strings.TrimSuffix(strings.Repeat("?,", len(cols)), ",") + ")"
+		head := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") VALUES "
+		query := func(k int) string { return head + strings.TrimSuffix(strings.Repeat(tuple+",", k), ",") }
+		return execBatches(ctx, tx, conn, query, len(cols), n, row, nil)
 	}
 	closed, err := l.closedPeriods(ctx, tx)
 	if err != nil {
@@ -238,7 +239,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	if err := l.moveCheckpoints(ctx, tx, sids, ws); err != nil {
+	if err := l.moveCheckpoints(ctx, tx, conn, sids, ws); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	tenants := make([]string, len(order))
@@ -328,10 +329,10 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 // if it still is the window's PrevSeq: a compare-and-swap per series. A
 // series whose checkpoint moved meanwhile (another writer with the same
 // node id, or a retry of a landed commit) fails the whole commit. sids
-// are the windows' series ids.
-func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, sids []int64, ws []Window) error {
+// are the windows' series ids; SQLite's statements run on conn, tx's
+// connection, below database/sql (see execBatches).
+func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids []int64, ws []Window) error {
 	const ncols = 5
-	per := maxParams / ncols
 	if l.d == postgres {
 		// One statement of five arrays: no per-row parameters to bind.
 		cols := make([][]int64, ncols)
@@ -358,39 +359,22 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, sids []int64, 
 		b.WriteString(`) AS v WHERE series.id = v.column1 AND series.last_seq = v.column2`)
 		return b.String()
 	}
-	args := make([]any, 0, min(per, len(ws))*ncols)
-	fill := func(lo, hi int) []any {
-		args = args[:0]
-		for i := lo; i < hi; i++ {
-			w := &ws[i]
-			args = append(args, sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro())
-		}
-		return args
+	row := func(i int, dst []any) []any {
+		w := &ws[i]
+		return append(dst, sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro())
 	}
-	// As for inserts, full batches share one prepared statement.
-	full := len(ws) / per
-	if full > 0 {
-		stmt, err := tx.PrepareContext(ctx, query(per))
-		if err != nil {
-			return fmt.Errorf("move checkpoints: %w", err)
+	check := func(res result, n int) error { return checkMoved(res, nil, n, ws[0].Node) }
+	if err := execBatches(ctx, tx, conn, query, ncols, len(ws), row, check); err != nil {
+		if errors.Is(err, ErrDuplicateWindow) {
+			return err
 		}
-		defer stmt.Close()
-		for b := range full {
-			res, err := stmt.ExecContext(ctx, fill(b*per, (b+1)*per)...)
-			if err := checkMoved(res, err, per, ws[0].Node); err != nil {
-				return err
-			}
-		}
-	}
-	if rest := len(ws) - full*per; rest > 0 {
-		res, err := tx.ExecContext(ctx, query(rest), fill(full*per, len(ws))...)
-		return checkMoved(res, err, rest, ws[0].Node)
+		return fmt.Errorf("move checkpoints: %w", err)
 	}
 	return nil
 }
 
 // checkMoved checks that a checkpoint update moved all n series.
-func checkMoved(res sql.Result, err error, n int, node string) error {
+func checkMoved(res result, err error, n int, node string) error {
 	if err != nil {
 		return fmt.Errorf("move checkpoints: %w", err)
 	}
