@@ -9,7 +9,7 @@ import (
 )
 
 // Open the meter, read per-cgroup totals for export and the per-number
-// breakdown, and check the map's health. Closing keeps the program
+// breakdown, and check the maps' health. Closing keeps the program
 // counting for the next agent; Unpin would stop it.
 func Example() {
 	m, err := syscalls.Open(meter.Config{PinDir: "/sys/fs/bpf/kmeter"})
@@ -17,7 +17,8 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer m.Close()
-	fmt.Println("counting at", m.Status().Hook)
+	st := m.Status()
+	fmt.Println("counting at", st.Hook, "in", st.Storage) // "cgrp_storage", or "percpu_hash" on kernels before 6.2
 
 	totals := meter.Counts{}
 	if err := m.ReadInto(totals); err != nil {
