@@ -3,6 +3,7 @@ package plugin
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"slices"
 	"unsafe"
 
@@ -135,63 +136,70 @@ func (e *encoder) encode(head []byte, recs []pricing.Record) error {
 	e.used = e.used[:0]
 	attrs := e.attrs[:0]
 	e.strs = e.strs[:0]
+	// State of the current run of records: their tenant and attribute
+	// map, where those were stored, and the latest window end so far.
 	var (
-		now        int64
-		prevMap    unsafe.Pointer
-		prevFirst  uint32
-		prevCount  uint32
-		prevTenant *byte // consecutive records usually share the tenant
-		prevTLen   int
-		prevTo     uint32
+		now          int64 = math.MinInt64
+		tPtr         *byte
+		tLen         int
+		tOff         uint32
+		mapPtr       unsafe.Pointer
+		first, count uint32
 	)
-	for i := range recs {
+	for i := 0; i < n; {
+		// Fast path: same tenant and attribute map as the run, meter
+		// already stored. It makes no calls, so the loop state stays in
+		// registers.
+		for ; i < n; i++ {
+			r := &recs[i]
+			if unsafe.StringData(r.Tenant) != tPtr || len(r.Tenant) != tLen || mapID(r.Attrs) != mapPtr {
+				break
+			}
+			p := uintptr(unsafe.Pointer(unsafe.StringData(r.Meter)))
+			slot := &e.seen[(p*0x9E3779B97F4A7C15)>>(64-strBits)]
+			if slot.ptr != p || slot.n != len(r.Meter) {
+				break
+			}
+			start, end := r.Start.UnixNano(), r.End.UnixNano()
+			if end < start {
+				break
+			}
+			now = max(now, end)
+			putRecord(head, i, tOff, uint32(tLen), slot.off, uint32(len(r.Meter)), r.Quantity, start, end, first, count)
+		}
+		if i == n {
+			break
+		}
+		// Slow path: record i starts a new tenant or attribute map, names
+		// a meter not stored yet, or is invalid.
 		r := &recs[i]
 		start, end := r.Start.UnixNano(), r.End.UnixNano()
 		if end < start {
 			return fmt.Errorf("record %d (tenant %q, meter %q): window ends before it starts", i, r.Tenant, r.Meter)
 		}
-		if i == 0 || end > now {
-			now = end
-		}
-		rb := (*[abi.RecordSize]byte)(head[abi.BatchHeader+i*abi.RecordSize:])
-		tLen, mLen := len(r.Tenant), len(r.Meter)
-		var tOff, mOff uint32
-		if tLen != 0 {
-			if tp := unsafe.StringData(r.Tenant); tp == prevTenant && tLen == prevTLen {
-				tOff = prevTo
-			} else {
+		now = max(now, end)
+		if p := unsafe.StringData(r.Tenant); p != tPtr || len(r.Tenant) != tLen {
+			tPtr, tLen, tOff = p, len(r.Tenant), 0
+			if tLen != 0 {
 				tOff = e.intern(r.Tenant)
-				prevTenant, prevTLen, prevTo = tp, tLen, tOff
 			}
 		}
-		if mLen != 0 {
-			// intern, inlined by hand: this is the per-record lookup.
-			p := uintptr(unsafe.Pointer(unsafe.StringData(r.Meter)))
-			j := (p * 0x9E3779B97F4A7C15) >> (64 - strBits)
-			if slot := &e.seen[j]; slot.ptr == p && slot.n == mLen {
-				mOff = slot.off
-			} else {
-				mOff = e.store(r.Meter, j)
-			}
-		}
-		le.PutUint32(rb[0:], tOff)
-		le.PutUint32(rb[4:], uint32(tLen))
-		le.PutUint32(rb[8:], mOff)
-		le.PutUint32(rb[12:], uint32(mLen))
-		le.PutUint64(rb[16:], r.Quantity)
-		le.PutUint64(rb[24:], uint64(start))
-		le.PutUint64(rb[32:], uint64(end))
-		// Consecutive records usually share their tenant's map: compare
-		// its pointer before reading the map itself.
-		if id := mapID(r.Attrs); id != prevMap {
-			prevMap, prevFirst, prevCount = id, 0, 0
+		if id := mapID(r.Attrs); id != mapPtr {
+			mapPtr, first, count = id, 0, 0
 			if len(r.Attrs) != 0 {
-				prevFirst, prevCount = uint32(len(attrs)/abi.AttrSize), uint32(len(r.Attrs))
+				first, count = uint32(len(attrs)/abi.AttrSize), uint32(len(r.Attrs))
 				attrs = e.writeAttrs(attrs, id, r.Attrs)
 			}
 		}
-		le.PutUint32(rb[40:], prevFirst)
-		le.PutUint32(rb[44:], prevCount)
+		var mOff uint32
+		if len(r.Meter) != 0 {
+			mOff = e.intern(r.Meter)
+		}
+		putRecord(head, i, tOff, uint32(tLen), mOff, uint32(len(r.Meter)), r.Quantity, start, end, first, count)
+		i++
+	}
+	if n == 0 {
+		now = 0
 	}
 	e.attrs, e.now = attrs, now
 	if size := e.size(n); size > 1<<31-1 {
@@ -202,6 +210,21 @@ func (e *encoder) encode(head []byte, recs []pricing.Record) error {
 	le.PutUint32(head[8:], uint32(len(attrs)/abi.AttrSize))
 	le.PutUint32(head[12:], uint32(len(e.strs)))
 	return nil
+}
+
+// putRecord writes record i of a batch into head.
+func putRecord(head []byte, i int, tOff, tLen, mOff, mLen uint32, q uint64, start, end int64, first, count uint32) {
+	le := binary.LittleEndian
+	rb := (*[abi.RecordSize]byte)(head[abi.BatchHeader+i*abi.RecordSize:])
+	le.PutUint32(rb[0:], tOff)
+	le.PutUint32(rb[4:], tLen)
+	le.PutUint32(rb[8:], mOff)
+	le.PutUint32(rb[12:], mLen)
+	le.PutUint64(rb[16:], q)
+	le.PutUint64(rb[24:], uint64(start))
+	le.PutUint64(rb[32:], uint64(end))
+	le.PutUint32(rb[40:], first)
+	le.PutUint32(rb[44:], count)
 }
 
 // writeAttrs appends one attribute run to attrs, keys sorted, and its
