@@ -205,7 +205,7 @@ func execBatches(ctx context.Context, tx *sql.Tx, conn *sql.Conn, query func(k i
 	}
 	if conn != nil {
 		return conn.Raw(func(dc any) error {
-			return execDriver(ctx, dc, query, per, n, fill, check)
+			return execDriver(ctx, dc, query, ncols, per, n, fill, check)
 		})
 	}
 	run := func(exec func(args ...any) (sql.Result, error), lo, hi int) error {
@@ -244,12 +244,12 @@ func execBatches(ctx context.Context, tx *sql.Tx, conn *sql.Conn, query func(k i
 }
 
 // execDriver is execBatches on a driver connection.
-func execDriver(ctx context.Context, dc any, query func(k int) string, per, n int, fill func(lo, hi int) ([]any, error), check func(res result, rows int) error) error {
+func execDriver(ctx context.Context, dc any, query func(k int) string, ncols, per, n int, fill func(lo, hi int) ([]any, error), check func(res result, rows int) error) error {
 	pc, ok := dc.(driver.ConnPrepareContext)
 	if !ok {
 		return fmt.Errorf("driver connection %T cannot prepare statements", dc)
 	}
-	var nv []driver.NamedValue
+	nv := make([]driver.NamedValue, 0, min(per, n)*ncols)
 	run := func(stmt driver.Stmt, lo, hi int) error {
 		ec, ok := stmt.(driver.StmtExecContext)
 		if !ok {
