@@ -1,24 +1,27 @@
 package enforce
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmeter/kmeter/internal/config"
 	"github.com/kmeter/kmeter/internal/testutil"
@@ -106,6 +109,22 @@ func helperProgBench(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(progBenchResult{Empty: median(e), Limiter: median(lim), EmptyMin: e[0], LimiterMin: lim[0]})
 }
 
+// meanSE returns the mean of v and its standard error.
+func meanSE(v []float64) (mean, se float64) {
+	for _, x := range v {
+		mean += x
+	}
+	mean /= float64(len(v))
+	var ss float64
+	for _, x := range v {
+		ss += (x - mean) * (x - mean)
+	}
+	if len(v) > 1 {
+		se = math.Sqrt(ss/float64(len(v)-1)) / math.Sqrt(float64(len(v)))
+	}
+	return mean, se
+}
+
 func median(v []float64) float64 {
 	sort.Float64s(v)
 	return v[len(v)/2]
@@ -163,6 +182,280 @@ func BenchmarkLimiter_perPacket(b *testing.B) {
 	}
 }
 
+// togglePhase is one measuring phase of the tcptoggle helper.
+type togglePhase struct {
+	On     bool  `json:"on"`
+	Bytes  int64 `json:"bytes"`
+	CPUNs  int64 `json:"cpu_ns"`
+	WallNs int64 `json:"wall_ns"`
+	// Packets is the segments the sender sent and received (data and
+	// ACKs): each passes the egress hook once and the ingress hook once.
+	Packets int64 `json:"packets"`
+}
+
+// helperTCPToggle keeps one loopback TCP connection busy inside the cgroup
+// it was started in (sender and receiver in this process, each on its own
+// locked thread, pinned to CPU 0 and 1 when PIN is 1) and measures PHASES
+// phases of MS milliseconds each, in the order off, on, on, off, ... (ABBA,
+// so a linear drift cancels out of each pair of pairs). In "on" phases the
+// limiter's cgroup_skb programs behind the pinned links EGRESS and INGRESS
+// are attached to CGROUP; in "off" phases nothing is. Each phase records
+// bytes received and the CPU time of the whole process (loopback softirq
+// work runs in the sender's context and is charged to it). It prints the
+// phases as JSON.
+func helperTCPToggle(args []string) error {
+	if len(args) != 6 {
+		return errors.New("usage: tcptoggle EGRESS INGRESS CGROUP PHASES MS PIN")
+	}
+	var progs []*ebpf.Program
+	for _, pin := range args[:2] {
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err != nil {
+			return err
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			return err
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		progs = append(progs, prog)
+	}
+	cgroup := args[2]
+	phases, err1 := strconv.Atoi(args[3])
+	ms, err2 := strconv.Atoi(args[4])
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	pin := args[5] == "1"
+	pinTo := func(cpu int) {
+		runtime.LockOSThread()
+		if pin {
+			var set unix.CPUSet
+			set.Set(cpu)
+			_ = unix.SchedSetaffinity(0, &set)
+		}
+	}
+
+	// Blocking sockets on locked threads: the Go netpoller's wakeups would
+	// add their own noise to the CPU time.
+	lfd, port, err := listenLoopback()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(lfd)
+	var received atomic.Int64
+	var stop atomic.Bool
+	sendFD := make(chan int, 1)
+	done := make(chan error, 2)
+	go func() {
+		pinTo(1)
+		fd, _, err := unix.Accept(lfd)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer unix.Close(fd)
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := unix.Read(fd, buf)
+			if n <= 0 || err != nil {
+				done <- nil
+				return
+			}
+			received.Add(int64(n))
+		}
+	}()
+	go func() {
+		pinTo(0)
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		if err == nil {
+			err = unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}})
+		}
+		if err != nil {
+			done <- err
+			return
+		}
+		defer unix.Close(fd)
+		sendFD <- fd
+		buf := make([]byte, 256<<10)
+		for !stop.Load() {
+			if _, err := unix.Write(fd, buf); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- unix.Shutdown(fd, unix.SHUT_WR)
+	}()
+	cpu := func() int64 {
+		var ru unix.Rusage
+		_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
+		return ru.Utime.Nano() + ru.Stime.Nano()
+	}
+	var attached []link.Link
+	detach := func() {
+		for _, l := range attached {
+			l.Close()
+		}
+		attached = nil
+	}
+	defer detach()
+	time.Sleep(300 * time.Millisecond) // slow start and first allocations
+	sfd := <-sendFD
+	segs := func() int64 {
+		ti, err := unix.GetsockoptTCPInfo(sfd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return 0
+		}
+		return int64(ti.Segs_out) + int64(ti.Segs_in)
+	}
+	var out []togglePhase
+	for i := 0; i < phases; i++ {
+		on := i%4 == 1 || i%4 == 2
+		if on && attached == nil {
+			for j, at := range []ebpf.AttachType{ebpf.AttachCGroupInetEgress, ebpf.AttachCGroupInetIngress} {
+				l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: progs[j]})
+				if err != nil {
+					return fmt.Errorf("attach: %w", err)
+				}
+				attached = append(attached, l)
+			}
+		} else if !on {
+			detach()
+		}
+		time.Sleep(20 * time.Millisecond) // let the switch settle
+		b0, c0, s0, t0 := received.Load(), cpu(), segs(), time.Now()
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		b1, c1, s1, t1 := received.Load(), cpu(), segs(), time.Now()
+		out = append(out, togglePhase{On: on, Bytes: b1 - b0, CPUNs: c1 - c0, WallNs: t1.Sub(t0).Nanoseconds(), Packets: s1 - s0})
+	}
+	stop.Store(true)
+	for range 2 {
+		if err := <-done; err != nil {
+			return err
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// listenLoopback returns a blocking TCP socket listening on 127.0.0.1 and
+// its port.
+func listenLoopback() (fd, port int, err error) {
+	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, 0, err
+	}
+	if err = unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err == nil {
+		err = unix.Listen(fd, 1)
+	}
+	var sa unix.Sockaddr
+	if err == nil {
+		sa, err = unix.Getsockname(fd)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, 0, err
+	}
+	return fd, sa.(*unix.SockaddrInet4).Port, nil
+}
+
+// BenchmarkLimiter_loopbackTCP measures what the attached limiter costs a
+// tenant's loopback TCP throughput: one connection between two threads of
+// one process in the tenant's cgroup runs all the time, and the limiter's
+// cgroup_skb programs are attached to that cgroup in every other pair of
+// short phases (off, on, on, off, ...). Each off/on pair gives one ratio;
+// the result is their median and spread. Loopback throughput is CPU-bound
+// and the machine is shared, so the main metric is bytes per CPU-second of
+// the process (wall goodput is reported too). Sub-benchmarks: a tenant with
+// only a connect limit (every packet walks the tenant lookup and the
+// limits check), and one with egress and ingress limits too high to ever
+// drop (every packet also takes from its byte credit). b.N is the number of
+// pairs of pairs; PIN=1 in KMETER_BENCH_PIN pins sender and receiver.
+func BenchmarkLimiter_loopbackTCP(b *testing.B) {
+	testutil.RequireBPF(b)
+	root := testutil.Cgroup2Dir(b)
+	// The enforcer attaches to an empty cgroup, so the measured traffic
+	// runs the limiter only while the helper attaches it to its own cgroup.
+	idle := testutil.NewCgroup(b, "idle")
+	pin := testutil.PinDir(b)
+	e, err := Open(Config{PinDir: pin, CgroupDir: idle.Path, Resolver: newPathResolver(root)})
+	testutil.CheckLoad(b, err)
+	b.Cleanup(func() { e.Unpin(); e.Close() })
+	pinCPUs := "0"
+	if os.Getenv("KMETER_BENCH_PIN") == "1" {
+		pinCPUs = "1"
+	}
+	for _, c := range []struct {
+		name  string
+		limit Limit
+	}{
+		{"unlimited", Limit{ConnectRate: 1000, ConnectBurst: 1000}},
+		{"limited", Limit{Egress: MaxByteRate, EgressBurst: MaxByteBurst, Ingress: MaxByteRate, IngressBurst: MaxByteBurst, ConnectRate: 1000, ConnectBurst: 1000}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			cg := testutil.NewCgroup(b, c.name)
+			if err := e.SetLimit(cg.Rel, c.limit); err != nil {
+				b.Fatal(err)
+			}
+			defer e.RemoveLimit(cg.Rel)
+			phases := 4 * max(b.N, 4)
+			cmd := cg.SelfCommand(b, "tcptoggle", filepath.Join(pin, Name, "link_egress"), filepath.Join(pin, Name, "link_ingress"), cg.Path, strconv.Itoa(phases), "250", pinCPUs)
+			var out bytes.Buffer
+			cmd.Stdout = &out
+			if err := cmd.Run(); err != nil {
+				b.Fatalf("tcptoggle: %v", err)
+			}
+			var ph []togglePhase
+			if err := json.Unmarshal(out.Bytes(), &ph); err != nil {
+				b.Fatalf("tcptoggle output %q: %v", out.String(), err)
+			}
+			var cpuRatio, wallRatio, offRate, onRate []float64
+			var sum [2]togglePhase
+			perCPU := func(p togglePhase) float64 { return float64(p.Bytes) / float64(p.CPUNs) * 1e9 / (1 << 20) }
+			perWall := func(p togglePhase) float64 { return float64(p.Bytes) / float64(p.WallNs) * 1e9 / (1 << 20) }
+			for i := 0; i+1 < len(ph); i += 2 {
+				off, on := ph[i], ph[i+1]
+				if off.On {
+					off, on = on, off
+				}
+				for j, p := range []togglePhase{off, on} {
+					sum[j].Bytes += p.Bytes
+					sum[j].CPUNs += p.CPUNs
+					sum[j].Packets += p.Packets
+				}
+				cpuRatio = append(cpuRatio, perCPU(on)/perCPU(off))
+				wallRatio = append(wallRatio, perWall(on)/perWall(off))
+				offRate = append(offRate, perCPU(off))
+				onRate = append(onRate, perCPU(on))
+			}
+			sort.Float64s(cpuRatio)
+			q := func(v []float64, f float64) float64 { return v[int(f*float64(len(v)-1)+0.5)] }
+			b.Logf("%d pairs of %s, cpu ratios: min %.3f p10 %.3f p25 %.3f median %.3f p75 %.3f p90 %.3f max %.3f", len(cpuRatio), c.name,
+				cpuRatio[0], q(cpuRatio, 0.1), q(cpuRatio, 0.25), median(cpuRatio), q(cpuRatio, 0.75), q(cpuRatio, 0.9), cpuRatio[len(cpuRatio)-1])
+			b.ReportMetric(median(offRate), "off-MiB/cpu-s")
+			b.ReportMetric(median(onRate), "on-MiB/cpu-s")
+			b.ReportMetric(median(cpuRatio), "cpu-ratio")
+			b.ReportMetric(q(cpuRatio, 0.25), "cpu-ratio-p25")
+			b.ReportMetric(q(cpuRatio, 0.75), "cpu-ratio-p75")
+			mean, se := meanSE(cpuRatio)
+			b.ReportMetric(mean, "cpu-ratio-mean")
+			b.ReportMetric(se, "cpu-ratio-se")
+			b.ReportMetric(perCPU(sum[1])/perCPU(sum[0]), "cpu-ratio-total")
+			b.ReportMetric(median(wallRatio), "wall-ratio")
+			// What the per-packet cost predicts: packets per CPU-second
+			// with the limiter on, each passing egress and ingress.
+			b.ReportMetric(float64(sum[1].Packets)/float64(sum[1].CPUNs)*1e9, "pkts/cpu-s")
+			b.ReportMetric(float64(sum[1].Bytes)/float64(max(sum[1].Packets, 1)), "bytes/pkt")
+			b.ReportMetric(float64(len(cpuRatio)), "pairs")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
 // helperRecv listens on loopback, prints its address, accepts one
 // connection and prints how many bytes it read until EOF.
 func helperRecv(args []string) error {
@@ -183,95 +476,4 @@ func helperRecv(args []string) error {
 	}
 	fmt.Println(n)
 	return nil
-}
-
-// tcpRun is one loopback transfer: bytes moved, wall time, and the CPU
-// time (user+system) of the sender and receiver processes.
-type tcpRun struct {
-	bytes     int64
-	wall, cpu time.Duration
-}
-
-func runTCP(b *testing.B, cg testutil.Cgroup, secs string) tcpRun {
-	b.Helper()
-	recv := cg.SelfCommand(b, "recv")
-	out, err := recv.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := recv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() {
-		b.Fatal("receiver printed no address")
-	}
-	addr := sc.Text()
-	start := time.Now()
-	send := cg.SelfCommand(b, "send", addr, secs)
-	if err := send.Run(); err != nil {
-		b.Fatal(err)
-	}
-	if !sc.Scan() {
-		b.Fatal("receiver printed no byte count")
-	}
-	n, _ := strconv.ParseInt(sc.Text(), 10, 64)
-	if err := recv.Wait(); err != nil {
-		b.Fatal(err)
-	}
-	wall := time.Since(start)
-	cpu := func(ps *os.ProcessState) time.Duration { return ps.UserTime() + ps.SystemTime() }
-	return tcpRun{bytes: n, wall: wall, cpu: cpu(send.ProcessState) + cpu(recv.ProcessState)}
-}
-
-// BenchmarkLimiter_loopbackTCP compares one loopback TCP transfer between
-// two processes of a tenant that has limits but none on bandwidth (so
-// every packet walks the tenant lookup both on egress and on ingress)
-// with the limiter loaded and with no limiter at all. Loopback throughput
-// is CPU-bound, and on a shared machine wall-clock goodput mostly measures
-// the neighbours, so the main metric is bytes per CPU-second of the two
-// processes (softirq work on loopback is charged to them); wall goodput is
-// reported too. Runs of 2 s alternate off, on, off, ..., off; each "on" run
-// is compared with the mean of the two "off" runs around it.
-func BenchmarkLimiter_loopbackTCP(b *testing.B) {
-	testutil.RequireBPF(b)
-	root := testutil.Cgroup2Dir(b)
-	cg := testutil.NewCgroup(b, "tenant")
-	run := func(loaded bool) tcpRun {
-		if loaded {
-			e, err := Open(Config{PinDir: testutil.PinDir(b), CgroupDir: root, Resolver: newPathResolver(root)})
-			testutil.CheckLoad(b, err)
-			defer func() { e.Unpin(); e.Close() }()
-			if err := e.SetLimit(cg.Rel, Limit{ConnectRate: 1000, ConnectBurst: 1000}); err != nil {
-				b.Fatal(err)
-			}
-		}
-		return runTCP(b, cg, "2")
-	}
-	perCPU := func(r tcpRun) float64 { return float64(r.bytes) / r.cpu.Seconds() }
-	perWall := func(r tcpRun) float64 { return float64(r.bytes) / r.wall.Seconds() }
-	rounds := max(b.N, 3)
-	off := []tcpRun{run(false)}
-	var on []tcpRun
-	var cpuRatio, wallRatio []float64
-	for i := 0; i < rounds; i++ {
-		on = append(on, run(true))
-		off = append(off, run(false))
-		cpuRatio = append(cpuRatio, perCPU(on[i])/((perCPU(off[i])+perCPU(off[i+1]))/2))
-		wallRatio = append(wallRatio, perWall(on[i])/((perWall(off[i])+perWall(off[i+1]))/2))
-	}
-	var offCPU, onCPU []float64
-	for _, r := range off {
-		offCPU = append(offCPU, perCPU(r)/(1<<20))
-	}
-	for _, r := range on {
-		onCPU = append(onCPU, perCPU(r)/(1<<20))
-	}
-	b.ReportMetric(median(offCPU), "off-MiB/cpu-s")
-	b.ReportMetric(median(onCPU), "on-MiB/cpu-s")
-	b.ReportMetric(median(cpuRatio), "cpu-ratio")
-	b.ReportMetric(cpuRatio[0], "cpu-ratio-min")
-	b.ReportMetric(cpuRatio[len(cpuRatio)-1], "cpu-ratio-max")
-	b.ReportMetric(median(wallRatio), "wall-ratio")
-	b.ReportMetric(0, "ns/op")
 }

@@ -30,6 +30,7 @@ func TestMain(m *testing.M) {
 		"udp":       helperUDP,
 		"progbench": helperProgBench,
 		"recv":      helperRecv,
+		"tcptoggle": helperTCPToggle,
 		"tlsserve":  helperTLSServe,
 	})
 	os.Exit(m.Run())
