@@ -177,22 +177,36 @@ func decodeCharges(b []byte, n int, cur *abi.CurrencyCache, dst []pricing.Charge
 	base := len(dst)
 	grown := slices.Grow(dst, n)
 	out := grown[base : base+n]
-	var lastCode uint64 // currency field of the previous charge, and its string
-	var last string
-	for i := range out {
-		cb := (*[abi.ChargeSize]byte)(b[abi.ChargesHeader+i*abi.ChargeSize:])
+	src := b[abi.ChargesHeader:]
+	var code uint64 // currency field of the previous charge, and its string
+	var currency string
+	for i := 0; i < n; {
+		// Fast path: valid amounts in the previous charge's currency. It
+		// makes no calls, so its state stays in registers.
+		for ; i < n; i++ {
+			cb := (*[abi.ChargeSize]byte)(src[i*abi.ChargeSize:])
+			amt, ven := int64(le.Uint64(cb[0:])), int64(le.Uint64(cb[8:]))
+			if amt < 0 || uint64(ven) > uint64(amt) || le.Uint64(cb[16:]) != code || len(currency) == 0 {
+				break
+			}
+			out[i] = pricing.Charge{AmountMicro: amt, Currency: currency, VendorMicro: ven}
+		}
+		if i == n {
+			break
+		}
+		// Slow path: a new currency, or an invalid charge.
+		cb := (*[abi.ChargeSize]byte)(src[i*abi.ChargeSize:])
 		amt, ven := int64(le.Uint64(cb[0:])), int64(le.Uint64(cb[8:]))
 		if amt < 0 || ven < 0 || ven > amt {
 			return dst, fmt.Errorf("%w: charge %d: %v", ErrBadOutput, i, abi.CheckCharge(amt, ven))
 		}
-		if code := le.Uint64(cb[16:]); code != lastCode || last == "" {
-			c, ok := cur.Parse(cb[16:24])
-			if !ok {
-				return dst, fmt.Errorf("%w: charge %d: currency %q is not a three-letter ISO 4217 code", ErrBadOutput, i, cb[16:24])
-			}
-			lastCode, last = code, c
+		c, ok := cur.Parse(cb[16:24])
+		if !ok {
+			return dst, fmt.Errorf("%w: charge %d: currency %q is not a three-letter ISO 4217 code", ErrBadOutput, i, cb[16:24])
 		}
-		out[i] = pricing.Charge{AmountMicro: amt, Currency: last, VendorMicro: ven}
+		code, currency = le.Uint64(cb[16:]), c
+		out[i] = pricing.Charge{AmountMicro: amt, Currency: currency, VendorMicro: ven}
+		i++
 	}
 	return grown[:base+n], nil
 }
