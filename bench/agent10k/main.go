@@ -428,6 +428,9 @@ func (f *feeder) openCgroups() error {
 		return fmt.Errorf("pinned map syscalls/sys_store has key/value sizes %d/%d, this bench writes 4/%d: update it to syscalls.NumberSlots",
 			f.store.KeySize(), f.store.ValueSize(), want)
 	}
+	if f.nrs > syscalls.NumberSlots {
+		return fmt.Errorf("-syscall-nrs %d: cgroup storage has counters for numbers 0 to %d", f.nrs, syscalls.NumberSlots-1)
+	}
 	root := filepath.Dir(f.ts.parent)
 	for _, r := range f.ts.rel {
 		fd, err := syscall.Open(filepath.Join(root, r), syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
