@@ -29,6 +29,7 @@ func TestMain(m *testing.M) {
 		"tls":       helperTLS,
 		"udp":       helperUDP,
 		"progbench": helperProgBench,
+		"progrun":   helperProgRun,
 		"recv":      helperRecv,
 		"tcptoggle": helperTCPToggle,
 		"tlsserve":  helperTLSServe,
