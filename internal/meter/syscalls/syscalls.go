@@ -157,7 +157,9 @@ func OpenWith(cfg meter.Config, opts Options) (*Meter, error) {
 		storageErr = m.openStorage(spec)
 	}
 	if storageErr != nil {
-		if opts.Storage == StorageCgroup {
+		// Maps pinned by another kmeter version hold counts: say so
+		// rather than count elsewhere and hide them.
+		if opts.Storage == StorageCgroup || errors.Is(storageErr, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("open syscalls meter: cgroup storage: %w", storageErr)
 		}
 		withoutStorage(spec)

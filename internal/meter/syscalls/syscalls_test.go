@@ -470,6 +470,33 @@ func TestMeter_switchingHookReplacesLink(t *testing.T) {
 	}
 }
 
+// Maps pinned by another kmeter version are reported, not replaced or
+// silently bypassed: they hold counts.
+func TestOpen_incompatiblePinnedMap(t *testing.T) {
+	testutil.RequireBPF(t)
+	pinDir := testutil.PinDir(t)
+	dir, err := meter.MapsDir(pinDir, Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 16, ValueSize: 8, MaxEntries: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(filepath.Join(dir, mapTotals)); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Open(meter.Config{PinDir: pinDir})
+	if err == nil {
+		m.Close()
+		t.Fatal("Open succeeded over an incompatible pinned sys_totals")
+	}
+	if !strings.Contains(err.Error(), "another kmeter version") {
+		t.Errorf("error %q does not say the pinned maps come from another version", err)
+	}
+}
+
 func TestOpenWith_unknownStorage(t *testing.T) {
 	testutil.RequireBPF(t)
 	m, err := OpenWith(meter.Config{PinDir: testutil.PinDir(t)}, Options{Storage: Storage(7)})
