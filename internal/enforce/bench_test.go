@@ -182,9 +182,21 @@ func BenchmarkLimiter_perPacket(b *testing.B) {
 	}
 }
 
+// What a tcptoggle phase attaches to the tenant's cgroup.
+const (
+	progNone = iota
+	progEmpty
+	progLimiter
+)
+
+// toggleOrder is one block of tcptoggle phases: symmetric, so that a
+// linear drift within the block cancels out of every comparison.
+var toggleOrder = []int{progNone, progEmpty, progLimiter, progLimiter, progEmpty, progNone}
+
 // togglePhase is one measuring phase of the tcptoggle helper.
 type togglePhase struct {
-	On     bool  `json:"on"`
+	// Prog is what ran at the hooks: progNone, progEmpty or progLimiter.
+	Prog   int   `json:"prog"`
 	Bytes  int64 `json:"bytes"`
 	CPUNs  int64 `json:"cpu_ns"`
 	WallNs int64 `json:"wall_ns"`
@@ -196,10 +208,10 @@ type togglePhase struct {
 // helperTCPToggle keeps one loopback TCP connection busy inside the cgroup
 // it was started in (sender and receiver in this process, each on its own
 // locked thread, pinned to CPU 0 and 1 when PIN is 1) and measures PHASES
-// phases of MS milliseconds each, in the order off, on, on, off, ... (ABBA,
-// so a linear drift cancels out of each pair of pairs). In "on" phases the
-// limiter's cgroup_skb programs behind the pinned links EGRESS and INGRESS
-// are attached to CGROUP; in "off" phases nothing is. Each phase records
+// phases of MS milliseconds each, in blocks of toggleOrder: nothing
+// attached to CGROUP, an empty cgroup_skb program (the kernel's hook cost
+// alone), or the limiter's programs behind the pinned links EGRESS and
+// INGRESS. Each phase records
 // bytes received and the CPU time of the whole process (loopback softirq
 // work runs in the sender's context and is charged to it). It prints the
 // phases as JSON.
@@ -207,6 +219,14 @@ func helperTCPToggle(args []string) error {
 	if len(args) != 6 {
 		return errors.New("usage: tcptoggle EGRESS INGRESS CGROUP PHASES MS PIN")
 	}
+	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.CGroupSKB, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
+	})
+	if err != nil {
+		return err
+	}
+	defer empty.Close()
 	var progs []*ebpf.Program
 	for _, pin := range args[:2] {
 		l, err := link.LoadPinnedLink(pin, nil)
@@ -314,24 +334,29 @@ func helperTCPToggle(args []string) error {
 		return int64(ti.Segs_out) + int64(ti.Segs_in)
 	}
 	var out []togglePhase
+	cur := progNone
 	for i := 0; i < phases; i++ {
-		on := i%4 == 1 || i%4 == 2
-		if on && attached == nil {
+		want := toggleOrder[i%len(toggleOrder)]
+		if want != cur {
+			detach()
 			for j, at := range []ebpf.AttachType{ebpf.AttachCGroupInetEgress, ebpf.AttachCGroupInetIngress} {
-				l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: progs[j]})
+				prog := map[int]*ebpf.Program{progEmpty: empty, progLimiter: progs[j]}[want]
+				if prog == nil {
+					break
+				}
+				l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: prog})
 				if err != nil {
 					return fmt.Errorf("attach: %w", err)
 				}
 				attached = append(attached, l)
 			}
-		} else if !on {
-			detach()
+			cur = want
 		}
 		time.Sleep(20 * time.Millisecond) // let the switch settle
 		b0, c0, s0, t0 := received.Load(), cpu(), segs(), time.Now()
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		b1, c1, s1, t1 := received.Load(), cpu(), segs(), time.Now()
-		out = append(out, togglePhase{On: on, Bytes: b1 - b0, CPUNs: c1 - c0, WallNs: t1.Sub(t0).Nanoseconds(), Packets: s1 - s0})
+		out = append(out, togglePhase{Prog: want, Bytes: b1 - b0, CPUNs: c1 - c0, WallNs: t1.Sub(t0).Nanoseconds(), Packets: s1 - s0})
 	}
 	stop.Store(true)
 	for range 2 {
@@ -365,16 +390,18 @@ func listenLoopback() (fd, port int, err error) {
 
 // BenchmarkLimiter_loopbackTCP measures what the attached limiter costs a
 // tenant's loopback TCP throughput: one connection between two threads of
-// one process in the tenant's cgroup runs all the time, and the limiter's
-// cgroup_skb programs are attached to that cgroup in every other pair of
-// short phases (off, on, on, off, ...). Each off/on pair gives one ratio;
-// the result is their median and spread. Loopback throughput is CPU-bound
-// and the machine is shared, so the main metric is bytes per CPU-second of
-// the process (wall goodput is reported too). Sub-benchmarks: a tenant with
+// one process in the tenant's cgroup runs all the time, and short phases
+// attach to that cgroup nothing, an empty cgroup_skb program, or the
+// limiter's programs, in blocks of toggleOrder. Each block gives one ratio
+// of each against each; the result is their median and spread (mean and
+// standard error in the log). Loopback throughput is CPU-bound and the
+// machine is shared, so the main metric is bytes per CPU-second of the
+// process (wall goodput is reported too); the empty program separates the
+// kernel's hook from the limiter's own work. Sub-benchmarks: a tenant with
 // only a connect limit (every packet walks the tenant lookup and the
 // limits check), and one with egress and ingress limits too high to ever
-// drop (every packet also takes from its byte credit). b.N is the number of
-// pairs of pairs; PIN=1 in KMETER_BENCH_PIN pins sender and receiver.
+// drop (every packet also takes from its byte credit). b.N is the number
+// of blocks; KMETER_BENCH_PIN=1 pins sender and receiver to CPUs 0 and 1.
 func BenchmarkLimiter_loopbackTCP(b *testing.B) {
 	testutil.RequireBPF(b)
 	root := testutil.Cgroup2Dir(b)
@@ -394,7 +421,7 @@ func BenchmarkLimiter_loopbackTCP(b *testing.B) {
 		limit Limit
 	}{
 		{"unlimited", Limit{ConnectRate: 1000, ConnectBurst: 1000}},
-		{"limited", Limit{Egress: MaxByteRate, EgressBurst: MaxByteBurst, Ingress: MaxByteRate, IngressBurst: MaxByteBurst, ConnectRate: 1000, ConnectBurst: 1000}},
+		{"maxlimit", Limit{Egress: MaxByteRate, EgressBurst: MaxByteBurst, Ingress: MaxByteRate, IngressBurst: MaxByteBurst, ConnectRate: 1000, ConnectBurst: 1000}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			cg := testutil.NewCgroup(b, c.name)
@@ -402,8 +429,9 @@ func BenchmarkLimiter_loopbackTCP(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer e.RemoveLimit(cg.Rel)
-			phases := 4 * max(b.N, 4)
-			cmd := cg.SelfCommand(b, "tcptoggle", filepath.Join(pin, Name, "link_egress"), filepath.Join(pin, Name, "link_ingress"), cg.Path, strconv.Itoa(phases), "250", pinCPUs)
+			phases := len(toggleOrder) * max(b.N, 2)
+			cmd := cg.SelfCommand(b, "tcptoggle", filepath.Join(pin, Name, "link_egress"), filepath.Join(pin, Name, "link_ingress"),
+				cg.Path, strconv.Itoa(phases), "250", pinCPUs)
 			var out bytes.Buffer
 			cmd.Stdout = &out
 			if err := cmd.Run(); err != nil {
@@ -413,44 +441,51 @@ func BenchmarkLimiter_loopbackTCP(b *testing.B) {
 			if err := json.Unmarshal(out.Bytes(), &ph); err != nil {
 				b.Fatalf("tcptoggle output %q: %v", out.String(), err)
 			}
-			var cpuRatio, wallRatio, offRate, onRate []float64
-			var sum [2]togglePhase
 			perCPU := func(p togglePhase) float64 { return float64(p.Bytes) / float64(p.CPUNs) * 1e9 / (1 << 20) }
 			perWall := func(p togglePhase) float64 { return float64(p.Bytes) / float64(p.WallNs) * 1e9 / (1 << 20) }
-			for i := 0; i+1 < len(ph); i += 2 {
-				off, on := ph[i], ph[i+1]
-				if off.On {
-					off, on = on, off
+			// Ratios per block: limiter/none, empty/none, limiter/empty.
+			var lim, hook, prog, wall, offRate []float64
+			var total [3]togglePhase
+			for i := 0; i+len(toggleOrder) <= len(ph); i += len(toggleOrder) {
+				var blk [3]togglePhase
+				for _, p := range ph[i : i+len(toggleOrder)] {
+					for _, acc := range []*togglePhase{&blk[p.Prog], &total[p.Prog]} {
+						acc.Bytes += p.Bytes
+						acc.CPUNs += p.CPUNs
+						acc.WallNs += p.WallNs
+						acc.Packets += p.Packets
+					}
 				}
-				for j, p := range []togglePhase{off, on} {
-					sum[j].Bytes += p.Bytes
-					sum[j].CPUNs += p.CPUNs
-					sum[j].Packets += p.Packets
-				}
-				cpuRatio = append(cpuRatio, perCPU(on)/perCPU(off))
-				wallRatio = append(wallRatio, perWall(on)/perWall(off))
-				offRate = append(offRate, perCPU(off))
-				onRate = append(onRate, perCPU(on))
+				lim = append(lim, perCPU(blk[progLimiter])/perCPU(blk[progNone]))
+				hook = append(hook, perCPU(blk[progEmpty])/perCPU(blk[progNone]))
+				prog = append(prog, perCPU(blk[progLimiter])/perCPU(blk[progEmpty]))
+				wall = append(wall, perWall(blk[progLimiter])/perWall(blk[progNone]))
+				offRate = append(offRate, perCPU(blk[progNone]))
 			}
-			sort.Float64s(cpuRatio)
-			q := func(v []float64, f float64) float64 { return v[int(f*float64(len(v)-1)+0.5)] }
-			b.Logf("%d pairs of %s, cpu ratios: min %.3f p10 %.3f p25 %.3f median %.3f p75 %.3f p90 %.3f max %.3f", len(cpuRatio), c.name,
-				cpuRatio[0], q(cpuRatio, 0.1), q(cpuRatio, 0.25), median(cpuRatio), q(cpuRatio, 0.75), q(cpuRatio, 0.9), cpuRatio[len(cpuRatio)-1])
+			for _, r := range []struct {
+				name string
+				v    []float64
+			}{{"limiter/none", lim}, {"empty/none", hook}, {"limiter/empty", prog}} {
+				v := append([]float64(nil), r.v...)
+				sort.Float64s(v)
+				mean, se := meanSE(v)
+				b.Logf("%s, %d blocks: cpu ratio median %.3f (p25 %.3f, p75 %.3f), mean %.3f ± %.3f (standard error)",
+					r.name, len(v), median(v), v[len(v)/4], v[len(v)*3/4], mean, se)
+			}
+			mean, se := meanSE(lim)
 			b.ReportMetric(median(offRate), "off-MiB/cpu-s")
-			b.ReportMetric(median(onRate), "on-MiB/cpu-s")
-			b.ReportMetric(median(cpuRatio), "cpu-ratio")
-			b.ReportMetric(q(cpuRatio, 0.25), "cpu-ratio-p25")
-			b.ReportMetric(q(cpuRatio, 0.75), "cpu-ratio-p75")
-			mean, se := meanSE(cpuRatio)
+			b.ReportMetric(median(lim), "cpu-ratio")
 			b.ReportMetric(mean, "cpu-ratio-mean")
 			b.ReportMetric(se, "cpu-ratio-se")
-			b.ReportMetric(perCPU(sum[1])/perCPU(sum[0]), "cpu-ratio-total")
-			b.ReportMetric(median(wallRatio), "wall-ratio")
-			// What the per-packet cost predicts: packets per CPU-second
-			// with the limiter on, each passing egress and ingress.
-			b.ReportMetric(float64(sum[1].Packets)/float64(sum[1].CPUNs)*1e9, "pkts/cpu-s")
-			b.ReportMetric(float64(sum[1].Bytes)/float64(max(sum[1].Packets, 1)), "bytes/pkt")
-			b.ReportMetric(float64(len(cpuRatio)), "pairs")
+			b.ReportMetric(perCPU(total[progLimiter])/perCPU(total[progNone]), "cpu-ratio-total")
+			b.ReportMetric(median(hook), "hook-ratio")
+			b.ReportMetric(median(prog), "prog-ratio")
+			b.ReportMetric(median(wall), "wall-ratio")
+			// Packets per CPU-second with the limiter on, each passing the
+			// egress and the ingress hook once: what the per-packet cost
+			// predicts the ratio from.
+			b.ReportMetric(float64(total[progLimiter].Packets)/float64(total[progLimiter].CPUNs)*1e9, "pkts/cpu-s")
+			b.ReportMetric(float64(len(lim)), "blocks")
 			b.ReportMetric(0, "ns/op")
 		})
 	}
