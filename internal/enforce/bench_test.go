@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -157,7 +158,9 @@ func BenchmarkLimiter_perPacket(b *testing.B) {
 	if err := e.SetSlices(slices); err != nil {
 		b.Fatal(err)
 	}
-	linkPin := filepath.Join(pin, Name, "link_egress")
+	// The limiter attaches to limited tenants only; the test run takes the
+	// program from the tenant's pinned link and runs it in each cgroup.
+	linkPin := e.tenantPin(tenant.ID, hook{name: "egress"})
 	for _, cg := range []testutil.Cgroup{none, tenant, sliced} {
 		name := filepath.Base(cg.Rel)
 		b.Run(name, func(b *testing.B) {
@@ -210,8 +213,8 @@ type togglePhase struct {
 // locked thread, pinned to CPU 0 and 1 when PIN is 1) and measures PHASES
 // phases of MS milliseconds each, in blocks of toggleOrder: nothing
 // attached to CGROUP, an empty cgroup_skb program (the kernel's hook cost
-// alone), or the limiter's programs behind the pinned links EGRESS and
-// INGRESS. Each phase records
+// alone), or the limiter's programs pinned at EGRESS and INGRESS attached
+// to CGROUP. Each phase records
 // bytes received and the CPU time of the whole process (loopback softirq
 // work runs in the sender's context and is charged to it). It prints the
 // phases as JSON.
@@ -219,6 +222,70 @@ func helperTCPToggle(args []string) error {
 	if len(args) != 6 {
 		return errors.New("usage: tcptoggle EGRESS INGRESS CGROUP PHASES MS PIN")
 	}
+	var progs []*ebpf.Program
+	for _, pin := range args[:2] {
+		prog, err := ebpf.LoadPinnedProgram(pin, nil)
+		if err != nil {
+			return err
+		}
+		defer prog.Close()
+		progs = append(progs, prog)
+	}
+	return tcpToggle(args[2:], attachSKB(args[2], progs...))
+}
+
+// helperTCPEnforcer is helperTCPToggle with a limiter phase that is the
+// real deployment for an unlimited tenant: an Enforcer opened on the
+// cgroup2 mount ROOT with pin dir PINDIR, the tenant OTHER (a cgroup path
+// relative to ROOT) limited, and CGROUP, where the traffic runs, not
+// limited. Each limiter phase opens it and the next phase unpins and
+// closes it, so the other phases run with no limiter loaded.
+func helperTCPEnforcer(args []string) error {
+	if len(args) != 7 {
+		return errors.New("usage: tcpenforcer PINDIR ROOT OTHER CGROUP PHASES MS PIN")
+	}
+	pinDir, root, other := args[0], args[1], args[2]
+	open := func() (func(), error) {
+		e, err := Open(Config{PinDir: pinDir, CgroupDir: root, Resolver: newPathResolver(root)})
+		if err != nil {
+			return nil, err
+		}
+		off := func() { e.Unpin(); e.Close() }
+		if err := e.SetLimit(other, Limit{Egress: 10 << 20, EgressBurst: 1 << 20, Ingress: 10 << 20, IngressBurst: 1 << 20}); err != nil {
+			off()
+			return nil, err
+		}
+		return off, nil
+	}
+	return tcpToggle(args[3:], open)
+}
+
+// attachSKB returns a phase switch that attaches egress and ingress
+// cgroup_skb programs to cgroup.
+func attachSKB(cgroup string, progs ...*ebpf.Program) func() (func(), error) {
+	return func() (func(), error) {
+		var ls []link.Link
+		off := func() {
+			for _, l := range ls {
+				l.Close()
+			}
+		}
+		for j, at := range []ebpf.AttachType{ebpf.AttachCGroupInetEgress, ebpf.AttachCGroupInetIngress} {
+			l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: progs[j]})
+			if err != nil {
+				off()
+				return nil, fmt.Errorf("attach: %w", err)
+			}
+			ls = append(ls, l)
+		}
+		return off, nil
+	}
+}
+
+// tcpToggle runs the phases of helperTCPToggle (args CGROUP PHASES MS
+// PIN); limiter switches the limiter phase on and returns what switches
+// it off.
+func tcpToggle(args []string, limiter func() (func(), error)) error {
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: ebpf.CGroupSKB, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 1), asm.Return()},
@@ -227,31 +294,13 @@ func helperTCPToggle(args []string) error {
 		return err
 	}
 	defer empty.Close()
-	var progs []*ebpf.Program
-	for _, pin := range args[:2] {
-		l, err := link.LoadPinnedLink(pin, nil)
-		if err != nil {
-			return err
-		}
-		info, err := l.Info()
-		l.Close()
-		if err != nil {
-			return err
-		}
-		prog, err := ebpf.NewProgramFromID(info.Program)
-		if err != nil {
-			return err
-		}
-		defer prog.Close()
-		progs = append(progs, prog)
-	}
-	cgroup := args[2]
-	phases, err1 := strconv.Atoi(args[3])
-	ms, err2 := strconv.Atoi(args[4])
+	on := map[int]func() (func(), error){progEmpty: attachSKB(args[0], empty, empty), progLimiter: limiter}
+	phases, err1 := strconv.Atoi(args[1])
+	ms, err2 := strconv.Atoi(args[2])
 	if err := errors.Join(err1, err2); err != nil {
 		return err
 	}
-	pin := args[5] == "1"
+	pin := args[3] == "1"
 	pinTo := func(cpu int) {
 		runtime.LockOSThread()
 		if pin {
@@ -316,14 +365,8 @@ func helperTCPToggle(args []string) error {
 		_ = unix.Getrusage(unix.RUSAGE_SELF, &ru)
 		return ru.Utime.Nano() + ru.Stime.Nano()
 	}
-	var attached []link.Link
-	detach := func() {
-		for _, l := range attached {
-			l.Close()
-		}
-		attached = nil
-	}
-	defer detach()
+	detach := func() {}
+	defer func() { detach() }()
 	time.Sleep(300 * time.Millisecond) // slow start and first allocations
 	sfd := <-sendFD
 	segs := func() int64 {
@@ -339,16 +382,13 @@ func helperTCPToggle(args []string) error {
 		want := toggleOrder[i%len(toggleOrder)]
 		if want != cur {
 			detach()
-			for j, at := range []ebpf.AttachType{ebpf.AttachCGroupInetEgress, ebpf.AttachCGroupInetIngress} {
-				prog := map[int]*ebpf.Program{progEmpty: empty, progLimiter: progs[j]}[want]
-				if prog == nil {
-					break
-				}
-				l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: at, Program: prog})
+			detach = func() {}
+			if f := on[want]; f != nil {
+				off, err := f()
 				if err != nil {
-					return fmt.Errorf("attach: %w", err)
+					return fmt.Errorf("phase %d: %w", want, err)
 				}
-				attached = append(attached, l)
+				detach = off
 			}
 			cur = want
 		}
@@ -388,50 +428,76 @@ func listenLoopback() (fd, port int, err error) {
 	return fd, sa.(*unix.SockaddrInet4).Port, nil
 }
 
-// BenchmarkLimiter_loopbackTCP measures what the attached limiter costs a
+// BenchmarkLimiter_loopbackTCP measures what the limiter costs a
 // tenant's loopback TCP throughput: one connection between two threads of
 // one process in the tenant's cgroup runs all the time, and short phases
-// attach to that cgroup nothing, an empty cgroup_skb program, or the
-// limiter's programs, in blocks of toggleOrder. Each block gives one ratio
-// of each against each; the result is their median and spread (mean and
-// standard error in the log). Loopback throughput is CPU-bound and the
+// switch between no limiter, an empty cgroup_skb program attached to that
+// cgroup, and the limiter, in blocks of toggleOrder. Each block gives one
+// ratio of each against each; the result is their median and spread (mean
+// and standard error in the log). Loopback throughput is CPU-bound and the
 // machine is shared, so the main metric is bytes per CPU-second of the
 // process (wall goodput is reported too); the empty program separates the
-// kernel's hook from the limiter's own work. Sub-benchmarks: a tenant with
-// only a connect limit (every packet walks the tenant lookup and the
-// limits check), and one with egress and ingress limits too high to ever
-// drop (every packet also takes from its byte credit). b.N is the number
-// of blocks; KMETER_BENCH_PIN=1 pins sender and receiver to CPUs 0 and 1.
+// kernel's hook from the limiter's own work.
+//
+// Sub-benchmarks: "unlimited" is the deployment the target is about: in
+// its limiter phases an Enforcer is open on the cgroup2 mount with another
+// tenant limited to 10 MiB/s and the measured tenant unlimited, and in the
+// others no Enforcer is loaded. "connectlimit" (a tenant with only a
+// connect limit: every packet walks the tenant lookup and the limits
+// check) and "maxlimit" (egress and ingress limits too high to ever drop:
+// every packet also takes from its byte credit) attach the limiter's
+// programs to the measured cgroup, as they are for a limited tenant. b.N
+// is the number of blocks; KMETER_BENCH_PIN=1 pins sender and receiver to
+// CPUs 0 and 1.
 func BenchmarkLimiter_loopbackTCP(b *testing.B) {
 	testutil.RequireBPF(b)
 	root := testutil.Cgroup2Dir(b)
-	// The enforcer attaches to an empty cgroup, so the measured traffic
-	// runs the limiter only while the helper attaches it to its own cgroup.
-	idle := testutil.NewCgroup(b, "idle")
 	pin := testutil.PinDir(b)
-	e, err := Open(Config{PinDir: pin, CgroupDir: idle.Path, Resolver: newPathResolver(root)})
+	e, err := Open(Config{PinDir: pin, CgroupDir: root, Resolver: newPathResolver(root)})
 	testutil.CheckLoad(b, err)
 	b.Cleanup(func() { e.Unpin(); e.Close() })
+	progPins := []string{filepath.Join(pin, "prog_egress"), filepath.Join(pin, "prog_ingress")}
+	for i, p := range []*ebpf.Program{e.objs.LimitEgress, e.objs.LimitIngress} {
+		if err := p.Pin(progPins[i]); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { p.Unpin() })
+	}
 	pinCPUs := "0"
 	if os.Getenv("KMETER_BENCH_PIN") == "1" {
 		pinCPUs = "1"
 	}
 	for _, c := range []struct {
 		name  string
-		limit Limit
+		limit Limit // zero: the "unlimited" deployment
 	}{
-		{"unlimited", Limit{ConnectRate: 1000, ConnectBurst: 1000}},
+		{"unlimited", Limit{}},
+		{"connectlimit", Limit{ConnectRate: 1000, ConnectBurst: 1000}},
 		{"maxlimit", Limit{Egress: MaxByteRate, EgressBurst: MaxByteBurst, Ingress: MaxByteRate, IngressBurst: MaxByteBurst, ConnectRate: 1000, ConnectBurst: 1000}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			cg := testutil.NewCgroup(b, c.name)
-			if err := e.SetLimit(cg.Rel, c.limit); err != nil {
-				b.Fatal(err)
+			phases := strconv.Itoa(len(toggleOrder) * max(b.N, 2))
+			var cmd *exec.Cmd
+			if c.limit == (Limit{}) {
+				other := testutil.NewCgroup(b, "other")
+				cmd = cg.SelfCommand(b, "tcpenforcer", testutil.PinDir(b), root, other.Rel, cg.Path, phases, "250", pinCPUs)
+			} else {
+				if err := e.SetLimit(cg.Rel, c.limit); err != nil {
+					b.Fatal(err)
+				}
+				defer e.RemoveLimit(cg.Rel)
+				// The helper attaches the programs itself in its limiter
+				// phases: drop the Enforcer's links to the cgroup.
+				e.mu.Lock()
+				for _, l := range e.attached[cg.ID] {
+					l.Unpin()
+					l.Close()
+				}
+				delete(e.attached, cg.ID)
+				e.mu.Unlock()
+				cmd = cg.SelfCommand(b, "tcptoggle", progPins[0], progPins[1], cg.Path, phases, "250", pinCPUs)
 			}
-			defer e.RemoveLimit(cg.Rel)
-			phases := len(toggleOrder) * max(b.N, 2)
-			cmd := cg.SelfCommand(b, "tcptoggle", filepath.Join(pin, Name, "link_egress"), filepath.Join(pin, Name, "link_ingress"),
-				cg.Path, strconv.Itoa(phases), "250", pinCPUs)
 			var out bytes.Buffer
 			cmd.Stdout = &out
 			if err := cmd.Run(); err != nil {

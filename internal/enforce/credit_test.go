@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 
@@ -71,7 +70,7 @@ func TestEnforcer_egressCredit(t *testing.T) {
 	if err := e.SetLimit(cg.Rel, Limit{Egress: 1, EgressBurst: burst}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := cg.SelfCommand(t, "progrun", filepath.Join(e.cfg.PinDir, Name, "link_egress"), strconv.Itoa(n))
+	cmd := cg.SelfCommand(t, "progrun", e.tenantPin(cg.ID, hook{name: "egress"}), strconv.Itoa(n))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, os.Stderr
 	if err := cmd.Run(); err != nil {

@@ -13,6 +13,7 @@ package enforce
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -59,8 +60,9 @@ type Resolver interface {
 type Config struct {
 	// PinDir is a directory on bpffs; maps and links go under PinDir/limiter.
 	PinDir string
-	// CgroupDir is the cgroup v2 mount; the programs attach there and
-	// see every cgroup.
+	// CgroupDir is the cgroup v2 mount. The programs attach to the
+	// cgroups of tenants with something to enforce, found under it by id
+	// (see attach.go); a few attach to it.
 	CgroupDir string
 	// Resolver names tenants.
 	Resolver Resolver
@@ -89,15 +91,24 @@ func (c Config) validate() error {
 // concurrent use.
 type Enforcer struct {
 	cfg    Config
+	dir    string // the limiter's pin dir
 	objs   limiterObjects
-	links  []link.Link
 	reused bool
+	// opening is set while Open runs; fresh are the links it pinned, which
+	// are unpinned if it fails.
+	opening bool
+	fresh   []link.Link
 
 	mu      sync.Mutex
 	closed  bool
 	tenants map[string]*tenantState
 	names   map[uint64]string // tenant key -> name, including removed tenants
 	slices  []Slice
+	// rootLinks are the links at the cgroup2 root by hook name; attached
+	// those at tenant subtree roots by cgroup id and hook name (attach.go).
+	rootLinks map[string]link.Link
+	attached  map[uint64]map[string]link.Link
+	paths     map[uint64]string // cgroup id -> path, for attached cgroups
 }
 
 type tenantState struct {
@@ -123,46 +134,31 @@ func Open(cfg Config) (_ *Enforcer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Enforcer{cfg: cfg, tenants: map[string]*tenantState{}, names: map[uint64]string{}}
-	var created []link.Link // pinned by this call, unpinned if it fails
+	e := &Enforcer{cfg: cfg, dir: dir, opening: true, tenants: map[string]*tenantState{}, names: map[uint64]string{},
+		rootLinks: map[string]link.Link{}, attached: map[uint64]map[string]link.Link{}, paths: map[uint64]string{}}
 	defer func() {
 		if err != nil {
-			for _, l := range created {
+			for _, l := range e.fresh {
 				_ = l.Unpin()
 			}
 			e.Close()
 		}
+		e.opening, e.fresh = false, nil
 	}()
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
 	if err := loadLimiterObjects(&e.objs, opts); err != nil {
 		return nil, fmt.Errorf("load limiter: %w (if an older kmeter pinned different maps, remove %s)", err, dir)
 	}
-	for _, a := range []struct {
-		name   string
-		prog   *ebpf.Program
-		attach ebpf.AttachType
-	}{
-		{"egress", e.objs.LimitEgress, ebpf.AttachCGroupInetEgress},
-		{"ingress", e.objs.LimitIngress, ebpf.AttachCGroupInetIngress},
-		{"connect4", e.objs.LimitConnect4, ebpf.AttachCGroupInet4Connect},
-		{"connect6", e.objs.LimitConnect6, ebpf.AttachCGroupInet6Connect},
-		{"bind4", e.objs.LimitBind4, ebpf.AttachCGroupInet4Bind},
-		{"bind6", e.objs.LimitBind6, ebpf.AttachCGroupInet6Bind},
-		{"sockops", e.objs.LimitSockops, ebpf.AttachCGroupSockOps},
-	} {
-		l, reused, err := meter.AttachPinned(filepath.Join(dir, "link_"+a.name), a.prog, func() (link.Link, error) {
-			return link.AttachCgroup(link.CgroupOptions{Path: cfg.CgroupDir, Attach: a.attach, Program: a.prog})
-		})
-		if err != nil {
-			return nil, fmt.Errorf("attach limiter %s to %s: %w", a.name, cfg.CgroupDir, err)
-		}
-		e.links = append(e.links, l)
-		e.reused = e.reused || reused
-		if !reused {
-			created = append(created, l)
-		}
+	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
+		return nil, fmt.Errorf("make limiter link dir: %w", err)
+	}
+	if err := e.adoptPinned(); err != nil {
+		return nil, err
 	}
 	if err := e.restore(); err != nil {
+		return nil, err
+	}
+	if err := e.reconcile(); err != nil {
 		return nil, err
 	}
 	return e, nil
@@ -223,10 +219,8 @@ func (e *Enforcer) Close() error {
 	}
 	e.closed = true
 	var errs []error
-	for _, l := range e.links {
-		errs = append(errs, l.Close())
-	}
-	e.links = nil
+	e.eachLink(func(l link.Link) { errs = append(errs, l.Close()) })
+	e.rootLinks, e.attached = nil, nil
 	errs = append(errs, e.objs.Close())
 	return errors.Join(errs...)
 }
@@ -240,13 +234,25 @@ func (e *Enforcer) Unpin() error {
 		return ErrClosed
 	}
 	var errs []error
-	for _, l := range e.links {
-		errs = append(errs, l.Unpin())
+	e.eachLink(func(l link.Link) { errs = append(errs, l.Unpin()) })
+	if err := os.Remove(filepath.Join(e.dir, "links")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
 	}
 	for _, m := range []*ebpf.Map{e.objs.Tenants, e.objs.SliceLimits, e.objs.Buckets, e.objs.Counters, e.objs.Slices, e.objs.SliceStats, e.objs.Handshakes, e.objs.Paced, e.objs.Settings} {
 		errs = append(errs, m.Unpin())
 	}
 	return errors.Join(errs...)
+}
+
+func (e *Enforcer) eachLink(f func(link.Link)) {
+	for _, l := range e.rootLinks {
+		f(l)
+	}
+	for _, ls := range e.attached {
+		for _, l := range ls {
+			f(l)
+		}
+	}
 }
 
 // Reused reports whether links pinned by an earlier agent were kept.
@@ -312,7 +318,10 @@ func (e *Enforcer) SetLimit(tenant string, l Limit) error {
 		return err
 	}
 	t.limit = l
-	return e.sync(tenant, t)
+	if err := e.sync(tenant, t); err != nil {
+		return err
+	}
+	return e.reconcile()
 }
 
 // Limit returns tenant's configured limit and policy; ok is false when
@@ -354,7 +363,10 @@ func (e *Enforcer) RemoveLimit(tenant string) error {
 		return err
 	}
 	t.limit = Limit{}
-	return e.sync(tenant, t)
+	if err := e.sync(tenant, t); err != nil {
+		return err
+	}
+	return e.reconcile()
 }
 
 // SetPolicy puts the tenant that cgroup id belongs to (any cgroup of its
@@ -379,7 +391,10 @@ func (e *Enforcer) SetTenantPolicy(tenant string, p Policy) error {
 		return err
 	}
 	t.policy = p
-	return e.sync(tenant, t)
+	if err := e.sync(tenant, t); err != nil {
+		return err
+	}
+	return e.reconcile()
 }
 
 // sync writes t's effective limits to the kernel, or removes t from the

@@ -23,16 +23,17 @@ import (
 
 func TestMain(m *testing.M) {
 	testutil.RunHelper(map[string]func([]string) error{
-		"connect":   helperConnect,
-		"send":      helperSend,
-		"echo":      helperEcho,
-		"tls":       helperTLS,
-		"udp":       helperUDP,
-		"progbench": helperProgBench,
-		"progrun":   helperProgRun,
-		"recv":      helperRecv,
-		"tcptoggle": helperTCPToggle,
-		"tlsserve":  helperTLSServe,
+		"connect":     helperConnect,
+		"send":        helperSend,
+		"echo":        helperEcho,
+		"tls":         helperTLS,
+		"udp":         helperUDP,
+		"progbench":   helperProgBench,
+		"progrun":     helperProgRun,
+		"recv":        helperRecv,
+		"tcpenforcer": helperTCPEnforcer,
+		"tcptoggle":   helperTCPToggle,
+		"tlsserve":    helperTLSServe,
 	})
 	os.Exit(m.Run())
 }

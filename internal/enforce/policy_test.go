@@ -251,7 +251,7 @@ func TestOpen_badConfig(t *testing.T) {
 	}
 	pin := testutil.PinDir(t)
 	_, err = Open(Config{PinDir: pin, CgroupDir: t.TempDir(), Resolver: newPathResolver("/")})
-	if err == nil || !strings.Contains(err.Error(), "attach limiter egress") {
+	if err == nil || !strings.Contains(err.Error(), "attach limiter sockops") {
 		t.Fatalf("Open on a non-cgroup dir = %v, want an attach error", err)
 	}
 	if links, _ := filepath.Glob(filepath.Join(pin, Name, "link_*")); len(links) != 0 {

@@ -215,7 +215,7 @@ func (e *Enforcer) SetSlices(slices []Slice) error {
 		}
 	}
 	e.slices = slices
-	return nil
+	return e.reconcile()
 }
 
 type sliceEntry struct {
