@@ -136,6 +136,9 @@ func (e *Enforcer) adoptPinned() error {
 // that no longer need it. New links are made before old ones go, so a
 // tenant is never left unenforced. Callers hold e.mu.
 func (e *Enforcer) reconcile() error {
+	if !e.dirty {
+		return nil
+	}
 	wildcard := false
 	for _, s := range e.slices {
 		for _, r := range s.Rules {
@@ -241,6 +244,7 @@ func (e *Enforcer) reconcile() error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("detach limiter from cgroups: %w", err)
 	}
+	e.dirty = false
 	return nil
 }
 

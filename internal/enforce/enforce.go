@@ -109,6 +109,10 @@ type Enforcer struct {
 	rootLinks map[string]link.Link
 	attached  map[uint64]map[string]link.Link
 	paths     map[uint64]string // cgroup id -> path, for attached cgroups
+	// dirty is set when what needs the programs may have changed since
+	// the last successful reconcile, so that the many calls that change
+	// only a limit's rate skip it.
+	dirty bool
 }
 
 type tenantState struct {
@@ -117,6 +121,9 @@ type tenantState struct {
 	limit  Limit
 	policy Policy
 	sliced bool // named by a slice rule
+	// enforced is whether the last sync left anything to enforce: when
+	// that flips, the programs must be attached or detached.
+	enforced bool
 }
 
 func (t *tenantState) empty() bool {
@@ -134,7 +141,7 @@ func Open(cfg Config) (_ *Enforcer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Enforcer{cfg: cfg, dir: dir, opening: true, tenants: map[string]*tenantState{}, names: map[uint64]string{},
+	e := &Enforcer{cfg: cfg, dir: dir, opening: true, dirty: true, tenants: map[string]*tenantState{}, names: map[uint64]string{},
 		rootLinks: map[string]link.Link{}, attached: map[uint64]map[string]link.Link{}, paths: map[uint64]string{}}
 	defer func() {
 		if err != nil {
@@ -180,7 +187,7 @@ func (e *Enforcer) restore() error {
 	for it.Next(&root, &kl) {
 		t := byKey[kl.Key]
 		if t == nil {
-			t = &tenantState{key: kl.Key, sliced: kl.Sliced == 1}
+			t = &tenantState{key: kl.Key, sliced: kl.Sliced == 1, enforced: true}
 			t.limit = Limit{
 				Egress: kl.CfgRate[kindEgress], EgressBurst: kl.CfgBurst[kindEgress],
 				Ingress: kl.CfgRate[kindIngress], IngressBurst: kl.CfgBurst[kindIngress],
@@ -280,6 +287,7 @@ func (e *Enforcer) state(tenant string) (*tenantState, error) {
 	}
 	if t.key != 0 && (t.key != roots[0] || !equalIDs(t.roots, roots)) {
 		// The tenant's subtrees changed: drop the old kernel entries.
+		e.dirty = true
 		if err := e.deleteKernel(t); err != nil {
 			return nil, err
 		}
@@ -400,6 +408,10 @@ func (e *Enforcer) SetTenantPolicy(tenant string, p Policy) error {
 // sync writes t's effective limits to the kernel, or removes t from the
 // kernel when nothing is left to enforce. Callers hold e.mu.
 func (e *Enforcer) sync(name string, t *tenantState) error {
+	if t.enforced == t.empty() {
+		e.dirty = true
+	}
+	t.enforced = !t.empty()
 	if t.empty() {
 		delete(e.tenants, name)
 		return e.deleteKernel(t)

@@ -215,6 +215,7 @@ func (e *Enforcer) SetSlices(slices []Slice) error {
 		}
 	}
 	e.slices = slices
+	e.dirty = true // a slice rule for every tenant moves hooks to the root
 	return e.reconcile()
 }
 
