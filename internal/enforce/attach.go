@@ -111,11 +111,15 @@ func (e *Enforcer) adoptPinned() error {
 				h = &c
 			}
 		}
+		if perr != nil || h == nil {
+			_ = os.Remove(pin)
+			continue
+		}
 		cgPath, ok, err := e.cgroupPath(id)
 		if err != nil {
 			return err
 		}
-		if perr != nil || h == nil || !ok {
+		if !ok {
 			_ = os.Remove(pin)
 			continue
 		}
