@@ -1,7 +1,6 @@
 package enforce
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -11,8 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
+	"github.com/kmeter/kmeter/internal/hostfs"
 	"github.com/kmeter/kmeter/internal/meter"
 )
 
@@ -252,11 +251,6 @@ func (e *Enforcer) reconcile() error {
 	return nil
 }
 
-// fileidKernfs is the file handle type of cgroupfs nodes: a handle of
-// this type holding a cgroup id opens that cgroup.
-// Keep in sync with FILEID_KERNFS in the kernel's include/linux/exportfs.h.
-const fileidKernfs = 0xfe
-
 // cgroupPath finds the path of cgroup id by opening it by file handle (a
 // cgroup id is its kernfs file handle); ok is false when no live cgroup
 // has that id. Cgroup ids are never reused, so paths are cached.
@@ -269,18 +263,9 @@ func (e *Enforcer) cgroupPath(id uint64) (string, bool, error) {
 		return "", false, fmt.Errorf("find cgroup %d: %w", id, err)
 	}
 	defer mnt.Close()
-	handle := binary.NativeEndian.AppendUint64(nil, id)
-	fd, err := unix.OpenByHandleAt(int(mnt.Fd()), unix.NewFileHandle(fileidKernfs, handle), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
-	if errors.Is(err, unix.ESTALE) || errors.Is(err, unix.ENOENT) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("find cgroup %d by id under %s (needs CAP_DAC_READ_SEARCH and a cgroup2 mount): %w", id, e.cfg.CgroupDir, err)
-	}
-	p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-	unix.Close(fd)
-	if err != nil {
-		return "", false, fmt.Errorf("find cgroup %d: %w", id, err)
+	p, ok, err := hostfs.CgroupPath(mnt, id)
+	if err != nil || !ok {
+		return "", ok, err
 	}
 	e.paths[id] = p
 	return p, true, nil

@@ -1,21 +1,16 @@
 package tenant
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
-)
 
-// fileidKernfs is the file handle type of kernfs (cgroupfs) nodes: a
-// handle of this type holding a cgroup id opens that cgroup.
-// Keep in sync with FILEID_KERNFS in the kernel's include/linux/exportfs.h.
-const fileidKernfs = 0xfe
+	"github.com/kmeter/kmeter/internal/hostfs"
+)
 
 // LookupIDs finds the paths of cgroups by their ids without walking the
 // hierarchy: the kernel opens each by file handle (a cgroup id is its
@@ -41,21 +36,14 @@ func (r *Resolver) LookupIDs(ids []uint64) (gone []uint64, err error) {
 	}
 	defer root.Close()
 	found := map[uint64]string{}
-	handle := make([]byte, 8)
 	for _, id := range ids {
-		binary.NativeEndian.PutUint64(handle, id)
-		fd, err := unix.OpenByHandleAt(int(root.Fd()), unix.NewFileHandle(fileidKernfs, handle), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
-		if errors.Is(err, unix.ESTALE) || errors.Is(err, unix.ENOENT) {
+		p, ok, err := hostfs.CgroupPath(root, id)
+		if err != nil {
+			return nil, fmt.Errorf("look up cgroups by id: %w", err)
+		}
+		if !ok {
 			gone = append(gone, id)
 			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("look up cgroup %d by id: %w", id, err)
-		}
-		p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-		unix.Close(fd)
-		if err != nil {
-			return nil, fmt.Errorf("look up cgroup %d by id: %w", id, err)
 		}
 		rel, err := filepath.Rel(r.root, p)
 		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
