@@ -91,6 +91,10 @@ type options struct {
 	profModes  []string
 	profileFor time.Duration
 	bpfBase    string
+	// scrapeEvery, when set, scrapes /metrics this often during the
+	// measured period, as a Prometheus server would, so RSS and CPU include
+	// the scrapes.
+	scrapeEvery time.Duration
 }
 
 func main() {
@@ -107,6 +111,7 @@ func main() {
 	flag.BoolVar(&o.profile, "profile", false, "build the agent with a pprof listener and save CPU and heap profiles of the billed mode")
 	profModes := flag.String("profile-modes", "billed", "with -profile: comma-separated modes whose agent is profiled")
 	flag.DurationVar(&o.profileFor, "profile-for", 60*time.Second, "CPU profile length (taken after -measure)")
+	flag.DurationVar(&o.scrapeEvery, "scrape-every", 0, "scrape /metrics this often during -measure (0: only before and after it)")
 	flag.StringVar(&o.bpfBase, "bpffs", "/sys/fs/bpf", "bpffs directory under which a private pin dir is made")
 	mapRead := flag.Int("mapread", 0, "only time reading a per-CPU map of this many keys, per key (as the agent does) and batched")
 	flag.Parse()
@@ -580,6 +585,7 @@ type result struct {
 	tenants                   int
 	missing                   []string
 	feedRounds                uint64
+	scrapes                   int // /metrics scrapes during the measured period
 	feedMean                  time.Duration
 	profileCPU, profileHeap   string
 	usageSeries, chargeSeries int
@@ -699,6 +705,7 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 		return nil, err
 	}
 	t0 := time.Now()
+	lastScrape := t0
 	var rss []uint64
 	tick := time.NewTicker(time.Second)
 	for time.Since(t0) < o.measure {
@@ -716,6 +723,14 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 			return nil, err
 		}
 		rss = append(rss, kb)
+		if o.scrapeEvery > 0 && time.Since(lastScrape) >= o.scrapeEvery {
+			lastScrape = time.Now()
+			if _, err := scrape(base + "/metrics"); err != nil {
+				tick.Stop()
+				return nil, err
+			}
+			r.scrapes++
+		}
 	}
 	tick.Stop()
 	cpu1, err := cpuTicks(pid)
@@ -816,6 +831,9 @@ func (r *result) print(w io.Writer) {
 			r.commitMean.Round(time.Millisecond), r.commits, r.lag)
 	}
 	fmt.Fprintf(w, "  load average        %s (start)  %s (end)\n", r.load0, r.load1)
+	if r.scrapes > 0 {
+		fmt.Fprintf(w, "  scrapes             %d of /metrics during the measured period (in RSS and CPU)\n", r.scrapes)
+	}
 	fmt.Fprintf(w, "  feeder              %d rounds, %v per round (bench process, not the agent)\n", r.feedRounds, r.feedMean.Round(time.Millisecond))
 	fmt.Fprintf(w, "  check: usage exact  %d/%d tenants (%d usage series)\n", r.tenantsOK, r.tenants, r.usageSeries)
 	if r.charged {

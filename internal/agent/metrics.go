@@ -23,9 +23,11 @@ type StatsReporter interface {
 }
 
 // collector exports the latest snapshot and the agent's health. It builds
-// const metrics at scrape time, so a scrape never waits on the kernel.
+// metrics at scrape time from the latest read, so a scrape never waits on
+// the kernel; the per-tenant series reuse their label pairs (seriesCache).
 type collector struct {
-	a *Agent
+	a      *Agent
+	series *seriesCache
 
 	usage, meterUp, readErrors, lastRead, tenants, syscallsByNr *prometheus.Desc
 	mapEntries, mapMax, mapOverflow                             *prometheus.Desc
@@ -39,6 +41,7 @@ func (a *Agent) Collector() prometheus.Collector {
 	}
 	return &collector{
 		a:            a,
+		series:       newSeriesCache(),
 		usage:        d("usage_total", "Cumulative kernel usage per tenant and meter, counted in the kernel.", "tenant", "meter"),
 		meterUp:      d("meter_up", "1 when the meter's hook is attached, 0 when its counters are unavailable.", "meter", "hook", "fallback"),
 		readErrors:   d("read_errors_total", "Reads of the kernel maps that failed."),
@@ -95,14 +98,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.lastRead, prometheus.GaugeValue, float64(s.Time.UnixNano())/1e9)
 	ch <- prometheus.MustNewConstMetric(c.tenants, prometheus.GaugeValue, float64(len(s.Tenants)))
-	for t, byMeter := range s.Tenants {
-		for m, v := range byMeter {
-			ch <- prometheus.MustNewConstMetric(c.usage, prometheus.CounterValue, float64(v), t, m)
-		}
-	}
-	for t, byNr := range s.SyscallsByNumber {
-		for nr, v := range byNr {
-			ch <- prometheus.MustNewConstMetric(c.syscallsByNr, prometheus.CounterValue, float64(v), t, strconv.FormatUint(uint64(nr), 10))
-		}
-	}
+	c.series.collect(ch, s, c.usage, c.syscallsByNr)
 }
