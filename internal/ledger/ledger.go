@@ -132,16 +132,25 @@ type Ledger struct {
 	known map[string]bool
 	// series caches series ids; only committed ones.
 	series map[seriesKey]int64
+	// lines caches each series' open usage line (see usage_lines in
+	// schema.go) as of a checkpoint; only committed ones.
+	lines  map[int64]openLine
 	closed bool
 }
 
 // Open opens (creating if needed) the ledger and runs pending schema
 // migrations.
 func Open(ctx context.Context, cfg Config) (*Ledger, error) {
+	return open(ctx, cfg, SchemaVersion())
+}
+
+// open opens cfg with its schema brought to version (tests build ledgers
+// of earlier versions with it).
+func open(ctx context.Context, cfg Config, version int) (*Ledger, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("ledger config: %w", err)
 	}
-	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[seriesKey]int64{}}
+	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[seriesKey]int64{}, lines: map[int64]openLine{}}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -172,7 +181,7 @@ func Open(ctx context.Context, cfg Config) (*Ledger, error) {
 		l.db.Close()
 		return nil, fmt.Errorf("connect to %s ledger: %w", l.d, err)
 	}
-	if err := migrate(ctx, l.db, l.d); err != nil {
+	if err := migrateTo(ctx, l.db, l.d, version); err != nil {
 		l.db.Close()
 		return nil, err
 	}

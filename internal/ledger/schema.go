@@ -186,15 +186,77 @@ var migrations = []migration{
 			FOR EACH STATEMENT EXECUTE FUNCTION kmeter_immutable()`,
 		),
 	},
+	{version: 2, sqlite: forDialect(rollup, sqliteDialect), postgres: forDialect(rollup, postgres)},
+}
+
+// rollup is version 2: invoices no longer read the journal. Its
+// (tenant, period) index took one insert per tenant at a different place
+// every window; once it outgrew the page cache, each commit wrote a page
+// per tenant. Instead, each series row carries its open usage line: the
+// quantity and amount billed since the line's (period, currency, plugin,
+// late) began, added in the checkpoint's compare-and-swap, which updates
+// the row anyway. When a window's line differs (a new month, another
+// plugin, late usage), the commit first adds the open line to
+// usage_lines, the closed lines, once per series and month, and reversals
+// add their negated windows there. A tenant's invoice is its closed lines
+// plus its series' open lines of the period. usage_lines_journal is what
+// they must sum to, computed from the journal: the migration fills
+// usage_lines from it and ledger verify compares, so both are a checked
+// cache, not a second truth.
+var rollup = []string{
+	`CREATE TABLE usage_lines (
+		tenant TEXT NOT NULL,
+		period TEXT NOT NULL,
+		meter TEXT NOT NULL,
+		currency TEXT NOT NULL,
+		plugin_sha256 TEXT NOT NULL,
+		late SMALLINT NOT NULL,
+		quantity BIGINT NOT NULL,
+		amount_micro BIGINT NOT NULL,
+		PRIMARY KEY (tenant, period, meter, currency, plugin_sha256, late)
+	){{without_rowid}}`,
+	// line_period is '' while a series has no open line.
+	`ALTER TABLE series ADD COLUMN line_period TEXT NOT NULL DEFAULT ''`,
+	`ALTER TABLE series ADD COLUMN line_currency TEXT NOT NULL DEFAULT ''`,
+	`ALTER TABLE series ADD COLUMN line_plugin_sha256 TEXT NOT NULL DEFAULT ''`,
+	`ALTER TABLE series ADD COLUMN line_late SMALLINT NOT NULL DEFAULT 0`,
+	`ALTER TABLE series ADD COLUMN line_quantity BIGINT NOT NULL DEFAULT 0`,
+	`ALTER TABLE series ADD COLUMN line_amount_micro BIGINT NOT NULL DEFAULT 0`,
+	// tenant never changes, so commits never touch this index.
+	`CREATE INDEX series_tenant ON series (tenant)`,
+	// A reversal books the negated windows of its entry in the
+	// reversal's period, under the original entry's currency, plugin and
+	// late flag.
+	`CREATE VIEW usage_lines_journal AS
+		SELECT e.tenant, e.period, u.meter, e.currency, COALESCE(e.plugin_sha256, '') AS plugin_sha256, e.late,
+			u.quantity, u.amount_micro
+		FROM entries e JOIN usage_v u ON u.entry_id = e.id
+		WHERE e.kind = 'usage'
+		UNION ALL
+		SELECT r.tenant, r.period, u.meter, o.currency, COALESCE(o.plugin_sha256, ''), o.late, -u.quantity, -u.amount_micro
+		FROM entries r JOIN entries o ON o.id = r.reverses JOIN usage_v u ON u.entry_id = o.id
+		WHERE r.kind = 'reversal'`,
+	// All lines: closed ones and the open ones on series rows.
+	`CREATE VIEW usage_lines_all AS
+		SELECT tenant, period, meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage_lines
+		UNION ALL
+		SELECT tenant, line_period, meter, line_currency, line_plugin_sha256, line_late, line_quantity, line_amount_micro
+		FROM series WHERE line_period <> ''`,
+	// History becomes closed lines; series start without an open line.
+	`INSERT INTO usage_lines (tenant, period, meter, currency, plugin_sha256, late, quantity, amount_micro)
+		SELECT tenant, period, meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro)
+		FROM usage_lines_journal
+		GROUP BY tenant, period, meter, currency, plugin_sha256, late`,
+	`DROP INDEX entries_tenant_period`,
 }
 
 // SchemaVersion is the newest schema version this build knows.
 func SchemaVersion() int { return migrations[len(migrations)-1].version }
 
-// migrate brings the schema to [SchemaVersion] in one transaction per
-// step. Agents on many nodes may start at once against one PostgreSQL
+// migrateTo brings the schema to version target (normally
+// [SchemaVersion]) in one transaction. Agents on many nodes may start at once against one PostgreSQL
 // ledger; an advisory lock makes them take turns.
-func migrate(ctx context.Context, db *sql.DB, d dialect) error {
+func migrateTo(ctx context.Context, db *sql.DB, d dialect, target int) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin migration: %w", err)
@@ -220,7 +282,7 @@ func migrate(ctx context.Context, db *sql.DB, d dialect) error {
 		return fmt.Errorf("ledger schema version %d is newer than this kmeter knows (%d): upgrade kmeter", current, SchemaVersion())
 	}
 	for _, m := range migrations {
-		if m.version <= current {
+		if m.version <= current || m.version > target {
 			continue
 		}
 		stmts := m.sqlite

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -213,6 +214,20 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 			return 0, fmt.Errorf("reverse entry %d: it was already reversed", id)
 		}
 		return 0, fmt.Errorf("reverse entry %d: insert: %w", id, err)
+	}
+	if kind == "usage" {
+		// The reversal's lines: the entry's windows negated, booked in
+		// the reversal's period under the entry's currency, plugin and
+		// late flag (as usage_lines_journal sums them). Before the balances,
+		// as in a window commit, so the two never lock rows in opposite order.
+		if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO usage_lines (`+strings.Join(rollupCols, ", ")+`)
+			SELECT CAST(? AS TEXT), CAST(? AS TEXT), u.meter, o.currency, COALESCE(o.plugin_sha256, ''), o.late,
+				-SUM(u.quantity), -SUM(u.amount_micro)
+			FROM entries o JOIN usage_v u ON u.entry_id = o.id
+			WHERE o.id = ?
+			GROUP BY u.meter, o.currency, o.plugin_sha256, o.late`+rollupUpsert), tenant, period, id); err != nil {
+			return 0, fmt.Errorf("reverse entry %d: update usage lines: %w", id, err)
+		}
 	}
 	for _, p := range postings {
 		p[0] = ids[0]

@@ -141,6 +141,23 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			r.problem("usage of entry %d has no entry", id)
 			return nil
 		}},
+		{`SELECT tenant, period, meter, currency, plugin_sha256, late, SUM(jq), SUM(ja), SUM(rq), SUM(ra) FROM (
+				SELECT tenant, period, meter, currency, plugin_sha256, late,
+					quantity AS jq, amount_micro AS ja, 0 AS rq, 0 AS ra FROM usage_lines_journal
+				UNION ALL
+				SELECT tenant, period, meter, currency, plugin_sha256, late, 0, 0, quantity, amount_micro FROM usage_lines_all
+			) x GROUP BY tenant, period, meter, currency, plugin_sha256, late
+			HAVING SUM(jq) <> SUM(rq) OR SUM(ja) <> SUM(ra)
+			ORDER BY tenant, period, meter`, func(s func(...any) error) error {
+			var tenant, period, meter, cur, plugin string
+			var late, jq, ja, rq, ra int64
+			if err := s(&tenant, &period, &meter, &cur, &plugin, &late, &jq, &ja, &rq, &ra); err != nil {
+				return err
+			}
+			r.problem("usage line %s/%s/%s (%s, plugin %s, late %d): lines say quantity %d amount %d but the journal sums to %d and %d",
+				tenant, period, meter, cur, plugin, late, rq, ra, jq, ja)
+			return nil
+		}},
 		{`SELECT b.account, b.currency, b.balance_micro, COALESCE(p.total, 0) FROM balances b
 			LEFT JOIN (SELECT account, currency, SUM(amount_micro) AS total FROM postings GROUP BY account, currency) p
 			ON p.account = b.account AND p.currency = b.currency
@@ -241,14 +258,14 @@ func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]Usage
 	if err := CheckPeriod(period); err != nil {
 		return nil, err
 	}
+	// The closed lines and the series' open lines are kept in each
+	// commit's transaction and checked against the journal by ledger
+	// verify (see usage_lines in schema.go).
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
-			SELECT u.meter, e.currency, e.plugin_sha256, e.late, u.quantity, u.amount_micro
-			FROM entries e JOIN usage_v u ON u.entry_id = e.id
-			WHERE e.tenant = ? AND e.period = ? AND e.kind = 'usage'
+			SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage_lines WHERE tenant = ? AND period = ?
 			UNION ALL
-			SELECT u.meter, o.currency, o.plugin_sha256, o.late, -u.quantity, -u.amount_micro
-			FROM entries r JOIN entries o ON o.id = r.reverses JOIN usage_v u ON u.entry_id = o.id
-			WHERE r.tenant = ? AND r.period = ? AND r.kind = 'reversal'
+			SELECT meter, line_currency, line_plugin_sha256, line_late, line_quantity, line_amount_micro FROM series
+			WHERE tenant = ? AND line_period = ?
 		) lines
 		GROUP BY meter, currency, plugin_sha256, late
 		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)

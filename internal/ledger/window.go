@@ -239,7 +239,19 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
+	keys := make([]lineKey, len(ws))
+	for i := range ws {
+		g := &order[entryOf[i]]
+		keys[i] = lineKey{g.period, g.currency, g.plugin, g.late}
+	}
+	rolled, err := l.openLines(ctx, tx, sids, ws, keys)
+	if err != nil {
+		return fmt.Errorf("commit windows: %w", err)
+	}
 	if err := l.moveCheckpoints(ctx, tx, conn, sids, ws); err != nil {
+		return fmt.Errorf("commit windows: %w", err)
+	}
+	if err := l.rollLines(ctx, tx, conn, sids, ws, keys, rolled); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	tenants := make([]string, len(order))
@@ -322,17 +334,20 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	l.remember(freshTenants)
 	l.rememberSeries(fresh)
+	l.rememberLines(sids, ws, keys)
 	return nil
 }
 
 // moveCheckpoints sets each window's series checkpoint to the window,
-// if it still is the window's PrevSeq: a compare-and-swap per series. A
+// if it still is the window's PrevSeq: a compare-and-swap per series. The
+// same update adds the window to the series' open usage line (see
+// usage_lines in schema.go): the row is written anyway. A
 // series whose checkpoint moved meanwhile (another writer with the same
 // node id, or a retry of a landed commit) fails the whole commit. sids
 // are the windows' series ids; SQLite's statements run on conn, tx's
 // connection, below database/sql (see execBatches).
 func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids []int64, ws []Window) error {
-	const ncols = 5
+	const ncols = 7
 	if l.d == postgres {
 		// One statement of five arrays: no per-row parameters to bind.
 		cols := make([][]int64, ncols)
@@ -341,27 +356,31 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn
 		}
 		for i, w := range ws {
 			cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i] = sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro()
+			cols[5][i], cols[6][i] = int64(w.Quantity), w.Charge.AmountMicro
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE series SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us
-			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(id, prev, seq, counter, end_us)
-			WHERE series.id = v.id AND series.last_seq = v.prev`, cols[0], cols[1], cols[2], cols[3], cols[4])
+		res, err := tx.ExecContext(ctx, `UPDATE series SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us,
+			line_quantity = series.line_quantity + v.q, line_amount_micro = series.line_amount_micro + v.a
+			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+				AS v(id, prev, seq, counter, end_us, q, a)
+			WHERE series.id = v.id AND series.last_seq = v.prev`, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
 		return checkMoved(res, err, len(ws), ws[0].Node)
 	}
 	query := func(n int) string {
 		var b strings.Builder
-		b.WriteString(`UPDATE series SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5 FROM (VALUES `)
+		b.WriteString(`UPDATE series SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5,
+			line_quantity = line_quantity + v.column6, line_amount_micro = line_amount_micro + v.column7 FROM (VALUES `)
 		for i := range n {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.WriteString("(?,?,?,?,?)")
+			b.WriteString("(?,?,?,?,?,?,?)")
 		}
 		b.WriteString(`) AS v WHERE series.id = v.column1 AND series.last_seq = v.column2`)
 		return b.String()
 	}
 	row := func(i int, dst []any) []any {
 		w := &ws[i]
-		return append(dst, sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro())
+		return append(dst, sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro(), int64(w.Quantity), w.Charge.AmountMicro)
 	}
 	check := func(res result, n int) error { return checkMoved(res, nil, n, ws[0].Node) }
 	if err := execBatches(ctx, tx, conn, query, ncols, len(ws), row, check); err != nil {
@@ -466,3 +485,160 @@ func sortBalanceKeys(keys []balanceKey) {
 }
 
 func sortStrings(s []string) { slices.Sort(s) }
+
+var rollupCols = []string{"tenant", "period", "meter", "currency", "plugin_sha256", "late", "quantity", "amount_micro"}
+
+const rollupUpsert = ` ON CONFLICT (tenant, period, meter, currency, plugin_sha256, late) DO UPDATE SET
+	quantity = usage_lines.quantity + excluded.quantity,
+	amount_micro = usage_lines.amount_micro + excluded.amount_micro`
+
+// lineKey names a usage line of a series: the window's entry's period,
+// currency, pricing plugin and late flag.
+type lineKey struct {
+	period, currency, plugin string
+	late                     bool
+}
+
+// openLine is a series' open line as of its checkpoint seq.
+type openLine struct {
+	seq uint64
+	key lineKey
+}
+
+// openLines returns, for each window, whether its line differs from its
+// series' open line (rolled). The cache answers when it holds the
+// window's starting checkpoint; otherwise the node's series are read in
+// tx (after a restart, or when another writer moved them: then the
+// compare-and-swap fails the commit anyway).
+func (l *Ledger) openLines(ctx context.Context, tx *sql.Tx, sids []int64, ws []Window, keys []lineKey) ([]bool, error) {
+	rolled := make([]bool, len(ws))
+	var unknown []int
+	l.mu.Lock()
+	for i := range ws {
+		if c, ok := l.lines[sids[i]]; ok && c.seq == ws[i].PrevSeq {
+			rolled[i] = c.key != keys[i]
+		} else {
+			unknown = append(unknown, i)
+		}
+	}
+	l.mu.Unlock()
+	if len(unknown) == 0 {
+		return rolled, nil
+	}
+	rows, err := tx.QueryContext(ctx, l.d.rebind(`SELECT id, line_period, line_currency, line_plugin_sha256, line_late
+		FROM series WHERE node = ?`), ws[0].Node)
+	if err != nil {
+		return nil, fmt.Errorf("read open usage lines: %w", err)
+	}
+	defer rows.Close()
+	open := map[int64]lineKey{}
+	for rows.Next() {
+		var id int64
+		var k lineKey
+		var late int
+		if err := rows.Scan(&id, &k.period, &k.currency, &k.plugin, &late); err != nil {
+			return nil, fmt.Errorf("read open usage lines: %w", err)
+		}
+		k.late = late == 1
+		open[id] = k
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read open usage lines: %w", err)
+	}
+	for _, i := range unknown {
+		k, ok := open[sids[i]]
+		rolled[i] = !ok || k.period == "" || k != keys[i]
+	}
+	return rolled, nil
+}
+
+// rollLines closes the open line of every rolled window's series (adds
+// it to usage_lines) and opens the window's line instead, holding the
+// window's quantity and amount: the checkpoint update before it added
+// them to the old line. This runs once a month per series, or when the
+// plugin or the late flag changes.
+func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids []int64, ws []Window, keys []lineKey, rolled []bool) error {
+	var idx []int
+	for i, r := range rolled {
+		if r {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(idx))
+	for j, i := range idx {
+		ids[j] = sids[i]
+	}
+	// The old line is read before the update below; its quantity holds
+	// this window too, taken off here.
+	q := make([]int64, len(idx))
+	a := make([]int64, len(idx))
+	for j, i := range idx {
+		q[j], a[j] = int64(ws[i].Quantity), ws[i].Charge.AmountMicro
+	}
+	flush := `INSERT INTO usage_lines (` + strings.Join(rollupCols, ", ") + `)
+		SELECT s.tenant, s.line_period, s.meter, s.line_currency, s.line_plugin_sha256, s.line_late,
+			s.line_quantity - v.q, s.line_amount_micro - v.a
+		FROM %s CROSS JOIN series s
+		WHERE s.id = v.id AND s.line_period <> ''
+		ORDER BY s.tenant, s.line_period, s.meter, s.line_currency, s.line_plugin_sha256, s.line_late` + rollupUpsert
+	if l.d == postgres {
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf(flush, `unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, q, a)`), ids, q, a); err != nil {
+			return fmt.Errorf("close usage lines: %w", err)
+		}
+		n := len(idx)
+		period, currency, plugin := make([]string, n), make([]string, n), make([]string, n)
+		late := make([]int64, n)
+		for j, i := range idx {
+			k := keys[i]
+			period[j], currency[j], plugin[j], late[j] = k.period, k.currency, k.plugin, int64(b2i(k.late))
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE series SET line_period = v.period, line_currency = v.currency,
+			line_plugin_sha256 = v.plugin, line_late = v.late, line_quantity = v.q, line_amount_micro = v.a
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::bigint[], $7::bigint[])
+				AS v(id, period, currency, plugin, late, q, a)
+			WHERE series.id = v.id`, ids, period, currency, plugin, late, q, a); err != nil {
+			return fmt.Errorf("open usage lines: %w", err)
+		}
+		return nil
+	}
+	// SQLite: the ids go in as one JSON array, not one parameter each.
+	// CROSS JOIN keeps it the outer loop: one series lookup per id, not
+	// a scan of the array per series.
+	var b strings.Builder
+	b.WriteByte('[')
+	for j := range idx {
+		if j > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "[%d,%d,%d]", ids[j], q[j], a[j])
+	}
+	b.WriteByte(']')
+	v := `(SELECT value ->> 0 AS id, value ->> 1 AS q, value ->> 2 AS a FROM json_each(?)) v`
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(flush, v), b.String()); err != nil {
+		return fmt.Errorf("close usage lines: %w", err)
+	}
+	query := func(n int) string {
+		return `UPDATE series SET line_period = v.column2, line_currency = v.column3, line_plugin_sha256 = v.column4,
+			line_late = v.column5, line_quantity = v.column6, line_amount_micro = v.column7 FROM (VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?),", n), ",") + `) AS v WHERE series.id = v.column1`
+	}
+	row := func(j int, dst []any) []any {
+		k := keys[idx[j]]
+		return append(dst, ids[j], k.period, k.currency, k.plugin, b2i(k.late), q[j], a[j])
+	}
+	if err := execBatches(ctx, tx, conn, query, 7, len(idx), row, nil); err != nil {
+		return fmt.Errorf("open usage lines: %w", err)
+	}
+	return nil
+}
+
+func (l *Ledger) rememberLines(sids []int64, ws []Window, keys []lineKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range ws {
+		l.lines[sids[i]] = openLine{seq: ws[i].Seq, key: keys[i]}
+	}
+}
