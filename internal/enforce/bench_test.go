@@ -68,16 +68,7 @@ func helperProgBench(args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := link.LoadPinnedLink(args[0], nil)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return err
-	}
-	prog, err := ebpf.NewProgramFromID(info.Program)
+	prog, err := pinnedLinkProgram(args[0])
 	if err != nil {
 		return err
 	}

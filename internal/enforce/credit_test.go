@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/kmeter/kmeter/internal/testutil"
 )
@@ -25,16 +24,7 @@ func helperProgRun(args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := link.LoadPinnedLink(args[0], nil)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	info, err := l.Info()
-	if err != nil {
-		return err
-	}
-	prog, err := ebpf.NewProgramFromID(info.Program)
+	prog, err := pinnedLinkProgram(args[0])
 	if err != nil {
 		return err
 	}

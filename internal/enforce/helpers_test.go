@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmeter/kmeter/internal/testutil"
@@ -202,4 +204,19 @@ func (r *pathResolver) Tenant(id uint64) string {
 		return nil
 	})
 	return name
+}
+
+// pinnedLinkProgram opens the program behind the link pinned at path, as
+// the helper processes that run it with BPF_PROG_TEST_RUN need it.
+func pinnedLinkProgram(path string) (*ebpf.Program, error) {
+	l, err := link.LoadPinnedLink(path, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil, err
+	}
+	return ebpf.NewProgramFromID(info.Program)
 }
