@@ -58,6 +58,18 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		}
 		return nil
 	}
+	// orphan reports each id a query returns as a row that points at
+	// nothing, with format naming it.
+	orphan := func(format string) func(func(...any) error) error {
+		return func(s func(...any) error) error {
+			var id int64
+			if err := s(&id); err != nil {
+				return err
+			}
+			r.problem(format, id)
+			return nil
+		}
+	}
 	steps := []struct {
 		query string
 		scan  func(scan func(...any) error) error
@@ -115,32 +127,11 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			return nil
 		}},
 		{`SELECT DISTINCT p.entry_id FROM postings p LEFT JOIN entries e ON e.id = p.entry_id
-			WHERE e.id IS NULL ORDER BY p.entry_id`, func(s func(...any) error) error {
-			var id int64
-			if err := s(&id); err != nil {
-				return err
-			}
-			r.problem("postings of entry %d have no entry", id)
-			return nil
-		}},
+			WHERE e.id IS NULL ORDER BY p.entry_id`, orphan("postings of entry %d have no entry")},
 		{`SELECT DISTINCT u.series_id FROM usage u LEFT JOIN series s ON s.id = u.series_id
-			WHERE s.id IS NULL ORDER BY u.series_id`, func(s func(...any) error) error {
-			var id int64
-			if err := s(&id); err != nil {
-				return err
-			}
-			r.problem("usage of series %d has no series", id)
-			return nil
-		}},
+			WHERE s.id IS NULL ORDER BY u.series_id`, orphan("usage of series %d has no series")},
 		{`SELECT DISTINCT u.entry_id FROM usage u LEFT JOIN entries e ON e.id = u.entry_id
-			WHERE e.id IS NULL ORDER BY u.entry_id`, func(s func(...any) error) error {
-			var id int64
-			if err := s(&id); err != nil {
-				return err
-			}
-			r.problem("usage of entry %d has no entry", id)
-			return nil
-		}},
+			WHERE e.id IS NULL ORDER BY u.entry_id`, orphan("usage of entry %d has no entry")},
 		{`SELECT tenant, period, meter, currency, plugin_sha256, late, SUM(jq), SUM(ja), SUM(rq), SUM(ra) FROM (
 				SELECT tenant, period, meter, currency, plugin_sha256, late,
 					quantity AS jq, amount_micro AS ja, 0 AS rq, 0 AS ra FROM usage_lines_journal
