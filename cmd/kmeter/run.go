@@ -11,13 +11,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/kmeter/kmeter/internal/agent"
 	"github.com/kmeter/kmeter/internal/billing"
 	"github.com/kmeter/kmeter/internal/config"
 	"github.com/kmeter/kmeter/internal/enforce"
+	"github.com/kmeter/kmeter/internal/exposition"
 	"github.com/kmeter/kmeter/internal/hostfs"
 	"github.com/kmeter/kmeter/internal/httpauth"
 	"github.com/kmeter/kmeter/internal/limitapi"
@@ -206,7 +206,11 @@ func runAgent(ctx context.Context, f runFlags) error {
 			return fmt.Errorf("register billing metrics: %w", err)
 		}
 	}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}))
+	metrics, err := exposition.NewHandler(reg, []exposition.Source{a.UsageFamilies()}, exposition.HandlerOpts{ErrorLog: log})
+	if err != nil {
+		return fmt.Errorf("serve /metrics: %w", err)
+	}
+	mux.Handle("GET /metrics", metrics)
 	a.Register(mux)
 	bill.Register(mux)
 

@@ -22,40 +22,37 @@ type StatsReporter interface {
 	Stats() (meter.MapStats, error)
 }
 
-// collector exports the latest snapshot and the agent's health. It builds
-// metrics at scrape time from the latest read, so a scrape never waits on
-// the kernel; the per-tenant series reuse their label pairs (seriesCache).
+// collector exports the agent's health and its meters' state. The
+// per-tenant series of the latest read are not here: [Agent.UsageFamilies]
+// writes them straight into the response.
 type collector struct {
-	a      *Agent
-	series *seriesCache
+	a *Agent
 
-	usage, meterUp, readErrors, lastRead, tenants, syscallsByNr *prometheus.Desc
-	mapEntries, mapMax, mapOverflow                             *prometheus.Desc
+	meterUp, readErrors             *prometheus.Desc
+	mapEntries, mapMax, mapOverflow *prometheus.Desc
 }
 
-// Collector returns the agent's prometheus.Collector:
-// kmeter_usage_total{tenant,meter} and agent health.
+// Collector returns the agent's prometheus.Collector: whether each meter
+// is attached, failed reads, the fill of the meters' maps and the TLS
+// event reader's counters. Serve it with [Agent.UsageFamilies] (see
+// exposition.NewHandler), which exports the usage itself.
 func (a *Agent) Collector() prometheus.Collector {
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
-	}
 	return &collector{
-		a:            a,
-		series:       newSeriesCache(),
-		usage:        d("usage_total", "Cumulative kernel usage per tenant and meter, counted in the kernel.", "tenant", "meter"),
-		meterUp:      d("meter_up", "1 when the meter's hook is attached, 0 when its counters are unavailable.", "meter", "hook", "fallback"),
-		readErrors:   d("read_errors_total", "Reads of the kernel maps that failed."),
-		lastRead:     d("last_read_timestamp_seconds", "When the kernel counters were last read."),
-		tenants:      d("tenants", "Tenants with usage in the latest read."),
-		syscallsByNr: d("syscalls_by_number_total", "Cumulative syscalls per tenant and syscall number.", "tenant", "nr"),
-		mapEntries:   d("map_entries", "Keys in use in a meter's counter map.", "meter"),
-		mapMax:       d("map_max_entries", "Capacity of a meter's counter map.", "meter"),
-		mapOverflow:  d("map_overflow_total", "Usage counted while a meter's map was full, so attributed to no tenant; should stay 0.", "meter", "counter"),
+		a:           a,
+		meterUp:     desc("meter_up", "1 when the meter's hook is attached, 0 when its counters are unavailable.", "meter", "hook", "fallback"),
+		readErrors:  desc("read_errors_total", "Reads of the kernel maps that failed."),
+		mapEntries:  desc("map_entries", "Keys in use in a meter's counter map.", "meter"),
+		mapMax:      desc("map_max_entries", "Capacity of a meter's counter map.", "meter"),
+		mapOverflow: desc("map_overflow_total", "Usage counted while a meter's map was full, so attributed to no tenant; should stay 0.", "meter", "counter"),
 	}
+}
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(prometheus.BuildFQName(namespace, "", name), help, labels, nil)
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.usage, c.meterUp, c.readErrors, c.lastRead, c.tenants, c.syscallsByNr, c.mapEntries, c.mapMax, c.mapOverflow} {
+	for _, d := range []*prometheus.Desc{c.meterUp, c.readErrors, c.mapEntries, c.mapMax, c.mapOverflow} {
 		ch <- d
 	}
 	if c.a.events != nil {
@@ -92,11 +89,4 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.readErrors, prometheus.CounterValue, float64(c.a.ReadErrors()))
-	s := c.a.Latest()
-	if s == nil {
-		return
-	}
-	ch <- prometheus.MustNewConstMetric(c.lastRead, prometheus.GaugeValue, float64(s.Time.UnixNano())/1e9)
-	ch <- prometheus.MustNewConstMetric(c.tenants, prometheus.GaugeValue, float64(len(s.Tenants)))
-	c.series.collect(ch, s, c.usage, c.syscallsByNr)
 }

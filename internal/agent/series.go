@@ -2,159 +2,130 @@ package agent
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+
+	"github.com/kmeter/kmeter/internal/exposition"
 )
 
-// seriesCache keeps the label pairs of the per-tenant series between
-// scrapes. At 10,000 tenants a scrape exports about 90,000 such series;
-// building each one's labels anew (as prometheus.MustNewConstMetric does)
-// made a scrape allocate tens of MB, which lifted the agent's RSS long after
-// the scrape. Label pairs never change for a series, so only its value is
-// written per scrape.
-type seriesCache struct {
-	mu      sync.Mutex
-	gen     uint64
-	tenants map[string]*tenantLabels
-	meters  map[string]*dto.LabelPair // meter="..." pairs, shared by all tenants
-	nrs     map[uint32]*dto.LabelPair // nr="..." pairs, shared by all tenants
+// The families written from the latest snapshot, by [usageFamilies].
+const (
+	lastReadName = namespace + "_last_read_timestamp_seconds"
+	tenantsName  = namespace + "_tenants"
+	usageName    = namespace + "_usage_total"
+	byNrName     = namespace + "_syscalls_by_number_total"
+)
+
+// usageFamilies writes the series of the latest snapshot straight into a
+// scrape's response. At 10,000 tenants that is about 90,000 series; going
+// through a prometheus.Registry built, hashed and sorted a dto.Metric for
+// each of them, 215 ms and 34 MB per scrape.
+type usageFamilies struct {
+	a       *Agent
+	scratch sync.Pool // *seriesScratch
 }
 
-// tenantLabels holds one tenant's label pairs. Labels are sorted by name, as
-// the exposition formats expect: meter < tenant, nr < tenant.
-type tenantLabels struct {
-	gen   uint64 // last scrape that saw the tenant
-	valid bool   // the name is valid UTF-8, so it can be a label value
-	usage map[string][]*dto.LabelPair
-	byNr  map[uint32][]*dto.LabelPair
-	pair  *dto.LabelPair
+// seriesScratch is what one scrape needs to write the series in order,
+// kept between scrapes so that a scrape allocates nothing per series.
+type seriesScratch struct {
+	tenants []string
+	meters  []string
+	nrs     []uint32
+	nrNames map[uint32]string // "39" for 39: syscall numbers are few
 }
 
-// seriesMetric is one exported series of one scrape. A scrape's series live
-// in one slice, so sending one to the registry allocates nothing per series.
-type seriesMetric struct {
-	desc    *prometheus.Desc
-	labels  []*dto.LabelPair
-	value   float64
-	counter dto.Counter
+// UsageFamilies returns the source of the series derived from the latest
+// read, for exposition.NewHandler:
+//
+//	kmeter_usage_total{meter,tenant}
+//	kmeter_syscalls_by_number_total{nr,tenant}
+//	kmeter_tenants
+//	kmeter_last_read_timestamp_seconds
+//
+// All four come from the same snapshot. A scrape only reads the published
+// snapshot, which is never modified, so it neither waits for nor delays a
+// read of the kernel maps. Series are written sorted by tenant, then meter
+// or syscall number. Before the first read none is written.
+func (a *Agent) UsageFamilies() exposition.Source {
+	u := &usageFamilies{a: a}
+	u.scratch.New = func() any { return &seriesScratch{nrNames: map[uint32]string{}} }
+	return u
 }
 
-// Desc implements prometheus.Metric.
-func (s *seriesMetric) Desc() *prometheus.Desc { return s.desc }
-
-// Write implements prometheus.Metric. The label pairs are shared between
-// scrapes; the registry and the encoders only read them.
-func (s *seriesMetric) Write(m *dto.Metric) error {
-	m.Label = s.labels
-	s.counter.Value = &s.value
-	m.Counter = &s.counter
-	return nil
+// Names implements exposition.Source.
+func (u *usageFamilies) Names() []string {
+	return []string{lastReadName, tenantsName, usageName, byNrName}
 }
 
-func newSeriesCache() *seriesCache {
-	return &seriesCache{tenants: map[string]*tenantLabels{}, meters: map[string]*dto.LabelPair{}, nrs: map[uint32]*dto.LabelPair{}}
+// Scrape implements exposition.Source. A tenant name that is not valid
+// UTF-8 cannot be a label value: the scrape fails, as it did when these
+// series went through the registry.
+func (u *usageFamilies) Scrape() (func(*exposition.Writer), error) {
+	s := u.a.Latest()
+	if s == nil {
+		return func(*exposition.Writer) {}, nil
+	}
+	for t := range s.Tenants {
+		if !utf8.ValidString(t) {
+			return nil, fmt.Errorf("tenant %q: label value is not valid UTF-8", t)
+		}
+	}
+	for t := range s.SyscallsByNumber {
+		if !utf8.ValidString(t) {
+			return nil, fmt.Errorf("tenant %q: label value is not valid UTF-8", t)
+		}
+	}
+	return func(w *exposition.Writer) {
+		sc := u.scratch.Get().(*seriesScratch)
+		defer u.scratch.Put(sc)
+		sc.write(w, s)
+	}, nil
 }
 
-// labelPair returns a pair that is never modified after it is made.
-func labelPair(name, value string) *dto.LabelPair {
-	return &dto.LabelPair{Name: &name, Value: &value}
+func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot) {
+	w.Family(lastReadName, "When the kernel counters were last read.", prometheus.GaugeValue)
+	w.Sample(float64(s.Time.UnixNano()) / 1e9)
+	w.Family(tenantsName, "Tenants with usage in the latest read.", prometheus.GaugeValue)
+	w.Sample(float64(len(s.Tenants)))
+
+	w.Family(usageName, "Cumulative kernel usage per tenant and meter, counted in the kernel.", prometheus.CounterValue, "meter", "tenant")
+	sc.tenants = slices.AppendSeq(sc.tenants[:0], maps.Keys(s.Tenants))
+	slices.Sort(sc.tenants)
+	for _, t := range sc.tenants {
+		byMeter := s.Tenants[t]
+		sc.meters = slices.AppendSeq(sc.meters[:0], maps.Keys(byMeter))
+		slices.Sort(sc.meters)
+		for _, m := range sc.meters {
+			w.Sample(float64(byMeter[m]), m, t)
+		}
+	}
+
+	w.Family(byNrName, "Cumulative syscalls per tenant and syscall number.", prometheus.CounterValue, "nr", "tenant")
+	sc.tenants = slices.AppendSeq(sc.tenants[:0], maps.Keys(s.SyscallsByNumber))
+	slices.Sort(sc.tenants)
+	for _, t := range sc.tenants {
+		byNr := s.SyscallsByNumber[t]
+		sc.nrs = slices.AppendSeq(sc.nrs[:0], maps.Keys(byNr))
+		slices.Sort(sc.nrs)
+		for _, nr := range sc.nrs {
+			w.Sample(float64(byNr[nr]), sc.nrName(nr), t)
+		}
+	}
+	clear(sc.tenants) // hold no tenant names between scrapes
+	clear(sc.meters)
 }
 
-// collect sends every usage and syscalls-by-number series of s to ch. It
-// forgets tenants missing from s, so the cache follows the set of tenants.
-func (sc *seriesCache) collect(ch chan<- prometheus.Metric, s *Snapshot, usage, byNr *prometheus.Desc) {
-	n := 0
-	for _, m := range s.Tenants {
-		n += len(m)
-	}
-	for _, m := range s.SyscallsByNumber {
-		n += len(m)
-	}
-	out := make([]seriesMetric, 0, n)
-	var invalid []string
-
-	sc.mu.Lock()
-	sc.gen++
-	for t, byMeter := range s.Tenants {
-		tl := sc.tenant(t)
-		if !tl.valid {
-			invalid = append(invalid, t)
-			continue
-		}
-		if len(tl.usage) > len(byMeter) {
-			for m := range tl.usage {
-				if _, ok := byMeter[m]; !ok {
-					delete(tl.usage, m)
-				}
-			}
-		}
-		for m, v := range byMeter {
-			l, ok := tl.usage[m]
-			if !ok {
-				mp, ok := sc.meters[m]
-				if !ok {
-					mp = labelPair("meter", m)
-					sc.meters[m] = mp
-				}
-				l = []*dto.LabelPair{mp, tl.pair}
-				tl.usage[m] = l
-			}
-			out = append(out, seriesMetric{desc: usage, labels: l, value: float64(v)})
-		}
-	}
-	for t, nrs := range s.SyscallsByNumber {
-		tl := sc.tenant(t)
-		if !tl.valid {
-			invalid = append(invalid, t)
-			continue
-		}
-		if len(tl.byNr) > len(nrs) {
-			for nr := range tl.byNr {
-				if _, ok := nrs[nr]; !ok {
-					delete(tl.byNr, nr)
-				}
-			}
-		}
-		for nr, v := range nrs {
-			l, ok := tl.byNr[nr]
-			if !ok {
-				np, ok := sc.nrs[nr]
-				if !ok {
-					np = labelPair("nr", strconv.FormatUint(uint64(nr), 10))
-					sc.nrs[nr] = np
-				}
-				l = []*dto.LabelPair{np, tl.pair}
-				tl.byNr[nr] = l
-			}
-			out = append(out, seriesMetric{desc: byNr, labels: l, value: float64(v)})
-		}
-	}
-	for t, tl := range sc.tenants {
-		if tl.gen != sc.gen {
-			delete(sc.tenants, t)
-		}
-	}
-	sc.mu.Unlock()
-
-	for i := range out {
-		ch <- &out[i]
-	}
-	for _, t := range invalid {
-		ch <- prometheus.NewInvalidMetric(usage, fmt.Errorf("tenant %q: label value is not valid UTF-8", t))
-	}
-}
-
-// tenant returns t's cached labels, made on first use. Call with sc.mu held.
-func (sc *seriesCache) tenant(t string) *tenantLabels {
-	tl, ok := sc.tenants[t]
+// nrName returns nr in decimal, made once per syscall number.
+func (sc *seriesScratch) nrName(nr uint32) string {
+	n, ok := sc.nrNames[nr]
 	if !ok {
-		tl = &tenantLabels{valid: utf8.ValidString(t), usage: map[string][]*dto.LabelPair{}, byNr: map[uint32][]*dto.LabelPair{}, pair: labelPair("tenant", t)}
-		sc.tenants[t] = tl
+		n = strconv.FormatUint(uint64(nr), 10)
+		sc.nrNames[nr] = n
 	}
-	tl.gen = sc.gen
-	return tl
+	return n
 }
