@@ -3,6 +3,7 @@ package meter
 import (
 	"errors"
 	"fmt"
+	"reflect"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -119,8 +120,53 @@ func SumSlots(m *ebpf.Map) ([]uint64, error) {
 	return sums, nil
 }
 
-// CountKeys returns the number of keys in m.
+// CountKeys returns the number of keys in m. Like [SumPerCPU] it reads
+// 4096 keys per syscall: walking the keys one syscall each cost every
+// /metrics scrape 140 ms of CPU at 10,000 tenants (kmeter_map_entries).
+// Kernels without batch operations are walked key by key.
 func CountKeys(m *ebpf.Map) (int, error) {
+	const batch = 4096
+	ncpu := 1
+	valueSize := int(m.ValueSize())
+	if perCPU(m.Type()) {
+		var err error
+		if ncpu, err = ebpf.PossibleCPU(); err != nil {
+			return 0, fmt.Errorf("count keys of %s: %w", m, err)
+		}
+		valueSize = (valueSize + 7) &^ 7 // per-CPU values are 8-byte aligned
+	}
+	// Keys and values are only room for the kernel to write into: slices
+	// of byte arrays of the map's sizes, whatever its types.
+	room := func(size, n int) any {
+		return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), n, n).Interface()
+	}
+	keys, vals := room(int(m.KeySize()), batch), room(valueSize, batch*ncpu)
+	var cursor ebpf.MapBatchCursor
+	total := 0
+	for first := true; ; first = false {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if first && errors.Is(err, ebpf.ErrNotSupported) {
+			return walkKeys(m)
+		}
+		total += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return total, nil // the end
+		}
+		if err != nil {
+			return 0, fmt.Errorf("count keys of %s: %w", m, err)
+		}
+	}
+}
+
+func perCPU(t ebpf.MapType) bool {
+	switch t {
+	case ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUCPUHash, ebpf.PerCPUCGroupStorage:
+		return true
+	}
+	return false
+}
+
+func walkKeys(m *ebpf.Map) (int, error) {
 	var (
 		n   int
 		key any // nil asks for the first key

@@ -1,6 +1,7 @@
 package meter
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -44,5 +45,54 @@ func TestSumPerCPU_batches(t *testing.T) {
 		if got != want {
 			t.Fatalf("key %d: sum %d, want %d", k, got, want)
 		}
+	}
+}
+
+// CountKeys counts every key across several batches, of per-CPU and plain
+// hashes whose keys and values are not 8 bytes, as the key walk does.
+func TestCountKeys(t *testing.T) {
+	testutil.RequireBPF(t)
+	tests := []struct {
+		name string
+		spec ebpf.MapSpec
+		n    int
+	}{
+		{"per-cpu hash, 12-byte keys", ebpf.MapSpec{Type: ebpf.PerCPUHash, KeySize: 12, ValueSize: 8, MaxEntries: 10_000}, 9_001},
+		{"hash, 4-byte values", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 16, ValueSize: 4, MaxEntries: 10_000}, 10_000},
+		{"per-cpu hash, 12-byte values", ebpf.MapSpec{Type: ebpf.PerCPUHash, KeySize: 8, ValueSize: 12, MaxEntries: 100}, 3},
+		{"empty", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 100}, 0},
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := ebpf.NewMap(&tt.spec)
+			testutil.CheckLoad(t, err)
+			defer m.Close()
+			var val any = make([]byte, tt.spec.ValueSize)
+			if tt.spec.Type == ebpf.PerCPUHash { // one value per CPU
+				val = reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(tt.spec.ValueSize), reflect.TypeFor[byte]())), ncpu, ncpu).Interface()
+			}
+			for i := range tt.n {
+				key := make([]byte, tt.spec.KeySize)
+				key[0], key[1], key[2] = byte(i), byte(i>>8), byte(i>>16)
+				if err := m.Put(key, val); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := CountKeys(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			walked, err := walkKeys(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.n || walked != tt.n {
+				t.Fatalf("CountKeys %d, walk %d, want %d", got, walked, tt.n)
+			}
+		})
 	}
 }
