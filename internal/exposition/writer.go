@@ -154,7 +154,7 @@ func (w *Writer) Sample(value float64, labelValues ...string) {
 		l = append(l, '}')
 	}
 	l = append(l, ' ')
-	l = AppendValue(l, value)
+	l = appendValue(l, value)
 	l = append(l, '\n')
 	w.line = l
 	if _, err := w.bw.Write(l); err != nil {
@@ -162,10 +162,10 @@ func (w *Writer) Sample(value float64, labelValues ...string) {
 	}
 }
 
-// AppendValue appends v as the text format writes a sample value, byte
+// appendValue appends v as the text format writes a sample value, byte
 // for byte as prometheus/common's expfmt writes it: the shortest decimal
 // that reads back as v ('g' format), "+Inf", "-Inf" or "NaN".
-func AppendValue(b []byte, v float64) []byte {
+func appendValue(b []byte, v float64) []byte {
 	switch {
 	case v == 0: // also -0, which expfmt writes as 0
 		return append(b, '0')
