@@ -46,8 +46,9 @@ type HandlerOpts struct {
 // It always answers in the text format 0.0.4 ([ContentType]), whatever
 // the Accept header asks: Prometheus accepts it from every scrape
 // configuration, and writing one format is what lets the sources write it
-// directly. OpenMetrics and protobuf are not offered, so exemplars,
-// _created series and native histograms are not exported; kmeter has none.
+// directly. Protobuf is not offered (promhttp negotiated it, and
+// OpenMetrics when enabled): only native histograms need it, and kmeter
+// exports none.
 // The body is gzip-compressed when the request's Accept-Encoding allows
 // gzip (Prometheus and Go's HTTP client always ask for it), at
 // gzip.BestSpeed: /metrics is read over a local network, where the CPU of
