@@ -344,6 +344,8 @@ func TestLedger_Verify_findsGaps(t *testing.T) {
 			"n1/shop/syscalls: window 3 starts at counter 15 but the checkpoint was 10",
 			// The hand-made window is not in the rollup either.
 			"usage line shop/2026-11/syscalls (USD, plugin " + plugin + ", late 0): lines say quantity 10 amount 100 but the journal sums to 15 and 100",
+			// Entry 1 is window 1's: Reverse would not find window 3.
+			"usage of entry 1 is not in that entry's window (window_seq)",
 		}
 		if strings.Join(r.Problems, "\n") != strings.Join(want, "\n") {
 			t.Errorf("problems = %q\nwant %q", r.Problems, want)

@@ -187,6 +187,84 @@ var migrations = []migration{
 		),
 	},
 	{version: 2, sqlite: forDialect(rollup, sqliteDialect), postgres: forDialect(rollup, postgres)},
+	{version: 3, sqlite: append(forDialect(windowEntriesCommon, sqliteDialect), usageByWindowSQLite...),
+		postgres: append(forDialect(windowEntriesCommon, postgres), usageByWindowPostgres...)},
+}
+
+// Version 3 cuts the b-tree work of a window commit. Each usage row
+// cost SQLite three b-tree inserts: the rowid table, the idempotency
+// index usage_window (seq, series_id) and usage_entry (entry_id). Now
+// SQLite stores usage in its (seq, series_id) key alone (WITHOUT
+// ROWID): one insert per row, still unique for ever. Neither store keeps
+// usage_entry: a usage entry records its window's seq (window_seq), so
+// its rows are found inside one window - through the tenant's series, one
+// key lookup each - and ledger verify checks that every usage row is in
+// its entry's window.
+//
+// windowEntriesCommon adds and fills entries.window_seq; the
+// immutability trigger is lifted for that one UPDATE (per store, below).
+var windowEntriesCommon = []string{
+	`ALTER TABLE entries ADD COLUMN window_seq BIGINT`,
+}
+
+// usageLinesJournal3 is usage_lines_journal of version 2, re-created
+// because SQLite's usage table is re-created under it.
+const usageLinesJournal3 = `CREATE VIEW usage_lines_journal AS
+		SELECT e.tenant, e.period, u.meter, e.currency, COALESCE(e.plugin_sha256, '') AS plugin_sha256, e.late,
+			u.quantity, u.amount_micro
+		FROM entries e JOIN usage_v u ON u.entry_id = e.id
+		WHERE e.kind = 'usage'
+		UNION ALL
+		SELECT r.tenant, r.period, u.meter, o.currency, COALESCE(o.plugin_sha256, ''), o.late, -u.quantity, -u.amount_micro
+		FROM entries r JOIN entries o ON o.id = r.reverses JOIN usage_v u ON u.entry_id = o.id
+		WHERE r.kind = 'reversal'`
+
+// fillWindowSeq runs while usage_entry still exists: one lookup per entry.
+const fillWindowSeq = `UPDATE entries SET window_seq = (SELECT MIN(u.seq) FROM usage u WHERE u.entry_id = entries.id)
+	WHERE kind = 'usage'`
+
+var usageByWindowSQLite = []string{
+	`DROP TRIGGER entries_immutable_update`,
+	fillWindowSeq,
+	`CREATE TRIGGER entries_immutable_update BEFORE UPDATE ON entries
+	BEGIN SELECT RAISE(ABORT, 'ledger entries are immutable: add a reversal entry instead'); END`,
+	`DROP VIEW usage_lines_journal`,
+	`DROP VIEW usage_v`,
+	// The same columns in the same order, so that usage_v's u.* is too.
+	`CREATE TABLE usage_by_window (
+		series_id BIGINT NOT NULL,
+		seq BIGINT NOT NULL,
+		prev_seq BIGINT NOT NULL,
+		entry_id BIGINT NOT NULL,
+		amount_micro BIGINT NOT NULL,
+		vendor_micro BIGINT NOT NULL,
+		quantity BIGINT NOT NULL,
+		from_counter BIGINT NOT NULL,
+		to_counter BIGINT NOT NULL,
+		rebased SMALLINT NOT NULL,
+		start_us BIGINT NOT NULL,
+		end_us BIGINT NOT NULL,
+		PRIMARY KEY (seq, series_id)
+	) WITHOUT ROWID`,
+	`INSERT INTO usage_by_window SELECT * FROM usage ORDER BY seq, series_id`,
+	// Drops usage's indexes and triggers with it.
+	`DROP TABLE usage`,
+	`ALTER TABLE usage_by_window RENAME TO usage`,
+	`CREATE TRIGGER usage_immutable_update BEFORE UPDATE ON usage
+	BEGIN SELECT RAISE(ABORT, 'ledger usage is immutable: add a reversal entry instead'); END`,
+	`CREATE TRIGGER usage_immutable_delete BEFORE DELETE ON usage
+	BEGIN SELECT RAISE(ABORT, 'ledger usage is immutable: add a reversal entry instead'); END`,
+	`CREATE VIEW usage_v AS SELECT s.node, s.tenant, s.meter, u.* FROM usage u JOIN series s ON s.id = u.series_id`,
+	usageLinesJournal3,
+}
+
+// PostgreSQL's usage stays a heap with its usage_window index: one heap
+// and one index insert per row instead of one and two.
+var usageByWindowPostgres = []string{
+	`ALTER TABLE entries DISABLE TRIGGER entries_immutable`,
+	fillWindowSeq,
+	`ALTER TABLE entries ENABLE TRIGGER entries_immutable`,
+	`DROP INDEX usage_entry`,
 }
 
 // rollup is version 2: invoices no longer read the journal. Its

@@ -220,12 +220,15 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 		// the reversal's period under the entry's currency, plugin and
 		// late flag (as usage_lines_journal sums them). Before the balances,
 		// as in a window commit, so the two never lock rows in opposite order.
+		// The windows are the entry's node's series of its tenant in its
+		// window: one key lookup per series, not a scan of usage.
 		if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO usage_lines (`+strings.Join(rollupCols, ", ")+`)
-			SELECT CAST(? AS TEXT), CAST(? AS TEXT), u.meter, o.currency, COALESCE(o.plugin_sha256, ''), o.late,
+			SELECT CAST(? AS TEXT), CAST(? AS TEXT), s.meter, o.currency, COALESCE(o.plugin_sha256, ''), o.late,
 				-SUM(u.quantity), -SUM(u.amount_micro)
-			FROM entries o JOIN usage_v u ON u.entry_id = o.id
-			WHERE o.id = ?
-			GROUP BY u.meter, o.currency, o.plugin_sha256, o.late`+rollupUpsert), tenant, period, id); err != nil {
+			FROM entries o JOIN series s ON s.tenant = o.tenant AND s.node = o.node
+				JOIN usage u ON u.seq = o.window_seq AND u.series_id = s.id
+			WHERE o.id = ? AND u.entry_id = o.id
+			GROUP BY s.meter, o.currency, o.plugin_sha256, o.late`+rollupUpsert), tenant, period, id); err != nil {
 			return 0, fmt.Errorf("reverse entry %d: update usage lines: %w", id, err)
 		}
 	}

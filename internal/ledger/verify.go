@@ -76,10 +76,10 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 	}{
 		{`SELECT COUNT(*) FROM entries`, func(s func(...any) error) error { return s(&r.Entries) }},
 		{`SELECT COUNT(*) FROM usage`, func(s func(...any) error) error { return s(&r.Windows) }},
-		{`SELECT e.id, e.amount_micro, COALESCE(SUM(u.amount_micro), 0) FROM entries e
-			LEFT JOIN usage u ON u.entry_id = e.id
-			WHERE e.kind = 'usage' GROUP BY e.id, e.amount_micro
-			HAVING e.amount_micro <> COALESCE(SUM(u.amount_micro), 0) ORDER BY e.id`, func(s func(...any) error) error {
+		// usage has no entry_id index: its sums per entry are one sort.
+		{`SELECT e.id, e.amount_micro, COALESCE(u.total, 0) FROM entries e
+			LEFT JOIN (SELECT entry_id, SUM(amount_micro) AS total FROM usage GROUP BY entry_id) u ON u.entry_id = e.id
+			WHERE e.kind = 'usage' AND e.amount_micro <> COALESCE(u.total, 0) ORDER BY e.id`, func(s func(...any) error) error {
 			var id, amt, sum int64
 			if err := s(&id, &amt, &sum); err != nil {
 				return err
@@ -132,6 +132,10 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			WHERE s.id IS NULL ORDER BY u.series_id`, orphan("usage of series %d has no series")},
 		{`SELECT DISTINCT u.entry_id FROM usage u LEFT JOIN entries e ON e.id = u.entry_id
 			WHERE e.id IS NULL ORDER BY u.entry_id`, orphan("usage of entry %d has no entry")},
+		// Reverse finds an entry's windows by its window_seq.
+		{`SELECT DISTINCT u.entry_id FROM usage u JOIN entries e ON e.id = u.entry_id
+			WHERE e.kind <> 'usage' OR e.window_seq IS NULL OR e.window_seq <> u.seq ORDER BY u.entry_id`,
+			orphan("usage of entry %d is not in that entry's window (window_seq)")},
 		{`SELECT tenant, period, meter, currency, plugin_sha256, late, SUM(jq), SUM(ja), SUM(rq), SUM(ra) FROM (
 				SELECT tenant, period, meter, currency, plugin_sha256, late,
 					quantity AS jq, amount_micro AS ja, 0 AS rq, 0 AS ra FROM usage_lines_journal

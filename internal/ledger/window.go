@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -94,7 +95,7 @@ func (w Window) Validate() error {
 var (
 	usageCols = []string{"series_id", "seq", "prev_seq", "entry_id", "amount_micro",
 		"vendor_micro", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
-	entryCols   = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256"}
+	entryCols   = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256", "window_seq"}
 	postingCols = []string{"entry_id", "account", "currency", "amount_micro"}
 )
 
@@ -186,9 +187,12 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
+	// A usage entry's windows share their seq (normally all windows of
+	// a commit do): Reverse finds them by it (see schema version 3).
 	type group struct {
 		tenant, currency, period, plugin string
 		late                             bool
+		seq                              uint64
 	}
 	type sums struct {
 		entry          int // index into order
@@ -217,7 +221,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	var lastSums *sums
 	for i, w := range ws {
 		period, late := openPeriod(PeriodOf(w.End), closed)
-		g := group{w.Tenant, w.Charge.Currency, period, w.PluginSHA256, late}
+		g := group{w.Tenant, w.Charge.Currency, period, w.PluginSHA256, late, w.Seq}
 		s := lastSums
 		if s == nil || g != last {
 			s = groups[g]
@@ -298,12 +302,25 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	err = insert("entries", entryCols, len(order), func(i int, dst []any) []any {
 		g := order[i]
-		return append(dst, ids[i], "usage", g.tenant, g.currency, groups[g].amount, g.period, b2i(g.late), now, node, g.plugin)
+		return append(dst, ids[i], "usage", g.tenant, g.currency, groups[g].amount, g.period, b2i(g.late), now, node, g.plugin, int64(g.seq))
 	})
 	if err != nil {
 		return fmt.Errorf("commit windows: insert entries: %w", err)
 	}
-	err = insert("usage", usageCols, len(ws), func(i int, dst []any) []any {
+	// In key order: SQLite stores usage in its (seq, series_id) key, and
+	// rows that arrive in order fill each page before the next.
+	byKey := make([]int32, len(ws))
+	for i := range byKey {
+		byKey[i] = int32(i)
+	}
+	slices.SortFunc(byKey, func(a, b int32) int {
+		if c := cmp.Compare(ws[a].Seq, ws[b].Seq); c != 0 {
+			return c
+		}
+		return cmp.Compare(sids[a], sids[b])
+	})
+	err = insert("usage", usageCols, len(ws), func(j int, dst []any) []any {
+		i := byKey[j]
 		w := &ws[i]
 		return append(dst, sids[i], int64(w.Seq), int64(w.PrevSeq), ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
 			int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro())
