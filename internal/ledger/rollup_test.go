@@ -87,7 +87,8 @@ func TestLedger_Verify_tamperedRollup(t *testing.T) {
 	tests := []struct {
 		name, stmt, want string
 	}{
-		{"open line changed", `UPDATE series SET line_amount_micro = line_amount_micro - 1 WHERE meter = 'syscalls'`,
+		{"open line changed", `UPDATE checkpoints SET line_amount_micro = line_amount_micro - 1
+			WHERE series_id IN (SELECT id FROM series WHERE meter = 'syscalls')`,
 			"usage line shop/2026-12/syscalls (USD" + pl + "3 amount 29 but the journal sums to 3 and 30"},
 		{"closed line changed", `UPDATE usage_lines SET quantity = quantity + 1 WHERE meter = 'tcp_connects'`,
 			"usage line shop/2026-11/tcp_connects (USD" + pl + "6 amount 50 but the journal sums to 5 and 50"},

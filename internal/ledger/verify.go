@@ -132,6 +132,8 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			WHERE s.id IS NULL ORDER BY u.series_id`, orphan("usage of series %d has no series")},
 		{`SELECT DISTINCT u.entry_id FROM usage u LEFT JOIN entries e ON e.id = u.entry_id
 			WHERE e.id IS NULL ORDER BY u.entry_id`, orphan("usage of entry %d has no entry")},
+		{`SELECT s.id FROM series s LEFT JOIN checkpoints c ON c.series_id = s.id
+			WHERE c.series_id IS NULL ORDER BY s.id`, orphan("series %d has no checkpoint row")},
 		// Reverse finds an entry's windows by its window_seq.
 		{`SELECT DISTINCT u.entry_id FROM usage u JOIN entries e ON e.id = u.entry_id
 			WHERE e.kind <> 'usage' OR e.window_seq IS NULL OR e.window_seq <> u.seq ORDER BY u.entry_id`,
@@ -182,9 +184,10 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 // to the one before it (prev_seq) and starts at its end counter, and the
 // series' checkpoint is its last window.
 func (l *Ledger) verifyChains(ctx context.Context, r *Report) error {
-	rows, err := l.db.QueryContext(ctx, `SELECT s.node, s.tenant, s.meter, s.last_seq, s.last_counter,
+	rows, err := l.db.QueryContext(ctx, `SELECT s.node, s.tenant, s.meter, COALESCE(c.last_seq, 0), COALESCE(c.last_counter, 0),
 		u.seq, u.prev_seq, u.from_counter, u.to_counter, u.quantity, u.rebased
-		FROM series s LEFT JOIN usage u ON u.series_id = s.id ORDER BY s.node, s.tenant, s.meter, u.seq`)
+		FROM series s LEFT JOIN checkpoints c ON c.series_id = s.id LEFT JOIN usage u ON u.series_id = s.id
+		ORDER BY s.node, s.tenant, s.meter, u.seq`)
 	if err != nil {
 		return fmt.Errorf("verify checkpoint chains: %w", err)
 	}
@@ -259,8 +262,9 @@ func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]Usage
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
 			SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage_lines WHERE tenant = ? AND period = ?
 			UNION ALL
-			SELECT meter, line_currency, line_plugin_sha256, line_late, line_quantity, line_amount_micro FROM series
-			WHERE tenant = ? AND line_period = ?
+			SELECT s.meter, s.line_currency, s.line_plugin_sha256, s.line_late, c.line_quantity, c.line_amount_micro
+			FROM series s JOIN checkpoints c ON c.series_id = s.id
+			WHERE s.tenant = ? AND s.line_period = ?
 		) lines
 		GROUP BY meter, currency, plugin_sha256, late
 		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)

@@ -111,8 +111,8 @@ type Checkpoint struct {
 // Checkpoints returns node's checkpoint of every series it has billed.
 func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, error) {
 	rows, err := l.db.QueryContext(ctx, l.d.rebind(`
-		SELECT tenant, meter, last_seq, last_counter, last_end_us FROM series
-		WHERE node = ? AND last_seq > 0`), node)
+		SELECT s.tenant, s.meter, c.last_seq, c.last_counter, c.last_end_us FROM series s JOIN checkpoints c ON c.series_id = s.id
+		WHERE s.node = ? AND c.last_seq > 0`), node)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
 	}
@@ -375,16 +375,16 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn
 			cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i] = sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro()
 			cols[5][i], cols[6][i] = int64(w.Quantity), w.Charge.AmountMicro
 		}
-		res, err := tx.ExecContext(ctx, `UPDATE series SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us,
-			line_quantity = series.line_quantity + v.q, line_amount_micro = series.line_amount_micro + v.a
+		res, err := tx.ExecContext(ctx, `UPDATE checkpoints SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us,
+			line_quantity = checkpoints.line_quantity + v.q, line_amount_micro = checkpoints.line_amount_micro + v.a
 			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
 				AS v(id, prev, seq, counter, end_us, q, a)
-			WHERE series.id = v.id AND series.last_seq = v.prev`, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
+			WHERE checkpoints.series_id = v.id AND checkpoints.last_seq = v.prev`, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
 		return checkMoved(res, err, len(ws), ws[0].Node)
 	}
 	query := func(n int) string {
 		var b strings.Builder
-		b.WriteString(`UPDATE series SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5,
+		b.WriteString(`UPDATE checkpoints SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5,
 			line_quantity = line_quantity + v.column6, line_amount_micro = line_amount_micro + v.column7 FROM (VALUES `)
 		for i := range n {
 			if i > 0 {
@@ -392,7 +392,7 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn
 			}
 			b.WriteString("(?,?,?,?,?,?,?)")
 		}
-		b.WriteString(`) AS v WHERE series.id = v.column1 AND series.last_seq = v.column2`)
+		b.WriteString(`) AS v WHERE checkpoints.series_id = v.column1 AND checkpoints.last_seq = v.column2`)
 		return b.String()
 	}
 	row := func(i int, dst []any) []any {
@@ -453,6 +453,12 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int6
 	if err := l.d.bulkInsert(ctx, tx, "series", []string{"node", "tenant", "meter"}, []string{"text", "text", "text"}, rows,
 		` ON CONFLICT (node, tenant, meter) DO NOTHING`); err != nil {
 		return nil, nil, fmt.Errorf("record series: %w", err)
+	}
+	// Each series has its checkpoint row (see checkpoints in schema.go).
+	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO checkpoints (series_id)
+		SELECT s.id FROM series s WHERE s.node = ? AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.series_id = s.id)
+		ON CONFLICT (series_id) DO NOTHING`), ws[0].Node); err != nil {
+		return nil, nil, fmt.Errorf("record checkpoints: %w", err)
 	}
 	// A node's series are read back all at once: this happens when
 	// tenants or meters appear, not every window.
@@ -597,8 +603,8 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 	}
 	flush := `INSERT INTO usage_lines (` + strings.Join(rollupCols, ", ") + `)
 		SELECT s.tenant, s.line_period, s.meter, s.line_currency, s.line_plugin_sha256, s.line_late,
-			s.line_quantity - v.q, s.line_amount_micro - v.a
-		FROM %s CROSS JOIN series s
+			c.line_quantity - v.q, c.line_amount_micro - v.a
+		FROM %s CROSS JOIN series s JOIN checkpoints c ON c.series_id = s.id
 		WHERE s.id = v.id AND s.line_period <> ''
 		ORDER BY s.tenant, s.line_period, s.meter, s.line_currency, s.line_plugin_sha256, s.line_late` + rollupUpsert
 	if l.d == postgres {
@@ -613,10 +619,15 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 			period[j], currency[j], plugin[j], late[j] = k.period, k.currency, k.plugin, int64(b2i(k.late))
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE series SET line_period = v.period, line_currency = v.currency,
-			line_plugin_sha256 = v.plugin, line_late = v.late, line_quantity = v.q, line_amount_micro = v.a
-			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::bigint[], $7::bigint[])
-				AS v(id, period, currency, plugin, late, q, a)
-			WHERE series.id = v.id`, ids, period, currency, plugin, late, q, a); err != nil {
+			line_plugin_sha256 = v.plugin, line_late = v.late
+			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[])
+				AS v(id, period, currency, plugin, late)
+			WHERE series.id = v.id`, ids, period, currency, plugin, late); err != nil {
+			return fmt.Errorf("open usage lines: %w", err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE checkpoints SET line_quantity = v.q, line_amount_micro = v.a
+			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, q, a)
+			WHERE checkpoints.series_id = v.id`, ids, q, a); err != nil {
 			return fmt.Errorf("open usage lines: %w", err)
 		}
 		return nil
@@ -639,14 +650,22 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 	}
 	query := func(n int) string {
 		return `UPDATE series SET line_period = v.column2, line_currency = v.column3, line_plugin_sha256 = v.column4,
-			line_late = v.column5, line_quantity = v.column6, line_amount_micro = v.column7 FROM (VALUES ` +
-			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?),", n), ",") + `) AS v WHERE series.id = v.column1`
+			line_late = v.column5 FROM (VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?),", n), ",") + `) AS v WHERE series.id = v.column1`
 	}
 	row := func(j int, dst []any) []any {
 		k := keys[idx[j]]
-		return append(dst, ids[j], k.period, k.currency, k.plugin, b2i(k.late), q[j], a[j])
+		return append(dst, ids[j], k.period, k.currency, k.plugin, b2i(k.late))
 	}
-	if err := execBatches(ctx, tx, conn, query, 7, len(idx), row, nil); err != nil {
+	if err := execBatches(ctx, tx, conn, query, 5, len(idx), row, nil); err != nil {
+		return fmt.Errorf("open usage lines: %w", err)
+	}
+	sums := func(n int) string {
+		return `UPDATE checkpoints SET line_quantity = v.column2, line_amount_micro = v.column3 FROM (VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",") + `) AS v WHERE checkpoints.series_id = v.column1`
+	}
+	sumRow := func(j int, dst []any) []any { return append(dst, ids[j], q[j], a[j]) }
+	if err := execBatches(ctx, tx, conn, sums, 3, len(idx), sumRow, nil); err != nil {
 		return fmt.Errorf("open usage lines: %w", err)
 	}
 	return nil
