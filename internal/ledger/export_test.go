@@ -45,3 +45,32 @@ func JournalLinesForTest(ctx context.Context, l *Ledger, tenant, period string) 
 	}
 	return ls, rows.Err()
 }
+
+// UsageLinesV2ForTest is UsageLines as schema version 2 answered it,
+// with the open lines' sums on the series rows: the invoices a ledger
+// showed before migrating to version 3.
+func UsageLinesV2ForTest(ctx context.Context, l *Ledger, tenant, period string) ([]UsageLine, error) {
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
+			SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage_lines WHERE tenant = ? AND period = ?
+			UNION ALL
+			SELECT meter, line_currency, line_plugin_sha256, line_late, line_quantity, line_amount_micro FROM series
+			WHERE tenant = ? AND line_period = ?
+		) lines
+		GROUP BY meter, currency, plugin_sha256, late
+		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ls []UsageLine
+	for rows.Next() {
+		var u UsageLine
+		var late int
+		if err := rows.Scan(&u.Meter, &u.Currency, &u.PluginSHA256, &late, &u.Quantity, &u.AmountMicro); err != nil {
+			return nil, err
+		}
+		u.Late = late == 1
+		ls = append(ls, u)
+	}
+	return ls, rows.Err()
+}
