@@ -173,7 +173,7 @@ func (d dialect) insertFunc(ctx context.Context, tx *sql.Tx, head string, ncols,
 	query := func(k int) string {
 		return d.rebind(head + " VALUES " + strings.TrimSuffix(strings.Repeat(tuple+",", k), ",") + tail)
 	}
-	return execBatches(ctx, tx, nil, query, ncols, n, row, nil)
+	return execBatches(ctx, tx, nil, query, nil, ncols, n, row, nil)
 }
 
 // result is what execBatches' check sees of a statement's result: both
@@ -185,21 +185,28 @@ type result interface{ RowsAffected() (int64, error) }
 // batch's result. Full batches share one prepared statement: parsing a
 // statement of thousands of placeholders costs as much as running it.
 //
+// shared are values every row has (a commit's window seq and end time):
+// they are bound once per statement, as ?1 ... ?len(shared), which query
+// must name before its first plain "?" (SQLite numbers a plain "?" after
+// the largest number seen so far). Each bound value costs the SQLite
+// driver a call and a mutex round trip: binding them per row was the
+// largest part of a window commit's CPU.
+//
 // With conn (SQLite, the connection tx runs on) the statements run on the
 // driver connection itself, inside tx, and bind from one reused
 // []driver.NamedValue: through database/sql every execution converted and
 // copied its 30,000 arguments into a new slice, 40 % of the bytes a
 // 70,000-series window commit allocated.
-func execBatches(ctx context.Context, tx *sql.Tx, conn *sql.Conn, query func(k int) string, ncols, n int, row rowFunc, check func(res result, rows int) error) error {
-	per := max(1, maxParams/ncols)
-	args := make([]any, 0, min(per, n)*ncols)
+func execBatches(ctx context.Context, tx *sql.Tx, conn *sql.Conn, query func(k int) string, shared []any, ncols, n int, row rowFunc, check func(res result, rows int) error) error {
+	per := max(1, (maxParams-len(shared))/ncols)
+	args := make([]any, 0, len(shared)+min(per, n)*ncols)
 	fill := func(lo, hi int) ([]any, error) {
-		args = args[:0]
+		args = append(args[:0], shared...)
 		for i := lo; i < hi; i++ {
 			args = row(i, args)
 		}
-		if len(args) != (hi-lo)*ncols {
-			return nil, fmt.Errorf("%d rows with %d values for %d columns", hi-lo, len(args), ncols)
+		if len(args) != len(shared)+(hi-lo)*ncols {
+			return nil, fmt.Errorf("%d rows with %d values for %d columns", hi-lo, len(args)-len(shared), ncols)
 		}
 		return args, nil
 	}

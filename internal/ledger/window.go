@@ -181,7 +181,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		tuple := "(" + strings.TrimSuffix(strings.Repeat("?,", len(cols)), ",") + ")"
 		head := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") VALUES "
 		query := func(k int) string { return head + strings.TrimSuffix(strings.Repeat(tuple+",", k), ",") }
-		return execBatches(ctx, tx, conn, query, len(cols), n, row, nil)
+		return execBatches(ctx, tx, conn, query, nil, len(cols), n, row, nil)
 	}
 	closed, err := l.closedPeriods(ctx, tx)
 	if err != nil {
@@ -300,10 +300,32 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			add(PlatformAccount, g.currency, platform, 0)
 		}
 	}
-	err = insert("entries", entryCols, len(order), func(i int, dst []any) []any {
-		g := order[i]
-		return append(dst, ids[i], "usage", g.tenant, g.currency, groups[g].amount, g.period, b2i(g.late), now, node, g.plugin, int64(g.seq))
-	})
+	sameEntry := true
+	for _, g := range order {
+		o := &order[0]
+		if g.currency != o.currency || g.period != o.period || g.plugin != o.plugin || g.late != o.late || g.seq != o.seq {
+			sameEntry = false
+			break
+		}
+	}
+	if l.d == sqliteDialect && sameEntry {
+		// The usual commit: the entries differ only in tenant and amount.
+		g := &order[0]
+		shared := []any{now, node, int64(g.seq), g.currency, g.period, g.plugin, b2i(g.late)}
+		query := func(k int) string {
+			return `INSERT INTO entries (kind, created_us, node, window_seq, currency, period, plugin_sha256, late, id, tenant, amount_micro)
+				SELECT 'usage', ?1, ?2, ?3, ?4, ?5, ?6, ?7, * FROM (VALUES ` + tuples(3, k) + `)`
+		}
+		err = execBatches(ctx, tx, conn, query, shared, 3, len(order), func(i int, dst []any) []any {
+			g := order[i]
+			return append(dst, ids[i], g.tenant, groups[g].amount)
+		}, nil)
+	} else {
+		err = insert("entries", entryCols, len(order), func(i int, dst []any) []any {
+			g := order[i]
+			return append(dst, ids[i], "usage", g.tenant, g.currency, groups[g].amount, g.period, b2i(g.late), now, node, g.plugin, int64(g.seq))
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("commit windows: insert entries: %w", err)
 	}
@@ -319,22 +341,48 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		}
 		return cmp.Compare(sids[a], sids[b])
 	})
-	err = insert("usage", usageCols, len(ws), func(j int, dst []any) []any {
-		i := byKey[j]
-		w := &ws[i]
-		return append(dst, sids[i], int64(w.Seq), int64(w.PrevSeq), ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
-			int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro())
-	})
+	if l.d == sqliteDialect && sameWindow(ws, true) {
+		// The usual commit: one window number and time span for all.
+		w := &ws[0]
+		shared := []any{int64(w.Seq), int64(w.PrevSeq), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
+		query := func(k int) string {
+			return `INSERT INTO usage (seq, prev_seq, rebased, start_us, end_us, series_id, entry_id, amount_micro, vendor_micro,
+				quantity, from_counter, to_counter) SELECT ?1, ?2, ?3, ?4, ?5, * FROM (VALUES ` + tuples(7, k) + `)`
+		}
+		err = execBatches(ctx, tx, conn, query, shared, 7, len(ws), func(j int, dst []any) []any {
+			i := byKey[j]
+			w := &ws[i]
+			return append(dst, sids[i], ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
+				int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter))
+		}, nil)
+	} else {
+		err = insert("usage", usageCols, len(ws), func(j int, dst []any) []any {
+			i := byKey[j]
+			w := &ws[i]
+			return append(dst, sids[i], int64(w.Seq), int64(w.PrevSeq), ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
+				int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro())
+		})
+	}
 	if err != nil {
 		if l.d.isUnique(err) {
 			return fmt.Errorf("commit windows: %w (%v)", ErrDuplicateWindow, err)
 		}
 		return fmt.Errorf("commit windows: insert usage: %w", err)
 	}
-	err = insert("postings", postingCols, len(postings), func(i int, dst []any) []any {
-		p := &postings[i]
-		return append(dst, p.entry, p.account, p.currency, p.amount)
-	})
+	if l.d == sqliteDialect && sameEntry {
+		query := func(k int) string {
+			return `INSERT INTO postings (currency, entry_id, account, amount_micro) SELECT ?1, * FROM (VALUES ` + tuples(3, k) + `)`
+		}
+		err = execBatches(ctx, tx, conn, query, []any{order[0].currency}, 3, len(postings), func(i int, dst []any) []any {
+			p := &postings[i]
+			return append(dst, p.entry, p.account, p.amount)
+		}, nil)
+	} else {
+		err = insert("postings", postingCols, len(postings), func(i int, dst []any) []any {
+			p := &postings[i]
+			return append(dst, p.entry, p.account, p.currency, p.amount)
+		})
+	}
 	if err != nil {
 		return fmt.Errorf("commit windows: insert postings: %w", err)
 	}
@@ -382,6 +430,30 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn
 			WHERE checkpoints.series_id = v.id AND checkpoints.last_seq = v.prev`, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
 		return checkMoved(res, err, len(ws), ws[0].Node)
 	}
+	check := func(res result, n int) error { return checkMoved(res, nil, n, ws[0].Node) }
+	if sameWindow(ws, false) {
+		// The usual commit: one window number, previous one and end time
+		// for all, bound once per statement.
+		w := &ws[0]
+		shared := []any{int64(w.Seq), w.End.UnixMicro(), int64(w.PrevSeq)}
+		query := func(k int) string {
+			return `UPDATE checkpoints SET last_seq = ?1, last_end_us = ?2, last_counter = v.column2,
+				line_quantity = line_quantity + v.column3, line_amount_micro = line_amount_micro + v.column4
+				FROM (SELECT ?3 AS prev, * FROM (VALUES ` + tuples(4, k) + `)) AS v
+				WHERE checkpoints.series_id = v.column1 AND checkpoints.last_seq = v.prev`
+		}
+		row := func(i int, dst []any) []any {
+			w := &ws[i]
+			return append(dst, sids[i], int64(w.ToCounter), int64(w.Quantity), w.Charge.AmountMicro)
+		}
+		if err := execBatches(ctx, tx, conn, query, shared, 4, len(ws), row, check); err != nil {
+			if errors.Is(err, ErrDuplicateWindow) {
+				return err
+			}
+			return fmt.Errorf("move checkpoints: %w", err)
+		}
+		return nil
+	}
 	query := func(n int) string {
 		var b strings.Builder
 		b.WriteString(`UPDATE checkpoints SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5,
@@ -399,14 +471,35 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn
 		w := &ws[i]
 		return append(dst, sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro(), int64(w.Quantity), w.Charge.AmountMicro)
 	}
-	check := func(res result, n int) error { return checkMoved(res, nil, n, ws[0].Node) }
-	if err := execBatches(ctx, tx, conn, query, ncols, len(ws), row, check); err != nil {
+	if err := execBatches(ctx, tx, conn, query, nil, ncols, len(ws), row, check); err != nil {
 		if errors.Is(err, ErrDuplicateWindow) {
 			return err
 		}
 		return fmt.Errorf("move checkpoints: %w", err)
 	}
 	return nil
+}
+
+// sameWindow reports whether all of ws share their seq, previous seq and
+// end time, and with span also their start time and rebase flag: then
+// those are bound once per statement, not per row (see execBatches).
+func sameWindow(ws []Window, span bool) bool {
+	w0 := &ws[0]
+	end, start := w0.End.UnixMicro(), w0.Start.UnixMicro()
+	for i := range ws {
+		w := &ws[i]
+		if w.Seq != w0.Seq || w.PrevSeq != w0.PrevSeq || w.End.UnixMicro() != end ||
+			span && (w.Start.UnixMicro() != start || w.Rebased != w0.Rebased) {
+			return false
+		}
+	}
+	return true
+}
+
+// tuples is k comma-separated tuples of n plain placeholders.
+func tuples(n, k int) string {
+	t := "(" + strings.Repeat("?,", n-1) + "?)"
+	return strings.TrimSuffix(strings.Repeat(t+",", k), ",")
 }
 
 // checkMoved checks that a checkpoint update moved all n series.
@@ -657,7 +750,7 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 		k := keys[idx[j]]
 		return append(dst, ids[j], k.period, k.currency, k.plugin, b2i(k.late))
 	}
-	if err := execBatches(ctx, tx, conn, query, 5, len(idx), row, nil); err != nil {
+	if err := execBatches(ctx, tx, conn, query, nil, 5, len(idx), row, nil); err != nil {
 		return fmt.Errorf("open usage lines: %w", err)
 	}
 	sums := func(n int) string {
@@ -665,7 +758,7 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 			strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",") + `) AS v WHERE checkpoints.series_id = v.column1`
 	}
 	sumRow := func(j int, dst []any) []any { return append(dst, ids[j], q[j], a[j]) }
-	if err := execBatches(ctx, tx, conn, sums, 3, len(idx), sumRow, nil); err != nil {
+	if err := execBatches(ctx, tx, conn, sums, nil, 3, len(idx), sumRow, nil); err != nil {
 		return fmt.Errorf("open usage lines: %w", err)
 	}
 	return nil
