@@ -2,6 +2,7 @@ package ledger_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"syscall"
 	"testing"
@@ -19,7 +20,8 @@ func BenchmarkCommitWindows(b *testing.B) {
 	const tenants, meters = 10_000, 6
 	for _, be := range ledgertest.Backends() {
 		b.Run(be.Name, func(b *testing.B) {
-			l := be.Open(b)
+			cfg := be.Config(b)
+			l := ledgertest.OpenConfig(b, cfg)
 			ctx := context.Background()
 			names := make([]string, tenants)
 			for i := range names {
@@ -30,6 +32,7 @@ func BenchmarkCommitWindows(b *testing.B) {
 			// Window 1 creates the 60,000 series (once per series in a
 			// ledger's life); the benchmark times the steady state after it.
 			var cpu0 time.Duration
+			var size0 int64
 			for seq := uint64(1); seq <= uint64(b.N)+1; seq++ {
 				if seq == 2 {
 					b.ResetTimer()
@@ -51,6 +54,14 @@ func BenchmarkCommitWindows(b *testing.B) {
 				if err := l.CommitWindows(ctx, ws); err != nil {
 					b.Fatal(err)
 				}
+				if seq == 1 {
+					size0 = fileSize(b, cfg)
+				}
+			}
+			if cfg.Path != "" {
+				// What each window adds to the SQLite file (its pages
+				// in the WAL included): 10,000 tenants every 5 s.
+				b.ReportMetric(float64(fileSize(b, cfg)-size0)/float64(b.N), "file-B/window")
 			}
 			b.ReportMetric(float64(tenants*meters), "windows/op")
 			// CPU of this process per commit: on a shared machine wall time
@@ -63,6 +74,68 @@ func BenchmarkCommitWindows(b *testing.B) {
 			// PostgreSQL's number includes SQLite's peak.
 			b.ReportMetric(float64(maxRSS())/(1<<20), "peak-rss-MiB")
 		})
+	}
+}
+
+// fileSize is the size of cfg's SQLite ledger as a new reader sees it:
+// page count times page size, so that pages still in the WAL count too.
+// It is 0 for PostgreSQL.
+func fileSize(b *testing.B, cfg ledger.Config) int64 {
+	if cfg.Path == "" {
+		return 0
+	}
+	db, err := sql.Open("sqlite", cfg.Path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	var size int64
+	if err := db.QueryRow(`SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()`).Scan(&size); err != nil {
+		b.Fatal(err)
+	}
+	return size
+}
+
+// BenchmarkReverse reverses one tenant's usage entry (6 windows) per
+// iteration, in a ledger of 1 or 20 windows of 2,000 tenants x 6 meters.
+// Without an index of usage by entry, a reversal finds the entry's
+// windows through its window_seq and the tenant's series: its cost must
+// not grow with the ledger.
+func BenchmarkReverse(b *testing.B) {
+	const tenants = 2000
+	meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+	for _, be := range ledgertest.Backends() {
+		for _, history := range []uint64{1, 20} {
+			b.Run(fmt.Sprintf("%s/windows=%d", be.Name, history), func(b *testing.B) {
+				if b.N > tenants {
+					b.Fatalf("at most %d reversals (one per first-window entry); use -benchtime %dx or less", tenants, tenants)
+				}
+				l := be.Open(b)
+				ctx := context.Background()
+				ws := make([]ledger.Window, 0, tenants*len(meterNames))
+				for seq := uint64(1); seq <= history; seq++ {
+					ws = ws[:0]
+					end := t0.Add(time.Duration(seq) * 5 * time.Second)
+					for i := range tenants {
+						for _, m := range meterNames {
+							ws = append(ws, ledger.Window{Node: "n1", Tenant: fmt.Sprintf("tenant-%05d", i), Meter: m, Seq: seq, PrevSeq: seq - 1,
+								FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
+								Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
+						}
+					}
+					if err := l.CommitWindows(ctx, ws); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ResetTimer()
+				// Entries 1..tenants are the first window's, one per tenant.
+				for i := range b.N {
+					if _, err := l.Reverse(ctx, int64(i+1), "bench"); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 
