@@ -387,7 +387,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: insert postings: %w", err)
 	}
 	if len(deltas) > 0 {
-		if err := l.applyBalances(ctx, tx, deltas); err != nil {
+		if err := l.applyBalances(ctx, tx, conn, deltas); err != nil {
 			return fmt.Errorf("commit windows: %w", err)
 		}
 	}
