@@ -77,6 +77,59 @@ func BenchmarkCommitWindows(b *testing.B) {
 	}
 }
 
+// BenchmarkCommitWindows_monthsFirst times the month's first commit
+// alone: 10,000 tenants x 6 meters whose open usage lines all roll
+// (November's are closed into usage_lines, December's opened), once a
+// month per ledger. Each iteration builds a ledger with one November
+// window first, untimed.
+func BenchmarkCommitWindows_monthsFirst(b *testing.B) {
+	const tenants = 10_000
+	meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+	windows := func(seq uint64, end time.Time) []ledger.Window {
+		ws := make([]ledger.Window, 0, tenants*len(meterNames))
+		for i := range tenants {
+			for _, m := range meterNames {
+				ws = append(ws, ledger.Window{Node: "n1", Tenant: fmt.Sprintf("tenant-%05d", i), Meter: m, Seq: seq, PrevSeq: seq - 1,
+					FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
+					Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
+			}
+		}
+		return ws
+	}
+	nov, dec := windows(1, t0), windows(2, t0.Add(time.Hour)) // t0 is 23:59 on 30 November
+	for _, be := range ledgertest.Backends() {
+		b.Run(be.Name, func(b *testing.B) {
+			ctx := context.Background()
+			var cpu time.Duration
+			for range b.N {
+				b.StopTimer()
+				l := be.Open(b)
+				if err := l.CommitWindows(ctx, nov); err != nil {
+					b.Fatal(err)
+				}
+				// The cache of open lines is warm, as in an agent that ran
+				// through the month end.
+				b.StartTimer()
+				c0 := cpuTime()
+				if err := l.CommitWindows(ctx, dec); err != nil {
+					b.Fatal(err)
+				}
+				cpu += cpuTime() - c0
+				b.StopTimer()
+				lines, err := l.UsageLines(ctx, "tenant-00000", "2026-11")
+				if err != nil || len(lines) != len(meterNames) || lines[0].Quantity != 10 {
+					b.Fatalf("november lines after the roll = %+v, %v", lines, err)
+				}
+				if err := l.Close(); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+		})
+	}
+}
+
 // fileSize is the size of cfg's SQLite ledger as a new reader sees it:
 // page count times page size, so that pages still in the WAL count too.
 // It is 0 for PostgreSQL.
