@@ -172,6 +172,8 @@ func TestLedger_immutable(t *testing.T) {
 			"UPDATE usage SET seq = 7",
 			"DELETE FROM series",
 			"DELETE FROM usage",
+			"DELETE FROM checkpoints",
+			"UPDATE checkpoints SET series_id = 7",
 		} {
 			err := ledger.ExecForTest(ctx, l, stmt)
 			if err == nil || !strings.Contains(err.Error(), "immutable") {

@@ -191,7 +191,7 @@ var migrations = []migration{
 	{version: 3, sqlite: slices.Concat(forDialect(windowEntriesCommon, sqliteDialect), usageByWindowSQLite,
 		forDialect(hotCheckpoints, sqliteDialect), []string{
 			`CREATE TRIGGER checkpoints_immutable_update BEFORE UPDATE OF series_id ON checkpoints
-			BEGIN SELECT RAISE(ABORT, 'ledger checkpoints belong to their series for ever'); END`,
+			BEGIN SELECT RAISE(ABORT, 'ledger checkpoints belong to their series: series_id is immutable'); END`,
 			`CREATE TRIGGER checkpoints_immutable_delete BEFORE DELETE ON checkpoints
 			BEGIN SELECT RAISE(ABORT, 'ledger series are immutable'); END`,
 		}),
