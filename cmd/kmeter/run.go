@@ -177,12 +177,14 @@ func runAgent(ctx context.Context, f runFlags) error {
 		AllowUnsigned:  f.allowUnsigned,
 		Token:          token,
 		ProtectReads:   f.protectReads,
-		Source: window.SourceFunc(func(context.Context) (map[window.Key]uint64, error) {
+		// The biller walks the latest snapshot in place: snapshots are
+		// never changed once published.
+		Source: window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) {
 			s := a.Latest()
 			if s == nil {
 				return nil, errors.New("no usage read yet")
 			}
-			return window.FromTenants(s.Tenants), nil
+			return s.Tenants, nil
 		}),
 		Attrs: res.Attributes,
 		Log:   log,

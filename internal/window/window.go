@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -37,7 +36,8 @@ func (k Key) String() string { return k.Tenant + "/" + k.Meter }
 
 // Source reads cumulative usage: per (tenant, meter) a count that only
 // grows while the kernel maps live. A count that goes down means the maps
-// were re-created; the biller re-bases it.
+// were re-created; the biller re-bases it. A Source that also implements
+// [Walker] is walked instead, without the map.
 type Source interface {
 	Read(ctx context.Context) (map[Key]uint64, error)
 }
@@ -47,6 +47,45 @@ type SourceFunc func(ctx context.Context) (map[Key]uint64, error)
 
 // Read implements [Source].
 func (f SourceFunc) Read(ctx context.Context) (map[Key]uint64, error) { return f(ctx) }
+
+// Walker is a [Source] that hands its series to fn one by one instead of
+// building a map of them: at 70,000 series the map is about 6 MB built
+// and hashed on every tick. Walk calls fn once per series; a tenant's
+// series should come one after the other (the biller looks a tenant up
+// once per run of its series).
+type Walker interface {
+	Source
+	Walk(ctx context.Context, fn func(tenant, meter string, count uint64)) error
+}
+
+// TenantsFunc is a [Walker] over per-tenant cumulative counts (tenant ->
+// meter -> count), as the agent's snapshots hold them. The biller reads
+// the maps it returns during the tick without copying them, so they must
+// not change afterwards (snapshots never do).
+type TenantsFunc func(ctx context.Context) (map[string]map[string]uint64, error)
+
+// Read implements [Source] through [FromTenants].
+func (f TenantsFunc) Read(ctx context.Context) (map[Key]uint64, error) {
+	m, err := f(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return FromTenants(m), nil
+}
+
+// Walk implements [Walker].
+func (f TenantsFunc) Walk(ctx context.Context, fn func(tenant, meter string, count uint64)) error {
+	m, err := f(ctx)
+	if err != nil {
+		return err
+	}
+	for tenant, byMeter := range m {
+		for meter, v := range byMeter {
+			fn(tenant, meter, v)
+		}
+	}
+	return nil
+}
 
 // Store is the part of the ledger the biller needs; *ledger.Ledger
 // implements it.
@@ -129,9 +168,10 @@ type Biller struct {
 	write   prometheus.Histogram
 
 	mu sync.Mutex
-	// cps are the checkpoints as committed; stale means a commit may or
-	// may not have landed and they must be read again from the ledger.
-	cps   map[Key]ledger.Checkpoint
+	// table holds every series the biller has seen or loaded, with its
+	// checkpoint as committed; stale means a commit may or may not have
+	// landed and the checkpoints must be read again from the ledger.
+	table series
 	stale bool
 	// next is the node's next window number: above every checkpoint.
 	next uint64
@@ -144,10 +184,9 @@ type Biller struct {
 
 	// Buffers reused by every tick (ticks hold mu): at 70,000 series a
 	// tick otherwise allocates about 80 MB, most of it growing pending.
-	// keys is the last tick's series in billing order; a reading with
-	// the same series reuses it instead of sorting again.
-	keys    []Key
+	// from[i] is the table row of pending[i].
 	pending []ledger.Window
+	from    []int32
 	priced  []bool
 	recs    []pricing.Record
 	charges []pricing.Charge
@@ -191,10 +230,11 @@ func (b *Biller) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load checkpoints: %w", err)
 	}
-	b.cps = make(map[Key]ledger.Checkpoint, len(cps))
+	b.table.resetCheckpoints()
 	b.next = 1
 	for _, c := range cps {
-		b.cps[Key{c.Tenant, c.Meter}] = c
+		r := b.table.row(c.Tenant, c.Meter)
+		r.seq, r.counter, r.end = c.Seq, c.Counter, c.End
 		b.next = max(b.next, c.Seq+1)
 	}
 	b.stale = false
@@ -228,39 +268,46 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 			return res, err
 		}
 	}
-	counts, err := b.cfg.Source.Read(ctx)
+	tick, err := b.read(ctx)
 	if err != nil {
 		return res, fmt.Errorf("read usage: %w", err)
 	}
 	now := b.cfg.Now()
-	pending := b.pending[:0]
-	for _, k := range b.sortedKeys(counts) {
-		v := counts[k]
-		cp := b.cps[k]
-		w := ledger.Window{Node: b.cfg.NodeID, Tenant: k.Tenant, Meter: k.Meter, Seq: b.next, PrevSeq: cp.Seq,
-			FromCounter: cp.Counter, ToCounter: v, Start: cp.End, End: now}
-		if cp.Seq == 0 {
+	pending, from := b.pending[:0], b.from[:0]
+	for _, i := range b.table.sortedRows() {
+		r := &b.table.rows[i]
+		if r.tick != tick {
+			continue // not in this reading
+		}
+		v := r.count
+		w := ledger.Window{Node: b.cfg.NodeID, Tenant: r.tenant, Meter: r.meter, Seq: b.next, PrevSeq: r.seq,
+			FromCounter: r.counter, ToCounter: v, Start: r.end, End: now}
+		if r.seq == 0 {
 			w.Start = b.started
 		}
 		switch {
-		case v < cp.Counter:
+		case v < r.counter:
 			// The maps were re-created (or the tenant's sum lost a
 			// cgroup). Which part of v is new usage is unknowable, so the
 			// window bills nothing and re-bases: under-billing by at most
 			// v, reported, rather than risking billing usage twice.
 			w.Rebased = true
 			res.Rebased++
-			b.resets[k]++
-			b.cfg.Log.Warn("usage counter went backwards; re-basing it without billing", "tenant", k.Tenant, "meter", k.Meter,
-				"checkpoint", cp.Counter, "now", v)
-		case v == cp.Counter:
-			delete(b.unbilled, k)
+			b.resets[Key{r.tenant, r.meter}]++
+			b.cfg.Log.Warn("usage counter went backwards; re-basing it without billing", "tenant", r.tenant, "meter", r.meter,
+				"checkpoint", r.counter, "now", v)
+		case v == r.counter:
+			if len(b.unbilled) > 0 {
+				delete(b.unbilled, Key{r.tenant, r.meter})
+			}
 			continue
 		default:
-			w.Quantity = v - cp.Counter
+			w.Quantity = v - r.counter
 		}
 		pending = append(pending, w)
+		from = append(from, i)
 	}
+	b.from = from
 	// Price per route, one batch per pricer.
 	held := heldSeries{}
 	type batch struct {
@@ -309,10 +356,11 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	}()
 	// The windows to commit are the priced ones, moved to the front of
 	// pending in place.
-	ws := pending[:0]
+	ws, wfrom := pending[:0], from[:0]
 	for i := range pending {
 		if priced[i] {
 			ws = append(ws, pending[i])
+			wfrom = append(wfrom, from[i])
 		} else {
 			res.Held++
 		}
@@ -342,10 +390,12 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	if len(ws) > 0 {
 		b.next++
 	}
-	for _, w := range ws {
-		k := Key{w.Tenant, w.Meter}
-		b.cps[k] = ledger.Checkpoint{Tenant: w.Tenant, Meter: w.Meter, Seq: w.Seq, Counter: w.ToCounter, End: w.End}
-		delete(b.unbilled, k)
+	for j, w := range ws {
+		r := &b.table.rows[wfrom[j]]
+		r.seq, r.counter, r.end = w.Seq, w.ToCounter, w.End
+		if len(b.unbilled) > 0 {
+			delete(b.unbilled, Key{w.Tenant, w.Meter})
+		}
 		res.Windows++
 		res.Quantity += w.Quantity
 	}
@@ -353,26 +403,26 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	return res, nil
 }
 
-// sortedKeys returns the keys of counts in billing order (tenant, then
-// meter). The set of series rarely changes between ticks, so the last
-// order is checked (one map lookup per series) before sorting anew.
-func (b *Biller) sortedKeys(counts map[Key]uint64) []Key {
-	same := len(b.keys) == len(counts)
-	for _, k := range b.keys {
-		if !same {
-			break
-		}
-		_, same = counts[k]
+// read puts the source's reading into the table and returns the tick
+// number its rows carry: rows with another number are not in it.
+func (b *Biller) read(ctx context.Context) (uint32, error) {
+	t := &b.table
+	t.tick++
+	put := func(tenant, meter string, v uint64) {
+		r := t.row(tenant, meter)
+		r.count, r.tick = v, t.tick
 	}
-	if same {
-		return b.keys
+	if w, ok := b.cfg.Source.(Walker); ok {
+		return t.tick, w.Walk(ctx, put)
 	}
-	b.keys = b.keys[:0]
-	for k := range counts {
-		b.keys = append(b.keys, k)
+	counts, err := b.cfg.Source.Read(ctx)
+	if err != nil {
+		return t.tick, err
 	}
-	slices.SortFunc(b.keys, compareKeys)
-	return b.keys
+	for k, v := range counts {
+		put(k.Tenant, k.Meter, v)
+	}
+	return t.tick, nil
 }
 
 // MaxBatch is the most records priced in one plugin call; a window with
@@ -488,13 +538,6 @@ func (b *Biller) Run(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-func compareKeys(a, b Key) int {
-	if c := strings.Compare(a.Tenant, b.Tenant); c != 0 {
-		return c
-	}
-	return strings.Compare(a.Meter, b.Meter)
 }
 
 // FromTenants converts per-tenant cumulative counts (tenant -> counter ->

@@ -1,0 +1,91 @@
+package window_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
+)
+
+// benchMeters are the agent's seven usage counters.
+var benchMeters = []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes",
+	"tls_client_handshakes", "tls_server_handshakes"}
+
+// snapshot builds an agent-like reading: a fresh tenant -> meter -> count
+// map per read, as agent.Snapshot holds it, every counter at base+i.
+func snapshot(tenants []string, base uint64) map[string]map[string]uint64 {
+	m := make(map[string]map[string]uint64, len(tenants))
+	for i, t := range tenants {
+		byMeter := make(map[string]uint64, len(benchMeters))
+		for j, meter := range benchMeters {
+			byMeter[meter] = base + uint64(i+j)
+		}
+		m[t] = byMeter
+	}
+	return m
+}
+
+// tickHeapProfile names a file for BenchmarkTick's heap profile, taken
+// after the ticks while the biller and the ledger are still open (the
+// test binary's -memprofile is written after they are closed).
+var tickHeapProfile = flag.String("tick-heapprofile", "", "write BenchmarkTick's live heap profile to this file")
+
+// BenchmarkTick bills windows of 10,000 tenants x 7 meters, every series
+// grown since the last tick, into a real SQLite ledger: the billed agent's
+// tick at issue 4's scale. live-MB is the heap in use after a collection
+// with the biller and the latest two readings reachable, as in the agent.
+func BenchmarkTick(b *testing.B) {
+	const nTenants = 10_000
+	tenants := make([]string, nTenants)
+	for i := range tenants {
+		tenants[i] = fmt.Sprintf("t%05d", i)
+	}
+	var latest, previous atomic.Pointer[map[string]map[string]uint64]
+	read := func(ctx context.Context) (map[string]map[string]uint64, error) { return *latest.Load(), nil }
+	src := benchSource(read)
+	l := ledgertest.SQLite.Open(b)
+	b2 := newBiller(b, "n1", src, l, onePricer{&fixedPricer{microPerUnit: 2}}, nil)
+	next := func(i int) {
+		s := snapshot(tenants, uint64(i+1)*100)
+		if p := latest.Load(); p != nil {
+			previous.Store(p)
+		}
+		latest.Store(&s)
+	}
+	next(0)
+	mustTick(b, b2) // the first window opens every series in the ledger
+	b.ReportAllocs()
+	i := 1
+	for b.Loop() {
+		b.StopTimer()
+		next(i)
+		i++
+		b.StartTimer()
+		if r := mustTick(b, b2); r.Windows != nTenants*len(benchMeters) {
+			b.Fatalf("tick = %+v, want %d windows", r, nTenants*len(benchMeters))
+		}
+	}
+	b.StopTimer()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "live-MB")
+	if *tickHeapProfile != "" {
+		f, err := os.Create(*tickHeapProfile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runtime.KeepAlive(b2)
+	runtime.KeepAlive(previous.Load())
+}

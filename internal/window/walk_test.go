@@ -1,0 +1,159 @@
+package window_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmeter/kmeter/internal/ledger"
+	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
+	"github.com/kmeter/kmeter/internal/window"
+)
+
+// listWalker hands its series over in the order of its list, tenants
+// interleaved; Read fails, so a biller that builds the map instead of
+// walking fails the test.
+type listWalker struct {
+	mu     sync.Mutex
+	series []window.Key
+	counts map[window.Key]uint64
+}
+
+func (w *listWalker) Read(context.Context) (map[window.Key]uint64, error) {
+	return nil, errors.New("Read called on a Walker")
+}
+
+func (w *listWalker) Walk(_ context.Context, fn func(tenant, meter string, count uint64)) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, k := range w.series {
+		fn(k.Tenant, k.Meter, w.counts[k])
+	}
+	return nil
+}
+
+// recordingStore keeps a copy of every window committed through it.
+type recordingStore struct {
+	*ledger.Ledger
+	commits [][]ledger.Window
+}
+
+func (s *recordingStore) CommitWindows(ctx context.Context, ws []ledger.Window) error {
+	s.commits = append(s.commits, slices.Clone(ws))
+	return s.Ledger.CommitWindows(ctx, ws)
+}
+
+// TestBiller_walkerBillsLikeTheMap: a Walker source produces the very
+// windows, in the same order, that the same readings produce as a map,
+// while series appear, vanish and come back and tenants are interleaved.
+func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
+	l := ledgertest.SQLite.Open(t)
+	k := func(tenant, meter string) window.Key { return window.Key{Tenant: tenant, Meter: meter} }
+	steps := []struct {
+		series []window.Key
+		add    uint64
+		want   uint64 // quantity billed by the tick
+	}{
+		{[]window.Key{k("shop", "syscalls"), k("blog", "syscalls"), k("shop", "tcp_connects")}, 10, 30},
+		// a new meter of a known tenant, a new tenant, tenants interleaved
+		{[]window.Key{k("blog", "net_tx_bytes"), k("shop", "syscalls"), k("zoo", "syscalls"), k("blog", "syscalls"), k("shop", "tcp_connects")}, 5, 25},
+		// blog/syscalls vanishes from the reading: not billed meanwhile
+		{[]window.Key{k("zoo", "syscalls"), k("shop", "syscalls"), k("blog", "net_tx_bytes"), k("shop", "tcp_connects")}, 2, 8},
+		// and comes back with the growth of both ticks
+		{[]window.Key{k("blog", "syscalls"), k("shop", "tcp_connects"), k("zoo", "syscalls"), k("shop", "syscalls"), k("blog", "net_tx_bytes")}, 1, 4 + 3},
+	}
+	walk := &listWalker{counts: map[window.Key]uint64{}}
+	counts := map[window.Key]uint64{}
+	asMap := window.SourceFunc(func(context.Context) (map[window.Key]uint64, error) { return maps.Clone(counts), nil })
+	walked, mapped := &recordingStore{Ledger: l}, &recordingStore{Ledger: l}
+	p := onePricer{&fixedPricer{microPerUnit: 3}}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now } // both billers see the same times
+	newB := func(node string, src window.Source, st window.Store) *window.Biller {
+		b, err := window.New(context.Background(), window.Config{NodeID: node, Source: src, Ledger: st, Pricers: p, Now: clock, Log: quietLog()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	bw, bm := newB("walk", walk, walked), newB("map", asMap, mapped)
+	all := map[window.Key]uint64{} // every series' count, read or not
+	for i, s := range steps {
+		for _, key := range s.series {
+			all[key] += s.add
+		}
+		if i == 3 {
+			all[k("blog", "syscalls")] += 2 // counted while it was not read
+		}
+		clear(counts)
+		for _, key := range s.series {
+			counts[key] = all[key]
+		}
+		walk.series, walk.counts = s.series, maps.Clone(counts)
+		now = now.Add(5 * time.Second)
+		rw, rm := mustTick(t, bw), mustTick(t, bm)
+		if rw.Quantity != s.want || rw != rm {
+			t.Fatalf("step %d: walked tick %+v, map tick %+v, want quantity %d", i, rw, rm, s.want)
+		}
+	}
+	if len(walked.commits) != len(steps) || len(mapped.commits) != len(steps) {
+		t.Fatalf("%d and %d commits, want %d each", len(walked.commits), len(mapped.commits), len(steps))
+	}
+	for i := range walked.commits {
+		a, b := walked.commits[i], mapped.commits[i]
+		for j := range a {
+			a[j].Node = "map" // the only field that differs
+		}
+		if !slices.EqualFunc(a, b, func(x, y ledger.Window) bool { return fmt.Sprint(x) == fmt.Sprint(y) }) {
+			t.Errorf("commit %d:\nwalked %v\nmap    %v", i, a, b)
+		}
+	}
+	q, amt := billed(t, l)
+	for key, v := range all {
+		for _, node := range []string{"walk", "map"} {
+			name := node + "/" + key.String()
+			if q[name] != int64(v) || amt[name] != 3*int64(v) {
+				t.Errorf("%s billed %d for %d micro, want %d for %d", name, q[name], amt[name], v, 3*v)
+			}
+		}
+	}
+	mustVerify(t, l)
+}
+
+func TestTenantsFunc(t *testing.T) {
+	m := map[string]map[string]uint64{"shop": {"syscalls": 5, "tcp_connects": 1}, "blog": {"syscalls": 9}, "idle": {}}
+	f := window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return m, nil })
+	walked := map[window.Key]uint64{}
+	err := f.Walk(context.Background(), func(tenant, meter string, v uint64) {
+		k := window.Key{Tenant: tenant, Meter: meter}
+		if _, twice := walked[k]; twice {
+			t.Errorf("%v walked twice", k)
+		}
+		walked[k] = v
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read, err := f.Read(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := window.FromTenants(m)
+	if !maps.Equal(walked, want) || !maps.Equal(read, want) || len(want) != 3 {
+		t.Errorf("walked %v, read %v, want %v", walked, read, want)
+	}
+
+	errRead := errors.New("no usage read yet")
+	bad := window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return nil, errRead })
+	if err := bad.Walk(context.Background(), func(string, string, uint64) { t.Error("walked a failed read") }); !errors.Is(err, errRead) {
+		t.Errorf("Walk = %v, want %v", err, errRead)
+	}
+	if _, err := bad.Read(context.Background()); !errors.Is(err, errRead) {
+		t.Errorf("Read = %v, want %v", err, errRead)
+	}
+}
