@@ -46,6 +46,9 @@ type runFlags struct {
 	tokenFile     string
 	protectReads  bool
 	noEnforcement bool
+	// billInterval is the usage window length; 0 means bill_interval
+	// from the config, else interval.
+	billInterval time.Duration
 }
 
 func newRunCmd() *cobra.Command {
@@ -55,7 +58,9 @@ func newRunCmd() *cobra.Command {
 		Short: "Run the agent: load the kernel meters and serve /metrics and the API (as root)",
 		Long: `Run loads kmeter's eBPF meters, pins their maps and links under --pin-dir so the
 kernel keeps counting while the agent restarts, reads the counters every --interval
-and serves Prometheus metrics and the JSON API on --listen.`,
+and serves Prometheus metrics and the JSON API on --listen. Usage is priced and
+committed to the ledger every --bill-interval (default: every --interval); longer
+windows bill the same totals with fewer, larger ledger rows.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAgent(cmd.Context(), f)
@@ -63,7 +68,8 @@ and serves Prometheus metrics and the JSON API on --listen.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", "127.0.0.1:9477", "address for /metrics and the HTTP API")
-	fl.DurationVar(&f.interval, "interval", 5*time.Second, "how often kernel counters are read and billed")
+	fl.DurationVar(&f.interval, "interval", 5*time.Second, "how often kernel counters are read (and billed, unless --bill-interval is longer)")
+	fl.DurationVar(&f.billInterval, "bill-interval", 0, "usage window length: how often usage is priced and committed to the ledger; at least --interval (default: bill_interval from the config, else --interval)")
 	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/kmeter", "directory for the ledger and agent state")
 	fl.StringVar(&f.pinDir, "pin-dir", "/sys/fs/bpf/kmeter", "bpffs directory for pinned maps and links")
 	fl.StringVar(&f.configFile, "config", "", "YAML config file (tenants, pricing, limits, slices); see docs/config.md")
@@ -90,8 +96,13 @@ func runAgent(ctx context.Context, f runFlags) error {
 			return err
 		}
 	}
-	if f.interval <= 0 {
-		return fmt.Errorf("--interval %v must be positive", f.interval)
+	billFlag := f.billInterval
+	if billFlag == 0 {
+		billFlag = cfg.BillInterval
+	}
+	billEvery, err := billing.WindowInterval(f.interval, billFlag)
+	if err != nil {
+		return err
 	}
 	cgroupDir, err := hostfs.Cgroup2Dir(f.mountsFile)
 	if err != nil {
@@ -169,7 +180,7 @@ func runAgent(ctx context.Context, f runFlags) error {
 		NodeID:         nodeID,
 		DataDir:        f.dataDir,
 		LedgerURL:      f.ledgerURL,
-		Interval:       f.interval,
+		Interval:       billEvery,
 		Rules:          rules,
 		Tenants:        cfg.Tenants,
 		TrustedKeysDir: f.trustedKeys,
@@ -236,7 +247,7 @@ func runAgent(ctx context.Context, f runFlags) error {
 		}
 	}
 
-	log.Info("kmeter running", "listen", srv.Addr(), "interval", f.interval, "pin_dir", f.pinDir, "cgroup2", cgroupDir, "node_id", nodeID)
+	log.Info("kmeter running", "listen", srv.Addr(), "interval", f.interval, "bill_interval", billEvery, "pin_dir", f.pinDir, "cgroup2", cgroupDir, "node_id", nodeID)
 	billErr := make(chan error, 1)
 	go func() { billErr <- bill.Run(ctx) }()
 	err = a.Run(ctx, onRead)

@@ -33,6 +33,7 @@ func TestRun_badInput(t *testing.T) {
 		return p
 	}
 	badConfig := write("bad.yaml", "tenants:\n  - name: shop\n    cgroups: [/shop]\n    colour: red\n")
+	shortBill := write("short.yaml", "bill_interval: 2s\n")
 	noCgroup2 := write("mounts", "proc /proc proc rw 0 0\nsysfs /sys sysfs rw 0 0\n")
 	for _, tc := range []struct {
 		name string
@@ -44,6 +45,9 @@ func TestRun_badInput(t *testing.T) {
 		{"missing cgroup2 mount", []string{"run", "--mounts", noCgroup2}, []string{"no cgroup2 file system is mounted", "mount -t cgroup2"}},
 		{"pin dir not on bpffs", []string{"run", "--pin-dir", tmp}, []string{"--pin-dir", "is not on a bpffs"}},
 		{"bad interval", []string{"run", "--interval", "-1s"}, []string{"--interval", "must be positive"}},
+		{"bill interval below reads", []string{"run", "--bill-interval", "1s"}, []string{"--bill-interval 1s is shorter than --interval 5s"}},
+		{"negative bill interval", []string{"run", "--bill-interval", "-1m"}, []string{"--bill-interval -1m0s must be positive"}},
+		{"config bill interval below reads", []string{"run", "--config", shortBill, "--interval", "10s"}, []string{"--bill-interval 2s is shorter than --interval 10s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := runCLI(t, tc.args...)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -18,6 +19,10 @@ import (
 type Config struct {
 	// NodeID names this agent in the ledger; default: the host name.
 	NodeID string `yaml:"node_id"`
+	// BillInterval is the usage window length, such as "60s": how often
+	// usage is priced and committed to the ledger. Zero bills every read
+	// interval (--interval). `kmeter run --bill-interval` overrides it.
+	BillInterval time.Duration `yaml:"bill_interval"`
 	// Tenants maps cgroup subtrees to named tenants. Cgroups outside every
 	// listed subtree are each their own tenant, named by their path.
 	Tenants []Tenant `yaml:"tenants"`
@@ -126,6 +131,9 @@ func Parse(data []byte) (*Config, error) {
 
 func (c *Config) validate() error {
 	var errs []error
+	if c.BillInterval < 0 {
+		errs = append(errs, fmt.Errorf("bill_interval %v is negative: give a window length such as 60s, or leave it out to bill every read interval", c.BillInterval))
+	}
 	names := map[string]bool{}
 	owner := map[string]string{}
 	for i, t := range c.Tenants {
