@@ -6,6 +6,7 @@
 //	go run ./bench/agent10k                       # as root, from the repo root; about 7 min
 //	go run ./bench/agent10k -profile              # also a CPU and heap profile of the billed agent
 //	go run ./bench/agent10k -profile -profile-modes metered -modes metered   # ... of the metered agent
+//	go run ./bench/agent10k -modes billed -bill-interval 60s   # usage windows of 60 s, reads every 5 s
 //	go run ./bench/agent10k -mapread 62000        # only: per-key map read (as today) vs BPF_MAP_LOOKUP_BATCH
 //
 // What it does, per mode ("billed", then "metered"):
@@ -44,6 +45,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -95,6 +97,9 @@ type options struct {
 	// measured period, as a Prometheus server would, so RSS and CPU include
 	// the scrapes.
 	scrapeEvery time.Duration
+	// billInterval, when set, is passed as the agent's --bill-interval:
+	// usage windows longer than the read interval.
+	billInterval time.Duration
 }
 
 func main() {
@@ -112,6 +117,7 @@ func main() {
 	profModes := flag.String("profile-modes", "billed", "with -profile: comma-separated modes whose agent is profiled")
 	flag.DurationVar(&o.profileFor, "profile-for", 60*time.Second, "CPU profile length (taken after -measure)")
 	flag.DurationVar(&o.scrapeEvery, "scrape-every", 0, "scrape /metrics this often during -measure (0: only before and after it)")
+	flag.DurationVar(&o.billInterval, "bill-interval", 0, "agent --bill-interval (0: not passed, windows every -interval)")
 	flag.StringVar(&o.bpfBase, "bpffs", "/sys/fs/bpf", "bpffs directory under which a private pin dir is made")
 	mapRead := flag.Int("mapread", 0, "only time reading a per-CPU map of this many keys, per key (as the agent does) and batched")
 	flag.Parse()
@@ -161,8 +167,8 @@ func run(ctx context.Context, o options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "kmeter agent10k: %d tenants, interval %v, warm-up %d windows, measure %v, %d CPUs, work dir %s\n",
-		o.tenants, o.interval, o.warmup, o.measure, mustPossibleCPUs(), o.workDir)
+	fmt.Fprintf(out, "kmeter agent10k: %d tenants, interval %v, bill interval %v, warm-up %d windows, measure %v, %d CPUs, work dir %s\n",
+		o.tenants, o.interval, cmp.Or(o.billInterval, o.interval), o.warmup, o.measure, mustPossibleCPUs(), o.workDir)
 	for _, mode := range o.modes {
 		r, err := runMode(ctx, o, b, ts, mode)
 		if err != nil {
@@ -623,6 +629,9 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 	if mode == "billed" {
 		args = append(args, "--plugin", b.plugin, "--trusted-keys", b.trusted)
 	}
+	if o.billInterval > 0 {
+		args = append(args, "--bill-interval", o.billInterval.String())
+	}
 	logFile, err := os.Create(filepath.Join(o.workDir, "agent-"+mode+".log"))
 	if err != nil {
 		return nil, err
@@ -774,7 +783,9 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 	}
 	r.feedRounds = f.rounds
 	r.feedMean = feedTime / time.Duration(f.rounds)
-	if err := sleep(ctx, 2*o.interval+o.interval/2); err != nil {
+	// The last read must happen and, with longer windows, a window
+	// must close after it.
+	if err := sleep(ctx, 2*o.interval+o.interval/2+o.billInterval); err != nil {
 		return nil, err
 	}
 	if r.hwm, err = statusKB(pid, "VmHWM"); err != nil {
