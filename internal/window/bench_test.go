@@ -7,10 +7,13 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
+	"github.com/kmeter/kmeter/internal/window"
 )
 
 // benchMeters are the agent's seven usage counters.
@@ -31,16 +34,33 @@ func snapshot(tenants []string, base uint64) map[string]map[string]uint64 {
 	return m
 }
 
-// tickHeapProfile names a file for BenchmarkTick's heap profile, taken
+// tickHeapProfile names a file for BenchmarkTick's heap profiles (one
+// per sub-benchmark, its name as prefix), taken
 // after the ticks while the biller and the ledger are still open (the
 // test binary's -memprofile is written after they are closed).
 var tickHeapProfile = flag.String("tick-heapprofile", "", "write BenchmarkTick's live heap profile to this file")
 
+// discardStore accepts every window and keeps nothing: the biller's own
+// cost without the ledger's.
+type discardStore struct{}
+
+func (discardStore) Checkpoints(context.Context, string) ([]ledger.Checkpoint, error) {
+	return nil, nil
+}
+func (discardStore) CommitWindows(context.Context, []ledger.Window) error { return nil }
+
 // BenchmarkTick bills windows of 10,000 tenants x 7 meters, every series
-// grown since the last tick, into a real SQLite ledger: the billed agent's
-// tick at issue 4's scale. live-MB is the heap in use after a collection
-// with the biller and the latest two readings reachable, as in the agent.
+// grown since the last tick: the billed agent's tick at issue 4's scale.
+// "sqlite" commits into a real SQLite ledger; "discard" measures the
+// biller alone. live-MB is the heap in use after a collection with the
+// biller, its store and the latest two readings reachable, as in the
+// agent.
 func BenchmarkTick(b *testing.B) {
+	b.Run("sqlite", func(b *testing.B) { benchTick(b, ledgertest.SQLite.Open(b)) })
+	b.Run("discard", func(b *testing.B) { benchTick(b, discardStore{}) })
+}
+
+func benchTick(b *testing.B, st window.Store) {
 	const nTenants = 10_000
 	tenants := make([]string, nTenants)
 	for i := range tenants {
@@ -49,8 +69,7 @@ func BenchmarkTick(b *testing.B) {
 	var latest, previous atomic.Pointer[map[string]map[string]uint64]
 	read := func(ctx context.Context) (map[string]map[string]uint64, error) { return *latest.Load(), nil }
 	src := benchSource(read)
-	l := ledgertest.SQLite.Open(b)
-	b2 := newBiller(b, "n1", src, l, onePricer{&fixedPricer{microPerUnit: 2}}, nil)
+	b2 := newBiller(b, "n1", src, st, onePricer{&fixedPricer{microPerUnit: 2}}, nil)
 	next := func(i int) {
 		s := snapshot(tenants, uint64(i+1)*100)
 		if p := latest.Load(); p != nil {
@@ -77,7 +96,7 @@ func BenchmarkTick(b *testing.B) {
 	runtime.ReadMemStats(&ms)
 	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "live-MB")
 	if *tickHeapProfile != "" {
-		f, err := os.Create(*tickHeapProfile)
+		f, err := os.Create(strings.ReplaceAll(b.Name(), "/", "-") + "-" + *tickHeapProfile)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -87,5 +106,6 @@ func BenchmarkTick(b *testing.B) {
 		}
 	}
 	runtime.KeepAlive(b2)
+	runtime.KeepAlive(st)
 	runtime.KeepAlive(previous.Load())
 }
