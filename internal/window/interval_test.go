@@ -81,3 +81,31 @@ func TestBiller_Run_longerWindows(t *testing.T) {
 	t.Logf("%v of usage: %d commits with %v windows, %d with %v windows", elapsed.Round(time.Millisecond), cs, short, cl, long)
 	mustVerify(t, l)
 }
+
+// TestBiller_Run_afterTick: AfterTick runs after each tick's commit (the
+// window is in the ledger when it is called), not before.
+func TestBiller_Run_afterTick(t *testing.T) {
+	l := ledgertest.SQLite.Open(t)
+	src := newSource()
+	src.add("shop", "syscalls", 42)
+	seen := make(chan int64, 100)
+	b, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: l,
+		Pricers: onePricer{&fixedPricer{microPerUnit: 1}}, Interval: 10 * time.Millisecond, Log: quietLog(),
+		AfterTick: func() {
+			q, _ := billed(t, l)
+			seen <- q["n1/shop/syscalls"]
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- b.Run(ctx) }()
+	if got := <-seen; got != 42 {
+		t.Errorf("AfterTick saw %d billed, want the tick's 42 already committed", got)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
