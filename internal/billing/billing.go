@@ -93,9 +93,10 @@ func (c *Config) validate() error {
 // biller hands the memory of its commit back to the OS (a forced
 // collection and debug.FreeOSMemory, about one GC's CPU per window).
 // At 10,000 tenants a commit grows the heap by about 50 MB that the Go
-// runtime would keep resident for minutes; with 60 s windows that
-// doubled the agent's median RSS. Shorter windows reuse that memory
-// soon, so they keep it.
+// runtime would keep resident for minutes: with 60 s windows the agent's
+// median RSS was 196 MiB with it kept and 130 MiB with it returned, for
+// the same CPU (docs/benchmarks/agent.md). Shorter windows reuse that
+// memory soon, and a collection per window would cost them more CPU.
 const ReleaseMemoryAfter = 30 * time.Second
 
 // Billing is the running money pipeline. It is safe for concurrent use.
