@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
@@ -56,11 +57,13 @@ func (discardStore) CommitWindows(context.Context, []ledger.Window) error { retu
 // biller, its store and the latest two readings reachable, as in the
 // agent.
 func BenchmarkTick(b *testing.B) {
-	b.Run("sqlite", func(b *testing.B) { benchTick(b, ledgertest.SQLite.Open(b)) })
-	b.Run("discard", func(b *testing.B) { benchTick(b, discardStore{}) })
+	b.Run("sqlite", func(b *testing.B) { benchTick(b, ledgertest.SQLite.Open(b), 5*time.Second) })
+	b.Run("discard", func(b *testing.B) { benchTick(b, discardStore{}, 5*time.Second) })
+	// Windows of a minute allocate their window buffer per tick.
+	b.Run("discard-60s", func(b *testing.B) { benchTick(b, discardStore{}, time.Minute) })
 }
 
-func benchTick(b *testing.B, st window.Store) {
+func benchTick(b *testing.B, st window.Store, every time.Duration) {
 	const nTenants = 10_000
 	tenants := make([]string, nTenants)
 	for i := range tenants {
@@ -69,7 +72,11 @@ func benchTick(b *testing.B, st window.Store) {
 	var latest, previous atomic.Pointer[map[string]map[string]uint64]
 	read := func(ctx context.Context) (map[string]map[string]uint64, error) { return *latest.Load(), nil }
 	src := benchSource(read)
-	b2 := newBiller(b, "n1", src, st, onePricer{&fixedPricer{microPerUnit: 2}}, nil)
+	b2, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: st,
+		Pricers: onePricer{&fixedPricer{microPerUnit: 2}}, Interval: every, Log: quietLog()})
+	if err != nil {
+		b.Fatal(err)
+	}
 	next := func(i int) {
 		s := snapshot(tenants, uint64(i+1)*100)
 		if p := latest.Load(); p != nil {
