@@ -219,7 +219,7 @@ func runAgent(ctx context.Context, f runFlags) error {
 			return fmt.Errorf("register billing metrics: %w", err)
 		}
 	}
-	metrics, err := exposition.NewHandler(reg, []exposition.Source{a.UsageFamilies()}, exposition.HandlerOpts{ErrorLog: log})
+	metrics, err := exposition.NewHandler(reg, append([]exposition.Source{a.UsageFamilies()}, bill.Sources()...), exposition.HandlerOpts{ErrorLog: log})
 	if err != nil {
 		return fmt.Errorf("serve /metrics: %w", err)
 	}

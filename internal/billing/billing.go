@@ -22,6 +22,7 @@ import (
 	"github.com/kmeter/kmeter/internal/api"
 	"github.com/kmeter/kmeter/internal/audit"
 	"github.com/kmeter/kmeter/internal/config"
+	"github.com/kmeter/kmeter/internal/exposition"
 	"github.com/kmeter/kmeter/internal/httpauth"
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/plugin"
@@ -224,10 +225,11 @@ func (b *Billing) Register(mux *http.ServeMux) { b.api.Register(mux) }
 // Ledger returns the open ledger.
 func (b *Billing) Ledger() *ledger.Ledger { return b.ledger }
 
-// Collectors returns the metrics of the ledger, the usage windows and
-// each plugin engine (labelled by plugin path).
+// Collectors returns the metrics of the usage windows and each plugin
+// engine (labelled by plugin path). The ledger's per-tenant balances are
+// in [Billing.Sources].
 func (b *Billing) Collectors() []prometheus.Collector {
-	cs := []prometheus.Collector{b.ledger.Collector(), unsignedGauge(b.cfg.AllowUnsigned)}
+	cs := []prometheus.Collector{unsignedGauge(b.cfg.AllowUnsigned)}
 	if b.biller != nil {
 		cs = append(cs, b.biller)
 	}
@@ -238,6 +240,11 @@ func (b *Billing) Collectors() []prometheus.Collector {
 	}
 	return cs
 }
+
+// Sources returns the metric families written straight into /metrics
+// (see exposition.NewHandler): the ledger's balances and charges per
+// tenant.
+func (b *Billing) Sources() []exposition.Source { return []exposition.Source{b.ledger.Families()} }
 
 func unsignedGauge(on bool) prometheus.Collector {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{

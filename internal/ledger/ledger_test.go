@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
 	"github.com/kmeter/kmeter/internal/pricing"
@@ -435,40 +433,11 @@ func TestConfigFrom(t *testing.T) {
 	}
 }
 
-func TestCollector(t *testing.T) {
+func TestLedger_Tenants(t *testing.T) {
 	ctx := context.Background()
 	l := ledgertest.SQLite.Open(t)
 	if err := l.SyncTenants(ctx, []ledger.Tenant{{Name: "shop", LowBalanceMicro: 1000}, {Name: "corp", Account: ledger.Postpaid}}); err != nil {
 		t.Fatal(err)
-	}
-	if _, err := l.TopUp(ctx, ledger.TopUp{Tenant: "shop", AmountMicro: 1500, Currency: "USD", Key: "k"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.CommitWindows(ctx, []ledger.Window{
-		window("n1", "shop", "syscalls", 1, 0, 10, 600, 0),
-		window("n1", "corp", "syscalls", 1, 0, 10, 200, 0),
-	}); err != nil {
-		t.Fatal(err)
-	}
-	want := `
-# HELP kmeter_balance_low 1 when a prepaid balance is below its low-balance threshold.
-# TYPE kmeter_balance_low gauge
-kmeter_balance_low{currency="USD",tenant="corp"} 0
-kmeter_balance_low{currency="USD",tenant="shop"} 1
-# HELP kmeter_balance_micro Tenant balance (top-ups minus charges) in micro-units.
-# TYPE kmeter_balance_micro gauge
-kmeter_balance_micro{currency="USD",tenant="corp"} -200
-kmeter_balance_micro{currency="USD",tenant="shop"} 900
-# HELP kmeter_charges_micro_total Charges booked to the tenant in micro-units, net of reversals.
-# TYPE kmeter_charges_micro_total counter
-kmeter_charges_micro_total{currency="USD",tenant="corp"} 200
-kmeter_charges_micro_total{currency="USD",tenant="shop"} 600
-# HELP kmeter_ledger_scrape_success 1 when the ledger could be read for this scrape.
-# TYPE kmeter_ledger_scrape_success gauge
-kmeter_ledger_scrape_success 1
-`
-	if err := testutil.CollectAndCompare(l.Collector(), strings.NewReader(want)); err != nil {
-		t.Error(err)
 	}
 	ts, err := l.Tenants(ctx)
 	if err != nil {

@@ -2,62 +2,86 @@ package ledger
 
 import (
 	"context"
+	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmeter/kmeter/internal/exposition"
 )
 
-// Collector exports tenant balances and charges, read from the ledger at
-// scrape time, so every agent of a fleet shows the fleet's totals.
-type Collector struct {
+// The families [Ledger.Families] writes.
+const (
+	balanceName = "kmeter_balance_micro"
+	chargedName = "kmeter_charges_micro_total"
+	lowName     = "kmeter_balance_low"
+	upName      = "kmeter_ledger_scrape_success"
+)
+
+// families writes the ledger's per-tenant series straight into a scrape's
+// response: at 10,000 billed tenants they are 30,000 series, which a
+// prometheus.Registry would build, hash and sort as dto.Metrics on every
+// scrape.
+type families struct {
 	l       *Ledger
 	timeout time.Duration
-	balance *prometheus.Desc
-	charged *prometheus.Desc
-	low     *prometheus.Desc
-	up      *prometheus.Desc
 }
 
-// Collector returns a prometheus.Collector of kmeter_balance_micro,
-// kmeter_charges_micro_total and kmeter_balance_low per tenant and
-// currency, and kmeter_ledger_scrape_success.
-func (l *Ledger) Collector() *Collector {
-	labels := []string{"tenant", "currency"}
-	return &Collector{
-		l:       l,
-		timeout: 5 * time.Second,
-		balance: prometheus.NewDesc("kmeter_balance_micro", "Tenant balance (top-ups minus charges) in micro-units.", labels, nil),
-		charged: prometheus.NewDesc("kmeter_charges_micro_total", "Charges booked to the tenant in micro-units, net of reversals.", labels, nil),
-		low:     prometheus.NewDesc("kmeter_balance_low", "1 when a prepaid balance is below its low-balance threshold.", labels, nil),
-		up:      prometheus.NewDesc("kmeter_ledger_scrape_success", "1 when the ledger could be read for this scrape.", nil, nil),
-	}
+// Families returns the source, for exposition.NewHandler, of
+//
+//	kmeter_balance_micro{currency,tenant}
+//	kmeter_charges_micro_total{currency,tenant}
+//	kmeter_balance_low{currency,tenant}
+//	kmeter_ledger_scrape_success
+//
+// read from the ledger at scrape time, so every agent of a fleet shows the
+// fleet's totals. A ledger that cannot be read does not fail the scrape:
+// kmeter_ledger_scrape_success is 0 and no tenant series is written, so the
+// agent's own metrics still arrive.
+func (l *Ledger) Families() exposition.Source {
+	return &families{l: l, timeout: 5 * time.Second}
 }
 
-// Describe implements prometheus.Collector.
-func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.balance
-	ch <- c.charged
-	ch <- c.low
-	ch <- c.up
-}
+// Names implements exposition.Source.
+func (f *families) Names() []string { return []string{balanceName, chargedName, lowName, upName} }
 
-// Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+// Scrape implements exposition.Source: it reads every balance now, so the
+// write does not wait on the database.
+func (f *families) Scrape() (func(*exposition.Writer), error) {
+	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	defer cancel()
-	bs, err := c.l.allBalances(ctx)
+	bs, err := f.l.allBalances(ctx)
 	if err != nil {
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
-		return
+		return func(w *exposition.Writer) { writeUp(w, 0) }, nil
 	}
-	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
 	for _, b := range bs {
-		ch <- prometheus.MustNewConstMetric(c.balance, prometheus.GaugeValue, float64(b.BalanceMicro), b.Tenant, b.Currency)
-		ch <- prometheus.MustNewConstMetric(c.charged, prometheus.CounterValue, float64(b.ChargedMicro), b.Tenant, b.Currency)
-		low := 0.0
-		if b.Low {
-			low = 1
+		if !utf8.ValidString(b.Tenant) {
+			return nil, fmt.Errorf("ledger tenant %q: label value is not valid UTF-8", b.Tenant)
 		}
-		ch <- prometheus.MustNewConstMetric(c.low, prometheus.GaugeValue, low, b.Tenant, b.Currency)
 	}
+	return func(w *exposition.Writer) {
+		writeUp(w, 1)
+		w.Family(balanceName, "Tenant balance (top-ups minus charges) in micro-units.", prometheus.GaugeValue, "currency", "tenant")
+		for _, b := range bs {
+			w.Sample(float64(b.BalanceMicro), b.Currency, b.Tenant)
+		}
+		w.Family(chargedName, "Charges booked to the tenant in micro-units, net of reversals.", prometheus.CounterValue, "currency", "tenant")
+		for _, b := range bs {
+			w.Sample(float64(b.ChargedMicro), b.Currency, b.Tenant)
+		}
+		w.Family(lowName, "1 when a prepaid balance is below its low-balance threshold.", prometheus.GaugeValue, "currency", "tenant")
+		for _, b := range bs {
+			low := 0.0
+			if b.Low {
+				low = 1
+			}
+			w.Sample(low, b.Currency, b.Tenant)
+		}
+	}, nil
+}
+
+func writeUp(w *exposition.Writer, v float64) {
+	w.Family(upName, "1 when the ledger could be read for this scrape.", prometheus.GaugeValue)
+	w.Sample(v)
 }
