@@ -131,12 +131,20 @@ type Ledger struct {
 	// known holds tenants already in the tenants table, so that a window
 	// commit inserts only new ones.
 	known map[string]bool
-	// series caches series ids; only committed ones.
-	series map[seriesKey]int64
+	// series caches series ids per node, by [seriesCacheKey]; only
+	// committed ones. One string per series, not three: the cache of a
+	// 70,000-series node is a few MB of the agent's live heap.
+	series map[string]map[string]int64
 	// lines caches each series' open usage line (see usage_lines in
 	// schema.go) as of a checkpoint; only committed ones.
-	lines  map[int64]openLine
-	closed bool
+	lines map[int64]openLine
+	// lineKeys interns line keys: lineIDs[k] is k's index in lineKeys.
+	// A node has a handful (a month's period per currency and plugin),
+	// so lines and each commit hold a small id per series, not four
+	// fields. Append-only: an id never changes its key.
+	lineKeys []lineKey
+	lineIDs  map[lineKey]uint32
+	closed   bool
 }
 
 // Open opens (creating if needed) the ledger and runs pending schema
@@ -151,7 +159,8 @@ func open(ctx context.Context, cfg Config, version int) (*Ledger, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("ledger config: %w", err)
 	}
-	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[seriesKey]int64{}, lines: map[int64]openLine{}}
+	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[string]map[string]int64{},
+		lines: map[int64]openLine{}, lineIDs: map[lineKey]uint32{}}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -237,14 +246,17 @@ func (l *Ledger) Close() error {
 // Backend is "sqlite" or "postgres".
 func (l *Ledger) Backend() string { return l.d.String() }
 
-var currencyRE = regexp.MustCompile(`^[A-Z]{3}$`)
-
+// checkCurrency accepts three upper-case ASCII letters. It runs once per
+// window of a commit (70,000 per tick): a byte loop, where the regexp it
+// replaced cost about 6 ms per tick.
 func checkCurrency(c string) error {
-	if !currencyRE.MatchString(c) {
+	if len(c) != 3 || !isUpper(c[0]) || !isUpper(c[1]) || !isUpper(c[2]) {
 		return fmt.Errorf("currency %q is not an ISO 4217 code such as USD", c)
 	}
 	return nil
 }
+
+func isUpper(b byte) bool { return 'A' <= b && b <= 'Z' }
 
 var periodRE = regexp.MustCompile(`^[0-9]{4}-(0[1-9]|1[0-2])$`)
 
@@ -337,7 +349,7 @@ type balanceDelta struct{ balance, charged int64 }
 // concurrent writers on PostgreSQL lock rows in the same order and never
 // deadlock. conn, when set, is the connection tx runs on (as in
 // execBatches).
-func (l *Ledger) applyBalances(ctx context.Context, tx *sql.Tx, conn *sql.Conn, deltas map[balanceKey]balanceDelta) error {
+func (l *Ledger) applyBalances(ctx context.Context, tx *sql.Tx, conn *driverConn, deltas map[balanceKey]balanceDelta) error {
 	keys := make([]balanceKey, 0, len(deltas))
 	for k := range deltas {
 		keys = append(keys, k)

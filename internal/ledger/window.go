@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -166,6 +167,8 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: connect: %w", err)
 	}
 	defer conn.Close()
+	// dc binds every statement of the commit from one set of buffers.
+	dc := &driverConn{Conn: conn}
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("commit windows: begin: %w", err)
@@ -181,7 +184,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		tuple := "(" + strings.TrimSuffix(strings.Repeat("?,", len(cols)), ",") + ")"
 		head := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") VALUES "
 		query := func(k int) string { return head + strings.TrimSuffix(strings.Repeat(tuple+",", k), ",") }
-		return execBatches(ctx, tx, conn, query, nil, len(cols), n, row, nil)
+		return execBatches(ctx, tx, dc, query, nil, len(cols), n, row, nil)
 	}
 	closed, err := l.closedPeriods(ctx, tx)
 	if err != nil {
@@ -194,68 +197,87 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		late                             bool
 		seq                              uint64
 	}
-	type sums struct {
-		entry          int // index into order
-		amount, vendor int64
-	}
-	groups := map[group]*sums{}
+	type sums struct{ amount, vendor int64 }
+	// groups[g] is g's index in order and totals.
+	groups := map[group]int32{}
 	var order []group
+	var totals []sums
 	sids, fresh, err := l.seriesIDs(ctx, tx, ws)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	// One window per series: checked on the series ids, which hash far
-	// cheaper than three strings.
-	seen := make(map[int64]struct{}, len(ws))
-	for i, id := range sids {
-		if _, dup := seen[id]; dup {
-			w := ws[i]
-			return fmt.Errorf("commit windows: two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter)
+	// In key order: SQLite stores usage in its (seq, series_id) key, and
+	// rows that arrive in order fill each page before the next.
+	byKey := make([]int32, len(ws))
+	for i := range byKey {
+		byKey[i] = int32(i)
+	}
+	slices.SortFunc(byKey, func(a, b int32) int {
+		if c := cmp.Compare(ws[a].Seq, ws[b].Seq); c != 0 {
+			return c
 		}
-		seen[id] = struct{}{}
+		return cmp.Compare(sids[a], sids[b])
+	})
+	if i, ok := twoOfOneSeries(ws, sids, byKey); ok {
+		w := ws[i]
+		return fmt.Errorf("commit windows: two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter)
 	}
 	// entryOf[i] is the index in order of window i's entry. Windows
-	// come grouped by tenant, so the last group is tried before the map.
+	// come grouped by tenant, so the last group is tried before the map;
+	// they share their end time, so the period is worked out once.
 	entryOf := make([]int32, len(ws))
 	var last group
-	var lastSums *sums
-	for i, w := range ws {
-		period, late := openPeriod(PeriodOf(w.End), closed)
-		g := group{w.Tenant, w.Charge.Currency, period, w.PluginSHA256, late, w.Seq}
-		s := lastSums
-		if s == nil || g != last {
-			s = groups[g]
-			if s == nil {
-				s = &sums{entry: len(order)}
-				groups[g] = s
-				order = append(order, g)
-			}
-			last, lastSums = g, s
+	lastEntry := int32(-1)
+	var lastEnd time.Time
+	var period string
+	var late bool
+	for i := range ws {
+		w := &ws[i]
+		if i == 0 || !w.End.Equal(lastEnd) {
+			period, late = openPeriod(PeriodOf(w.End), closed)
+			lastEnd = w.End
 		}
+		g := group{w.Tenant, w.Charge.Currency, period, w.PluginSHA256, late, w.Seq}
+		e := lastEntry
+		if e < 0 || g != last {
+			var ok bool
+			if e, ok = groups[g]; !ok {
+				e = int32(len(order))
+				groups[g] = e
+				order = append(order, g)
+				totals = append(totals, sums{})
+			}
+			last, lastEntry = g, e
+		}
+		s := &totals[e]
 		if s.amount > math.MaxInt64-w.Charge.AmountMicro {
 			return fmt.Errorf("commit windows: charges of tenant %s overflow int64: commit fewer windows at once", w.Tenant)
 		}
 		s.amount += w.Charge.AmountMicro
 		s.vendor += w.Charge.VendorMicro
-		entryOf[i] = int32(s.entry)
+		entryOf[i] = e
 	}
 	ids, err := l.d.allocIDs(ctx, tx, len(order))
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	keys := make([]lineKey, len(ws))
-	for i := range ws {
-		g := &order[entryOf[i]]
-		keys[i] = lineKey{g.period, g.currency, g.plugin, g.late}
+	// keys[i] is window i's line key id (see Ledger.lineKeys).
+	entryLine := make([]uint32, len(order))
+	for e, g := range order {
+		entryLine[e] = l.lineID(lineKey{g.period, g.currency, g.plugin, g.late})
+	}
+	keys := make([]uint32, len(ws))
+	for i, e := range entryOf {
+		keys[i] = entryLine[e]
 	}
 	rolled, err := l.openLines(ctx, tx, sids, ws, keys)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	if err := l.moveCheckpoints(ctx, tx, conn, sids, ws); err != nil {
+	if err := l.moveCheckpoints(ctx, tx, dc, sids, ws); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	if err := l.rollLines(ctx, tx, conn, sids, ws, keys, rolled); err != nil {
+	if err := l.rollLines(ctx, tx, dc, sids, ws, keys, rolled); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	tenants := make([]string, len(order))
@@ -283,17 +305,24 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		d.charged += charged
 		deltas[k] = d
 	}
+	// The entries of a commit share their plugin, mostly: its vendor
+	// account is built once, not once per tenant.
+	var vendorOf, vendor string
 	for i, g := range order {
-		s := groups[g]
+		s := &totals[i]
 		if s.amount == 0 {
 			continue
 		}
 		id := ids[i]
-		postings = append(postings, posting{id, TenantAccount(g.tenant), g.currency, -s.amount})
-		add(TenantAccount(g.tenant), g.currency, -s.amount, s.amount)
+		tenant := TenantAccount(g.tenant)
+		postings = append(postings, posting{id, tenant, g.currency, -s.amount})
+		add(tenant, g.currency, -s.amount, s.amount)
 		if s.vendor != 0 {
-			postings = append(postings, posting{id, VendorAccount(g.plugin), g.currency, s.vendor})
-			add(VendorAccount(g.plugin), g.currency, s.vendor, 0)
+			if vendor == "" || g.plugin != vendorOf {
+				vendorOf, vendor = g.plugin, VendorAccount(g.plugin)
+			}
+			postings = append(postings, posting{id, vendor, g.currency, s.vendor})
+			add(vendor, g.currency, s.vendor, 0)
 		}
 		if platform := s.amount - s.vendor; platform != 0 {
 			postings = append(postings, posting{id, PlatformAccount, g.currency, platform})
@@ -316,31 +345,18 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			return `INSERT INTO entries (kind, created_us, node, window_seq, currency, period, plugin_sha256, late, id, tenant, amount_micro)
 				SELECT 'usage', ?1, ?2, ?3, ?4, ?5, ?6, ?7, * FROM (VALUES ` + tuples(3, k) + `)`
 		}
-		err = execBatches(ctx, tx, conn, query, shared, 3, len(order), func(i int, dst []any) []any {
-			g := order[i]
-			return append(dst, ids[i], g.tenant, groups[g].amount)
+		err = execBatches(ctx, tx, dc, query, shared, 3, len(order), func(i int, dst []any) []any {
+			return append(dst, ids[i], order[i].tenant, totals[i].amount)
 		}, nil)
 	} else {
 		err = insert("entries", entryCols, len(order), func(i int, dst []any) []any {
-			g := order[i]
-			return append(dst, ids[i], "usage", g.tenant, g.currency, groups[g].amount, g.period, b2i(g.late), now, node, g.plugin, int64(g.seq))
+			g := &order[i]
+			return append(dst, ids[i], "usage", g.tenant, g.currency, totals[i].amount, g.period, b2i(g.late), now, node, g.plugin, int64(g.seq))
 		})
 	}
 	if err != nil {
 		return fmt.Errorf("commit windows: insert entries: %w", err)
 	}
-	// In key order: SQLite stores usage in its (seq, series_id) key, and
-	// rows that arrive in order fill each page before the next.
-	byKey := make([]int32, len(ws))
-	for i := range byKey {
-		byKey[i] = int32(i)
-	}
-	slices.SortFunc(byKey, func(a, b int32) int {
-		if c := cmp.Compare(ws[a].Seq, ws[b].Seq); c != 0 {
-			return c
-		}
-		return cmp.Compare(sids[a], sids[b])
-	})
 	if l.d == sqliteDialect && sameWindow(ws, true) {
 		// The usual commit: one window number and time span for all.
 		w := &ws[0]
@@ -349,7 +365,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			return `INSERT INTO usage (seq, prev_seq, rebased, start_us, end_us, series_id, entry_id, amount_micro, vendor_micro,
 				quantity, from_counter, to_counter) SELECT ?1, ?2, ?3, ?4, ?5, * FROM (VALUES ` + tuples(7, k) + `)`
 		}
-		err = execBatches(ctx, tx, conn, query, shared, 7, len(ws), func(j int, dst []any) []any {
+		err = execBatches(ctx, tx, dc, query, shared, 7, len(ws), func(j int, dst []any) []any {
 			i := byKey[j]
 			w := &ws[i]
 			return append(dst, sids[i], ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
@@ -373,7 +389,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		query := func(k int) string {
 			return `INSERT INTO postings (currency, entry_id, account, amount_micro) SELECT ?1, * FROM (VALUES ` + tuples(3, k) + `)`
 		}
-		err = execBatches(ctx, tx, conn, query, []any{order[0].currency}, 3, len(postings), func(i int, dst []any) []any {
+		err = execBatches(ctx, tx, dc, query, []any{order[0].currency}, 3, len(postings), func(i int, dst []any) []any {
 			p := &postings[i]
 			return append(dst, p.entry, p.account, p.amount)
 		}, nil)
@@ -387,7 +403,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: insert postings: %w", err)
 	}
 	if len(deltas) > 0 {
-		if err := l.applyBalances(ctx, tx, conn, deltas); err != nil {
+		if err := l.applyBalances(ctx, tx, dc, deltas); err != nil {
 			return fmt.Errorf("commit windows: %w", err)
 		}
 	}
@@ -398,7 +414,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	l.remember(freshTenants)
-	l.rememberSeries(fresh)
+	l.rememberSeries(node, fresh)
 	l.rememberLines(sids, ws, keys)
 	return nil
 }
@@ -411,7 +427,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 // node id, or a retry of a landed commit) fails the whole commit. sids
 // are the windows' series ids; SQLite's statements run on conn, tx's
 // connection, below database/sql (see execBatches).
-func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids []int64, ws []Window) error {
+func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *driverConn, sids []int64, ws []Window) error {
 	const ncols = 7
 	if l.d == postgres {
 		// One statement of five arrays: no per-row parameters to bind.
@@ -518,18 +534,50 @@ func checkMoved(res result, err error, n int, node string) error {
 	return nil
 }
 
-// seriesKey names one billed series.
-type seriesKey struct{ node, tenant, meter string }
+// twoOfOneSeries returns the index of a window whose series has another
+// window in ws, if any. byKey orders ws by (seq, series id): when all
+// share their seq, the usual commit, such windows are neighbours in it.
+func twoOfOneSeries(ws []Window, sids []int64, byKey []int32) (int, bool) {
+	if ws[byKey[0]].Seq == ws[byKey[len(byKey)-1]].Seq {
+		for j := 1; j < len(byKey); j++ {
+			if sids[byKey[j]] == sids[byKey[j-1]] {
+				return int(byKey[j]), true
+			}
+		}
+		return 0, false
+	}
+	seen := make(map[int64]struct{}, len(ws))
+	for i, id := range sids {
+		if _, dup := seen[id]; dup {
+			return i, true
+		}
+		seen[id] = struct{}{}
+	}
+	return 0, false
+}
+
+// seriesCacheKey appends the key of (tenant, meter) in a node's series
+// cache to dst: the tenant's length, the tenant and the meter, so that no
+// two pairs share a key whatever bytes their names hold.
+func seriesCacheKey(dst []byte, tenant, meter string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(tenant)))
+	return append(append(dst, tenant...), meter...)
+}
 
 // seriesIDs returns the series id of every window (ids[i] is ws[i]'s)
-// inside tx, creating the missing series, and the ids to cache once tx
-// commits.
-func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int64, map[seriesKey]int64, error) {
+// inside tx, creating the missing series, and the node's ids (by
+// [seriesCacheKey]) to cache once tx commits.
+func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int64, map[string]int64, error) {
 	ids := make([]int64, len(ws))
 	var missing []int // indexes into ws
+	var key []byte
 	l.mu.Lock()
-	for i, w := range ws {
-		if id, ok := l.series[seriesKey{w.Node, w.Tenant, w.Meter}]; ok {
+	cache := l.series[ws[0].Node]
+	for i := range ws {
+		w := &ws[i]
+		key = seriesCacheKey(key[:0], w.Tenant, w.Meter)
+		// m[string(b)] looks up without making the string.
+		if id, ok := cache[string(key)]; ok {
 			ids[i] = id
 		} else {
 			missing = append(missing, i)
@@ -555,26 +603,28 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int6
 	}
 	// A node's series are read back all at once: this happens when
 	// tenants or meters appear, not every window.
-	fresh := map[seriesKey]int64{}
+	fresh := map[string]int64{}
 	r, err := tx.QueryContext(ctx, l.d.rebind(`SELECT id, tenant, meter FROM series WHERE node = ?`), ws[0].Node)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read series: %w", err)
 	}
 	defer r.Close()
 	for r.Next() {
-		k := seriesKey{node: ws[0].Node}
 		var id int64
-		if err := r.Scan(&id, &k.tenant, &k.meter); err != nil {
+		var tenant, meter []byte
+		if err := r.Scan(&id, &tenant, &meter); err != nil {
 			return nil, nil, fmt.Errorf("read series: %w", err)
 		}
-		fresh[k] = id
+		key = binary.AppendUvarint(key[:0], uint64(len(tenant)))
+		fresh[string(append(append(key, tenant...), meter...))] = id
 	}
 	if err := r.Err(); err != nil {
 		return nil, nil, fmt.Errorf("read series: %w", err)
 	}
 	for _, i := range missing {
-		w := ws[i]
-		id, ok := fresh[seriesKey{w.Node, w.Tenant, w.Meter}]
+		w := &ws[i]
+		key = seriesCacheKey(key[:0], w.Tenant, w.Meter)
+		id, ok := fresh[string(key)]
 		if !ok {
 			return nil, nil, fmt.Errorf("series %s/%s/%s was not recorded", w.Node, w.Tenant, w.Meter)
 		}
@@ -583,11 +633,19 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int6
 	return ids, fresh, nil
 }
 
-func (l *Ledger) rememberSeries(m map[seriesKey]int64) {
+func (l *Ledger) rememberSeries(node string, m map[string]int64) {
+	if len(m) == 0 {
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	cache := l.series[node]
+	if cache == nil {
+		l.series[node] = m
+		return
+	}
 	for k, id := range m {
-		l.series[k] = id
+		cache[k] = id
 	}
 }
 
@@ -615,10 +673,32 @@ type lineKey struct {
 	late                     bool
 }
 
-// openLine is a series' open line as of its checkpoint seq.
+// openLine is a series' open line as of its checkpoint seq: key is its
+// line key's id (see Ledger.lineKeys).
 type openLine struct {
 	seq uint64
-	key lineKey
+	key uint32
+}
+
+// lineID returns k's id in the ledger's table of line keys, adding k.
+func (l *Ledger) lineID(k lineKey) uint32 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	id, ok := l.lineIDs[k]
+	if !ok {
+		id = uint32(len(l.lineKeys))
+		l.lineKeys = append(l.lineKeys, k)
+		l.lineIDs[k] = id
+	}
+	return id
+}
+
+// lineKeyTable returns the table of line keys: ids index it. It is
+// append-only, so the slice stays valid for the ids known now.
+func (l *Ledger) lineKeyTable() []lineKey {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lineKeys
 }
 
 // openLines returns, for each window, whether its line differs from its
@@ -626,7 +706,7 @@ type openLine struct {
 // window's starting checkpoint; otherwise the node's series are read in
 // tx (after a restart, or when another writer moved them: then the
 // compare-and-swap fails the commit anyway).
-func (l *Ledger) openLines(ctx context.Context, tx *sql.Tx, sids []int64, ws []Window, keys []lineKey) ([]bool, error) {
+func (l *Ledger) openLines(ctx context.Context, tx *sql.Tx, sids []int64, ws []Window, keys []uint32) ([]bool, error) {
 	rolled := make([]bool, len(ws))
 	var unknown []int
 	l.mu.Lock()
@@ -661,9 +741,10 @@ func (l *Ledger) openLines(ctx context.Context, tx *sql.Tx, sids []int64, ws []W
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read open usage lines: %w", err)
 	}
+	table := l.lineKeyTable()
 	for _, i := range unknown {
 		k, ok := open[sids[i]]
-		rolled[i] = !ok || k.period == "" || k != keys[i]
+		rolled[i] = !ok || k.period == "" || k != table[keys[i]]
 	}
 	return rolled, nil
 }
@@ -673,7 +754,7 @@ func (l *Ledger) openLines(ctx context.Context, tx *sql.Tx, sids []int64, ws []W
 // window's quantity and amount: the checkpoint update before it added
 // them to the old line. This runs once a month per series, or when the
 // plugin or the late flag changes.
-func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids []int64, ws []Window, keys []lineKey, rolled []bool) error {
+func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *driverConn, sids []int64, ws []Window, keys []uint32, rolled []bool) error {
 	var idx []int
 	for i, r := range rolled {
 		if r {
@@ -707,8 +788,9 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 		n := len(idx)
 		period, currency, plugin := make([]string, n), make([]string, n), make([]string, n)
 		late := make([]int64, n)
+		table := l.lineKeyTable()
 		for j, i := range idx {
-			k := keys[i]
+			k := table[keys[i]]
 			period[j], currency[j], plugin[j], late[j] = k.period, k.currency, k.plugin, int64(b2i(k.late))
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE series SET line_period = v.period, line_currency = v.currency,
@@ -746,8 +828,9 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 			line_late = v.column5 FROM (VALUES ` +
 			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?),", n), ",") + `) AS v WHERE series.id = v.column1`
 	}
+	table := l.lineKeyTable()
 	row := func(j int, dst []any) []any {
-		k := keys[idx[j]]
+		k := table[keys[idx[j]]]
 		return append(dst, ids[j], k.period, k.currency, k.plugin, b2i(k.late))
 	}
 	if err := execBatches(ctx, tx, conn, query, nil, 5, len(idx), row, nil); err != nil {
@@ -764,7 +847,7 @@ func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *sql.Conn, sids
 	return nil
 }
 
-func (l *Ledger) rememberLines(sids []int64, ws []Window, keys []lineKey) {
+func (l *Ledger) rememberLines(sids []int64, ws []Window, keys []uint32) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for i := range ws {
