@@ -286,6 +286,10 @@ func execDriver(ctx context.Context, dc any, buf *driverConn, query func(k int) 
 			return err
 		}
 		nv = nv[:0]
+		if cap(nv) < len(a) {
+			// Sized at once: growing by append made 5 times its size.
+			nv = make([]driver.NamedValue, 0, len(a))
+		}
 		for i, v := range a {
 			// database/sql would turn an int into an int64; the
 			// ledger passes no other non-driver type.

@@ -191,11 +191,12 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	// A usage entry's windows share their seq (normally all windows of
-	// a commit do): Reverse finds them by it (see schema version 3).
+	// a commit do): Reverse finds them by it (see schema version 3). line
+	// is the id of the entry's line key (period, currency, plugin, late).
 	type group struct {
-		tenant, currency, period, plugin string
-		late                             bool
-		seq                              uint64
+		tenant string
+		line   uint32
+		seq    uint64
 	}
 	type sums struct{ amount, vendor int64 }
 	// groups[g] is g's index in order and totals.
@@ -224,20 +225,26 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	// entryOf[i] is the index in order of window i's entry. Windows
 	// come grouped by tenant, so the last group is tried before the map;
-	// they share their end time, so the period is worked out once.
+	// they share their end time, currency and plugin, so the line key is
+	// worked out once.
 	entryOf := make([]int32, len(ws))
 	var last group
 	lastEntry := int32(-1)
 	var lastEnd time.Time
-	var period string
+	var period, currency, plugin string
 	var late bool
+	var line uint32
 	for i := range ws {
 		w := &ws[i]
-		if i == 0 || !w.End.Equal(lastEnd) {
-			period, late = openPeriod(PeriodOf(w.End), closed)
-			lastEnd = w.End
+		if i == 0 || !w.End.Equal(lastEnd) || w.Charge.Currency != currency || w.PluginSHA256 != plugin {
+			if i == 0 || !w.End.Equal(lastEnd) {
+				period, late = openPeriod(PeriodOf(w.End), closed)
+				lastEnd = w.End
+			}
+			currency, plugin = w.Charge.Currency, w.PluginSHA256
+			line = l.lineID(lineKey{period, currency, plugin, late})
 		}
-		g := group{w.Tenant, w.Charge.Currency, period, w.PluginSHA256, late, w.Seq}
+		g := group{w.Tenant, line, w.Seq}
 		e := lastEntry
 		if e < 0 || g != last {
 			var ok bool
@@ -262,19 +269,22 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	// keys[i] is window i's line key id (see Ledger.lineKeys).
-	entryLine := make([]uint32, len(order))
-	for e, g := range order {
-		entryLine[e] = l.lineID(lineKey{g.period, g.currency, g.plugin, g.late})
-	}
 	keys := make([]uint32, len(ws))
 	for i, e := range entryOf {
-		keys[i] = entryLine[e]
+		keys[i] = order[e].line
 	}
+	table := l.lineKeyTable()
 	rolled, err := l.openLines(ctx, tx, sids, ws, keys)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	if err := l.moveCheckpoints(ctx, tx, dc, sids, ws); err != nil {
+	// Series ids are bound twice, by the checkpoint update and the usage
+	// insert: converted to bind values once.
+	sidArgs := make([]any, len(sids))
+	for i, id := range sids {
+		sidArgs[i] = id
+	}
+	if err := l.moveCheckpoints(ctx, tx, dc, sids, sidArgs, ws); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	if err := l.rollLines(ctx, tx, dc, sids, ws, keys, rolled); err != nil {
@@ -290,9 +300,16 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	now := l.now().UnixMicro()
 	node := ws[0].Node
+	// Each value bound goes in as an any: an int64 above 255 or a string
+	// made at run time allocates when converted. Entry ids and accounts
+	// are converted once, not per row that binds them.
+	idArgs := make([]any, len(ids))
+	for i, id := range ids {
+		idArgs[i] = id
+	}
 	type posting struct {
-		entry    int64
-		account  string
+		entry    any // int64
+		account  any // string
 		currency string
 		amount   int64
 	}
@@ -308,31 +325,33 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	// The entries of a commit share their plugin, mostly: its vendor
 	// account is built once, not once per tenant.
 	var vendorOf, vendor string
+	var vendorArg any
 	for i, g := range order {
 		s := &totals[i]
 		if s.amount == 0 {
 			continue
 		}
-		id := ids[i]
+		k := &table[g.line]
+		id := idArgs[i]
 		tenant := TenantAccount(g.tenant)
-		postings = append(postings, posting{id, tenant, g.currency, -s.amount})
-		add(tenant, g.currency, -s.amount, s.amount)
+		postings = append(postings, posting{id, tenant, k.currency, -s.amount})
+		add(tenant, k.currency, -s.amount, s.amount)
 		if s.vendor != 0 {
-			if vendor == "" || g.plugin != vendorOf {
-				vendorOf, vendor = g.plugin, VendorAccount(g.plugin)
+			if vendorArg == nil || k.plugin != vendorOf {
+				vendorOf, vendor = k.plugin, VendorAccount(k.plugin)
+				vendorArg = vendor
 			}
-			postings = append(postings, posting{id, vendor, g.currency, s.vendor})
-			add(vendor, g.currency, s.vendor, 0)
+			postings = append(postings, posting{id, vendorArg, k.currency, s.vendor})
+			add(vendor, k.currency, s.vendor, 0)
 		}
 		if platform := s.amount - s.vendor; platform != 0 {
-			postings = append(postings, posting{id, PlatformAccount, g.currency, platform})
-			add(PlatformAccount, g.currency, platform, 0)
+			postings = append(postings, posting{id, PlatformAccount, k.currency, platform})
+			add(PlatformAccount, k.currency, platform, 0)
 		}
 	}
 	sameEntry := true
 	for _, g := range order {
-		o := &order[0]
-		if g.currency != o.currency || g.period != o.period || g.plugin != o.plugin || g.late != o.late || g.seq != o.seq {
+		if g.line != order[0].line || g.seq != order[0].seq {
 			sameEntry = false
 			break
 		}
@@ -340,18 +359,20 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if l.d == sqliteDialect && sameEntry {
 		// The usual commit: the entries differ only in tenant and amount.
 		g := &order[0]
-		shared := []any{now, node, int64(g.seq), g.currency, g.period, g.plugin, b2i(g.late)}
+		k := &table[g.line]
+		shared := []any{now, node, int64(g.seq), k.currency, k.period, k.plugin, b2i(k.late)}
 		query := func(k int) string {
 			return `INSERT INTO entries (kind, created_us, node, window_seq, currency, period, plugin_sha256, late, id, tenant, amount_micro)
 				SELECT 'usage', ?1, ?2, ?3, ?4, ?5, ?6, ?7, * FROM (VALUES ` + tuples(3, k) + `)`
 		}
 		err = execBatches(ctx, tx, dc, query, shared, 3, len(order), func(i int, dst []any) []any {
-			return append(dst, ids[i], order[i].tenant, totals[i].amount)
+			return append(dst, idArgs[i], order[i].tenant, totals[i].amount)
 		}, nil)
 	} else {
 		err = insert("entries", entryCols, len(order), func(i int, dst []any) []any {
 			g := &order[i]
-			return append(dst, ids[i], "usage", g.tenant, g.currency, totals[i].amount, g.period, b2i(g.late), now, node, g.plugin, int64(g.seq))
+			k := &table[g.line]
+			return append(dst, idArgs[i], "usage", g.tenant, k.currency, totals[i].amount, k.period, b2i(k.late), now, node, k.plugin, int64(g.seq))
 		})
 	}
 	if err != nil {
@@ -368,14 +389,14 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		err = execBatches(ctx, tx, dc, query, shared, 7, len(ws), func(j int, dst []any) []any {
 			i := byKey[j]
 			w := &ws[i]
-			return append(dst, sids[i], ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
+			return append(dst, sidArgs[i], idArgs[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
 				int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter))
 		}, nil)
 	} else {
 		err = insert("usage", usageCols, len(ws), func(j int, dst []any) []any {
 			i := byKey[j]
 			w := &ws[i]
-			return append(dst, sids[i], int64(w.Seq), int64(w.PrevSeq), ids[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
+			return append(dst, sidArgs[i], int64(w.Seq), int64(w.PrevSeq), idArgs[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
 				int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro())
 		})
 	}
@@ -389,7 +410,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		query := func(k int) string {
 			return `INSERT INTO postings (currency, entry_id, account, amount_micro) SELECT ?1, * FROM (VALUES ` + tuples(3, k) + `)`
 		}
-		err = execBatches(ctx, tx, dc, query, []any{order[0].currency}, 3, len(postings), func(i int, dst []any) []any {
+		err = execBatches(ctx, tx, dc, query, []any{table[order[0].line].currency}, 3, len(postings), func(i int, dst []any) []any {
 			p := &postings[i]
 			return append(dst, p.entry, p.account, p.amount)
 		}, nil)
@@ -425,9 +446,9 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 // usage_lines in schema.go): the row is written anyway. A
 // series whose checkpoint moved meanwhile (another writer with the same
 // node id, or a retry of a landed commit) fails the whole commit. sids
-// are the windows' series ids; SQLite's statements run on conn, tx's
+// are the windows' series ids (sidArgs the same as bind values); SQLite's statements run on conn, tx's
 // connection, below database/sql (see execBatches).
-func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *driverConn, sids []int64, ws []Window) error {
+func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *driverConn, sids []int64, sidArgs []any, ws []Window) error {
 	const ncols = 7
 	if l.d == postgres {
 		// One statement of five arrays: no per-row parameters to bind.
@@ -460,7 +481,7 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *driverCo
 		}
 		row := func(i int, dst []any) []any {
 			w := &ws[i]
-			return append(dst, sids[i], int64(w.ToCounter), int64(w.Quantity), w.Charge.AmountMicro)
+			return append(dst, sidArgs[i], int64(w.ToCounter), int64(w.Quantity), w.Charge.AmountMicro)
 		}
 		if err := execBatches(ctx, tx, conn, query, shared, 4, len(ws), row, check); err != nil {
 			if errors.Is(err, ErrDuplicateWindow) {
@@ -485,7 +506,7 @@ func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *driverCo
 	}
 	row := func(i int, dst []any) []any {
 		w := &ws[i]
-		return append(dst, sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro(), int64(w.Quantity), w.Charge.AmountMicro)
+		return append(dst, sidArgs[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro(), int64(w.Quantity), w.Charge.AmountMicro)
 	}
 	if err := execBatches(ctx, tx, conn, query, nil, ncols, len(ws), row, check); err != nil {
 		if errors.Is(err, ErrDuplicateWindow) {
