@@ -364,9 +364,17 @@ func (l *Ledger) applyBalances(ctx context.Context, tx *sql.Tx, conn *driverConn
 		query := func(k int) string {
 			return `INSERT INTO balances (account, currency, balance_micro, charged_micro) VALUES ` + tuples(4, k) + upsert
 		}
+		// The rows share their currency, mostly: converted to a bind
+		// value once (each conversion of a string to any allocates).
+		var currency string
+		var currencyArg any
 		err := execBatches(ctx, tx, conn, query, nil, 4, len(keys), func(i int, dst []any) []any {
-			d := deltas[keys[i]]
-			return append(dst, keys[i].account, keys[i].currency, d.balance, d.charged)
+			k := &keys[i]
+			if currencyArg == nil || k.currency != currency {
+				currency, currencyArg = k.currency, k.currency
+			}
+			d := deltas[*k]
+			return append(dst, k.account, currencyArg, d.balance, d.charged)
 		}, nil)
 		if err != nil {
 			return fmt.Errorf("update balances: %w", err)
