@@ -345,6 +345,11 @@ type balanceKey struct{ account, currency string }
 
 type balanceDelta struct{ balance, charged int64 }
 
+// balanceUpsert adds an inserted balances row to the existing one.
+const balanceUpsert = ` ON CONFLICT (account, currency) DO UPDATE SET
+	balance_micro = balances.balance_micro + excluded.balance_micro,
+	charged_micro = balances.charged_micro + excluded.charged_micro`
+
 // applyBalances adds deltas to the balances table in key order, so that
 // concurrent writers on PostgreSQL lock rows in the same order and never
 // deadlock. conn, when set, is the connection tx runs on (as in
@@ -355,9 +360,7 @@ func (l *Ledger) applyBalances(ctx context.Context, tx *sql.Tx, conn *driverConn
 		keys = append(keys, k)
 	}
 	sortBalanceKeys(keys)
-	const upsert = ` ON CONFLICT (account, currency) DO UPDATE SET
-			balance_micro = balances.balance_micro + excluded.balance_micro,
-			charged_micro = balances.charged_micro + excluded.charged_micro`
+	const upsert = balanceUpsert
 	if conn != nil && l.d == sqliteDialect {
 		// A window commit's 10,000 rows, bound on the driver connection
 		// (see execBatches).

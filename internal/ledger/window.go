@@ -322,6 +322,16 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		amount   int64
 		side     int
 	}
+	sameEntry := true
+	for _, g := range order {
+		if g.line != order[0].line || g.seq != order[0].seq {
+			sameEntry = false
+			break
+		}
+	}
+	// On SQLite the usual commit's tenant balances are updated from
+	// their entries, one per tenant (see below), not from deltas.
+	tenantsFromEntries := l.d == sqliteDialect && sameEntry
 	postings := make([]posting, 0, 3*len(order))
 	deltas := make(map[balanceKey]balanceDelta, len(order)+2)
 	add := func(account, currency string, balance, charged int64) {
@@ -343,7 +353,9 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		id := idArgs[i]
 		tenant := TenantAccount(g.tenant)
 		postings = append(postings, posting{id, tenant, k.currency, -s.amount, tenantSide})
-		add(tenant, k.currency, -s.amount, s.amount)
+		if !tenantsFromEntries {
+			add(tenant, k.currency, -s.amount, s.amount)
+		}
 		if s.vendor != 0 {
 			if vendor == "" || k.plugin != vendorOf {
 				vendorOf, vendor = k.plugin, VendorAccount(k.plugin)
@@ -354,13 +366,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		if platform := s.amount - s.vendor; platform != 0 {
 			postings = append(postings, posting{id, PlatformAccount, k.currency, platform, platformSide})
 			add(PlatformAccount, k.currency, platform, 0)
-		}
-	}
-	sameEntry := true
-	for _, g := range order {
-		if g.line != order[0].line || g.seq != order[0].seq {
-			sameEntry = false
-			break
 		}
 	}
 	if l.d == sqliteDialect && sameEntry {
@@ -438,6 +443,17 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	if err != nil {
 		return fmt.Errorf("commit windows: insert postings: %w", err)
+	}
+	if tenantsFromEntries {
+		// The entries just inserted hold each tenant's charge: their
+		// ids are ids[0]..ids[len-1] (allocIDs). In account order, as
+		// applyBalances writes them; no tenant account string is bound.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO balances (account, currency, balance_micro, charged_micro)
+			SELECT ? || tenant, currency, -amount_micro, amount_micro FROM entries
+			WHERE id BETWEEN ? AND ? AND amount_micro <> 0 ORDER BY 1`+balanceUpsert,
+			tenantPrefix, ids[0], ids[len(ids)-1]); err != nil {
+			return fmt.Errorf("commit windows: update balances: %w", err)
+		}
 	}
 	if len(deltas) > 0 {
 		if err := l.applyBalances(ctx, tx, dc, deltas); err != nil {
