@@ -478,8 +478,9 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 // usage_lines in schema.go): the row is written anyway. A
 // series whose checkpoint moved meanwhile (another writer with the same
 // node id, or a retry of a landed commit) fails the whole commit. sids
-// are the windows' series ids (sidArgs the same as bind values); SQLite's statements run on conn, tx's
-// connection, below database/sql (see execBatches).
+// are the windows' series ids, sidArgs the same as bind values; SQLite's
+// statements run on conn, tx's connection, below database/sql (see
+// execBatches).
 func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *driverConn, sids []int64, sidArgs []any, ws []Window) error {
 	const ncols = 7
 	if l.d == postgres && sameWindow(ws, false) {
