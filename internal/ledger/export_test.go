@@ -1,6 +1,9 @@
 package ledger
 
-import "context"
+import (
+	"context"
+	"database/sql"
+)
 
 // ExecForTest runs a raw statement, to prove the triggers refuse edits.
 func ExecForTest(ctx context.Context, l *Ledger, stmt string) error {
@@ -29,21 +32,7 @@ func JournalLinesForTest(ctx context.Context, l *Ledger, tenant, period string) 
 		) lines
 		GROUP BY meter, currency, plugin_sha256, late
 		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var ls []UsageLine
-	for rows.Next() {
-		var u UsageLine
-		var late int
-		if err := rows.Scan(&u.Meter, &u.Currency, &u.PluginSHA256, &late, &u.Quantity, &u.AmountMicro); err != nil {
-			return nil, err
-		}
-		u.Late = late == 1
-		ls = append(ls, u)
-	}
-	return ls, rows.Err()
+	return scanLines(rows, err)
 }
 
 // UsageLinesV2ForTest is UsageLines as schema version 2 answered it,
@@ -58,6 +47,11 @@ func UsageLinesV2ForTest(ctx context.Context, l *Ledger, tenant, period string) 
 		) lines
 		GROUP BY meter, currency, plugin_sha256, late
 		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
+	return scanLines(rows, err)
+}
+
+// scanLines reads (meter, currency, plugin, late, quantity, amount) rows.
+func scanLines(rows *sql.Rows, err error) ([]UsageLine, error) {
 	if err != nil {
 		return nil, err
 	}
