@@ -121,6 +121,11 @@ type Meter struct {
 	walk   *link.Iter
 	// unseen is what the latest walk could not copy to totals.
 	unseen uint64
+	// keys and vals are readHash's batch buffers, kept across reads
+	// (reads are serial, like unseen) so a read at 10,000 cgroups does not
+	// allocate ~100 KiB of them again.
+	keys []syscallsKmeterKey
+	vals []uint64
 	status meter.Status
 }
 
@@ -361,7 +366,11 @@ func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
 		for _, d := range dropped {
 			m.unseen += d.Dropped
 		}
-		if err := readHash(m.totals, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) }); err != nil {
+		if m.keys == nil {
+			m.keys = make([]syscallsKmeterKey, hashBatch)
+			m.vals = make([]uint64, hashBatch)
+		}
+		if err := readHash(m.totals, m.keys, m.vals, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) }); err != nil {
 			return fmt.Errorf("read syscalls meter: %w", err)
 		}
 	}
@@ -390,12 +399,13 @@ func readWalk(it *link.Iter) ([]syscallsSysDropped, error) {
 	return out, nil
 }
 
+// hashBatch is how many entries of sys_totals one BatchLookup returns.
+const hashBatch = 4096
+
 // readHash calls fn with every key and value of the hash m, in batches
-// where the kernel supports them.
-func readHash(m *ebpf.Map, fn func(k syscallsKmeterKey, n uint64)) error {
-	const batch = 4096
-	keys := make([]syscallsKmeterKey, batch)
-	vals := make([]uint64, batch)
+// of len(keys) (keys and vals have the same length) where the kernel
+// supports them.
+func readHash(m *ebpf.Map, keys []syscallsKmeterKey, vals []uint64, fn func(k syscallsKmeterKey, n uint64)) error {
 	var cursor ebpf.MapBatchCursor
 	for first := true; ; first = false {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)
