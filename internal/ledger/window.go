@@ -329,9 +329,10 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			break
 		}
 	}
-	// On SQLite the usual commit's tenant balances are updated from
-	// their entries, one per tenant (see below), not from deltas.
-	tenantsFromEntries := l.d == sqliteDialect && sameEntry
+	// usual: on SQLite, the usual commit (one entry per tenant, all with
+	// the same line key and seq) binds what the entries share once, and
+	// takes tenant accounts and balances from the entries (see below).
+	usual := l.d == sqliteDialect && sameEntry
 	postings := make([]posting, 0, 3*len(order))
 	deltas := make(map[balanceKey]balanceDelta, len(order)+2)
 	add := func(account, currency string, balance, charged int64) {
@@ -353,7 +354,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		id := idArgs[i]
 		tenant := TenantAccount(g.tenant)
 		postings = append(postings, posting{id, tenant, k.currency, -s.amount, tenantSide})
-		if !tenantsFromEntries {
+		if !usual {
 			add(tenant, k.currency, -s.amount, s.amount)
 		}
 		if s.vendor != 0 {
@@ -368,7 +369,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			add(PlatformAccount, k.currency, platform, 0)
 		}
 	}
-	if l.d == sqliteDialect && sameEntry {
+	if usual {
 		// The usual commit: the entries differ only in tenant and amount.
 		g := &order[0]
 		k := &table[g.line]
@@ -418,7 +419,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		}
 		return fmt.Errorf("commit windows: insert usage: %w", err)
 	}
-	if l.d == sqliteDialect && sameEntry {
+	if usual {
 		// The accounts are named in SQL, not bound per row: the entries
 		// share their plugin, so their vendor, and the tenant's account
 		// is its entry's tenant, just inserted. A bound string costs
@@ -444,7 +445,7 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: insert postings: %w", err)
 	}
-	if tenantsFromEntries {
+	if usual {
 		// The entries just inserted hold each tenant's charge: their
 		// ids are ids[0]..ids[len-1] (allocIDs). In account order, as
 		// applyBalances writes them; no tenant account string is bound.
@@ -631,8 +632,9 @@ func twoOfOneSeries(ws []Window, sids []int64, byKey []int32) (int, bool) {
 
 // seriesCacheKey appends the key of (tenant, meter) in a node's series
 // cache to dst: the tenant's length, the tenant and the meter, so that no
-// two pairs share a key whatever bytes their names hold.
-func seriesCacheKey(dst []byte, tenant, meter string) []byte {
+// two pairs share a key whatever bytes their names hold. The names come as
+// strings from windows and as bytes from a scan of the series table.
+func seriesCacheKey[T string | []byte](dst []byte, tenant, meter T) []byte {
 	dst = binary.AppendUvarint(dst, uint64(len(tenant)))
 	return append(append(dst, tenant...), meter...)
 }
@@ -688,8 +690,8 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int6
 		if err := r.Scan(&id, &tenant, &meter); err != nil {
 			return nil, nil, fmt.Errorf("read series: %w", err)
 		}
-		key = binary.AppendUvarint(key[:0], uint64(len(tenant)))
-		fresh[string(append(append(key, tenant...), meter...))] = id
+		key = seriesCacheKey(key[:0], tenant, meter)
+		fresh[string(key)] = id
 	}
 	if err := r.Err(); err != nil {
 		return nil, nil, fmt.Errorf("read series: %w", err)
