@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmeter/kmeter/internal/config"
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
+	"github.com/kmeter/kmeter/internal/pricing"
 	"github.com/kmeter/kmeter/internal/window"
 )
 
@@ -59,11 +61,25 @@ func (discardStore) CommitWindows(context.Context, []ledger.Window) error { retu
 func BenchmarkTick(b *testing.B) {
 	b.Run("sqlite", func(b *testing.B) { benchTick(b, ledgertest.SQLite.Open(b), 5*time.Second) })
 	b.Run("discard", func(b *testing.B) { benchTick(b, discardStore{}, 5*time.Second) })
+	// The agent's routes: a config's pricing rules through a Router, here
+	// a rule for every series and one for a single tenant.
+	b.Run("discard-router", func(b *testing.B) {
+		rules := []config.PricingRule{{Plugin: "flat.wasm"}, {Tenant: "t00042", Plugin: "special.wasm"}}
+		r, err := window.NewRouter(rules, func(string) (pricing.Pricer, error) { return &fixedPricer{microPerUnit: 2}, nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchTickWith(b, discardStore{}, r, 5*time.Second)
+	})
 	// Windows of a minute allocate their window buffer per tick.
 	b.Run("discard-60s", func(b *testing.B) { benchTick(b, discardStore{}, time.Minute) })
 }
 
 func benchTick(b *testing.B, st window.Store, every time.Duration) {
+	benchTickWith(b, st, onePricer{&fixedPricer{microPerUnit: 2}}, every)
+}
+
+func benchTickWith(b *testing.B, st window.Store, p window.Pricers, every time.Duration) {
 	const nTenants = 10_000
 	tenants := make([]string, nTenants)
 	for i := range tenants {
@@ -73,7 +89,7 @@ func benchTick(b *testing.B, st window.Store, every time.Duration) {
 	read := func(ctx context.Context) (map[string]map[string]uint64, error) { return *latest.Load(), nil }
 	src := benchSource(read)
 	b2, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: st,
-		Pricers: onePricer{&fixedPricer{microPerUnit: 2}}, Interval: every, Log: quietLog()})
+		Pricers: p, Interval: every, Log: quietLog()})
 	if err != nil {
 		b.Fatal(err)
 	}

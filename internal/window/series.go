@@ -14,10 +14,9 @@ import (
 // table without a map of its own.
 type series struct {
 	rows    []row
-	tenants map[string]int32 // tenant -> its most recently added row
-	// order lists the rows in billing order (tenant, then meter); it is
-	// rebuilt only when a row was added since.
-	order  []int32
+	tenants map[string]int32 // tenant -> the head of its chain of rows
+	// sorted is true while the rows are in billing order (tenant, then
+	// meter): no row was added since the last sort.
 	sorted bool
 	// tick numbers the readings; a row whose tick is not the current
 	// one is not in the latest reading.
@@ -40,6 +39,9 @@ type row struct {
 	tick  uint32
 	// next is the tenant's next row, -1 after its last.
 	next int32
+	// route is 1 + the index of the series' pricer in the biller's
+	// routes; 0 until the biller asked for it (or when it was refused).
+	route int32
 }
 
 // row returns the row of (tenant, meter), adding it when it is new.
@@ -77,22 +79,34 @@ func (t *series) resetCheckpoints() {
 	}
 }
 
-// sortedRows returns the rows' indexes in billing order.
-func (t *series) sortedRows() []int32 {
+// sort puts the rows in billing order (tenant, then meter) in the table
+// itself, when a row was added since the last sort, so that a tick walks
+// them in index order: at 70,000 series (7 MB of rows) visiting them in
+// insertion order, which is the source's order, missed the CPU caches on
+// most rows. Row indexes change; none is kept across a sort.
+func (t *series) sort() {
 	if t.sorted {
-		return t.order
+		return
 	}
-	t.order = t.order[:0]
-	for i := range t.rows {
-		t.order = append(t.order, int32(i))
-	}
-	slices.SortFunc(t.order, func(a, b int32) int {
-		ra, rb := &t.rows[a], &t.rows[b]
-		if c := strings.Compare(ra.tenant, rb.tenant); c != 0 {
+	slices.SortFunc(t.rows, func(a, b row) int {
+		if c := strings.Compare(a.tenant, b.tenant); c != 0 {
 			return c
 		}
-		return strings.Compare(ra.meter, rb.meter)
+		return strings.Compare(a.meter, b.meter)
 	})
+	// Each tenant's rows are now adjacent: its chain runs through them in
+	// order and the index points at the first.
+	clear(t.tenants)
+	for i := range t.rows {
+		r := &t.rows[i]
+		r.next = -1
+		if i+1 < len(t.rows) && t.rows[i+1].tenant == r.tenant {
+			r.next = int32(i + 1)
+		}
+		if i == 0 || t.rows[i-1].tenant != r.tenant {
+			t.tenants[r.tenant] = int32(i)
+		}
+	}
+	t.haveLast = false
 	t.sorted = true
-	return t.order
 }
