@@ -58,5 +58,6 @@ func (r *Resolver) LookupIDs(ids []uint64) (gone []uint64, err error) {
 		r.paths[id] = p
 		r.ids[p] = id
 	}
+	clear(r.tenants)
 	return gone, nil
 }

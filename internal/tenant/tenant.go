@@ -37,6 +37,11 @@ type Resolver struct {
 	mu    sync.RWMutex
 	paths map[uint64]string // cgroup id -> path relative to root
 	ids   map[string]uint64 // path -> cgroup id, live cgroups only
+	// tenants caches Tenant for ids with a known path; it is dropped
+	// whenever paths change. The agent names every cgroup on every read:
+	// 10,000 tenant names built anew each time were garbage, and the
+	// biller compared them byte by byte with the names it kept.
+	tenants map[uint64]string
 }
 
 type rule struct {
@@ -108,6 +113,7 @@ func (r *Resolver) Refresh() error {
 	for p, id := range ids {
 		r.paths[id] = p
 	}
+	clear(r.tenants)
 	return nil
 }
 
@@ -130,11 +136,26 @@ func (r *Resolver) Path(id uint64) (string, bool) {
 // Tenant returns the tenant that cgroup id belongs to. An id never seen
 // (a cgroup created and removed between two scans) is named "cgroup:<id>".
 func (r *Resolver) Tenant(id uint64) string {
-	p, ok := r.Path(id)
-	if !ok {
+	r.mu.RLock()
+	t, cached := r.tenants[id]
+	p, ok := r.paths[id]
+	r.mu.RUnlock()
+	switch {
+	case cached:
+		return t
+	case !ok:
 		return "cgroup:" + strconv.FormatUint(id, 10)
 	}
-	return r.TenantOfPath(p)
+	t = r.TenantOfPath(p)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.paths[id] == p { // else the paths changed meanwhile
+		if r.tenants == nil {
+			r.tenants = map[uint64]string{}
+		}
+		r.tenants[id] = t
+	}
+	return t
 }
 
 // TenantOfPath returns the tenant of the cgroup at path (relative to the
@@ -241,5 +262,6 @@ func (r *Resolver) Load(file string) error {
 			r.paths[id] = p
 		}
 	}
+	clear(r.tenants)
 	return nil
 }

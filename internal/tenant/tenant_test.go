@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"github.com/kmeter/kmeter/internal/config"
 )
@@ -124,5 +125,40 @@ func TestResolver_SaveLoad_keepsRemovedCgroups(t *testing.T) {
 func TestNewResolver_missingRoot(t *testing.T) {
 	if _, err := NewResolver(filepath.Join(t.TempDir(), "none"), nil); err == nil {
 		t.Fatal("want error for a missing cgroup2 dir")
+	}
+}
+
+// Tenant names a cgroup by its current path: a cgroup moved to another
+// tenant's subtree is that tenant's after the next rescan, though its
+// former name was cached, and the cached name is the very same string
+// from read to read.
+func TestResolver_Tenant_followsRescans(t *testing.T) {
+	root, ids := mkTree(t, "/shop/web", "/edge")
+	r, err := NewResolver(root, []config.Tenant{{Name: "shop", Cgroups: []string{"/shop"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, edge := ids["/shop/web"], ids["/edge"]
+	if got := r.Tenant(web); got != "shop" {
+		t.Fatalf("tenant of /shop/web = %q, want shop", got)
+	}
+	first, second := r.Tenant(edge), r.Tenant(edge)
+	if first != "/edge" || second != "/edge" {
+		t.Fatalf("tenant of /edge = %q, %q; want /edge", first, second)
+	}
+	if unsafe.StringData(first) != unsafe.StringData(second) {
+		t.Errorf("tenant of /edge made anew on the second call")
+	}
+	if err := os.Rename(filepath.Join(root, "shop/web"), filepath.Join(root, "edge/web")); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Tenant(web); got != "shop" {
+		t.Errorf("before a rescan: tenant = %q, want the known shop", got)
+	}
+	if err := r.Refresh(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Tenant(web); got != "/edge/web" {
+		t.Errorf("after a rescan: tenant = %q, want /edge/web", got)
 	}
 }

@@ -86,6 +86,11 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 		return b
 	}
 	bw, bm := newB("walk", walk, walked, time.Minute), newB("map", asMap, mapped, 5*time.Second)
+	// A TenantsFunc is read tenant by tenant (the agent's snapshots).
+	var perTenant map[string]map[string]uint64
+	tenants := &recordingStore{Ledger: l}
+	bt := newB("tenants", window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return perTenant, nil }),
+		tenants, 5*time.Second)
 	all := map[window.Key]uint64{} // every series' count, read or not
 	for i, s := range steps {
 		for _, key := range s.series {
@@ -99,27 +104,36 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 			counts[key] = all[key]
 		}
 		walk.series, walk.counts = s.series, maps.Clone(counts)
+		perTenant = map[string]map[string]uint64{}
+		for key, v := range counts {
+			if perTenant[key.Tenant] == nil {
+				perTenant[key.Tenant] = map[string]uint64{}
+			}
+			perTenant[key.Tenant][key.Meter] = v
+		}
 		now = now.Add(5 * time.Second)
-		rw, rm := mustTick(t, bw), mustTick(t, bm)
-		if rw.Quantity != s.want || rw != rm {
-			t.Fatalf("step %d: walked tick %+v, map tick %+v, want quantity %d", i, rw, rm, s.want)
+		rw, rm, rt := mustTick(t, bw), mustTick(t, bm), mustTick(t, bt)
+		if rw.Quantity != s.want || rw != rm || rt != rm {
+			t.Fatalf("step %d: walked tick %+v, map tick %+v, per-tenant tick %+v, want quantity %d", i, rw, rm, rt, s.want)
 		}
 	}
-	if len(walked.commits) != len(steps) || len(mapped.commits) != len(steps) {
-		t.Fatalf("%d and %d commits, want %d each", len(walked.commits), len(mapped.commits), len(steps))
+	if len(walked.commits) != len(steps) || len(mapped.commits) != len(steps) || len(tenants.commits) != len(steps) {
+		t.Fatalf("%d, %d and %d commits, want %d each", len(walked.commits), len(mapped.commits), len(tenants.commits), len(steps))
 	}
-	for i := range walked.commits {
-		a, b := walked.commits[i], mapped.commits[i]
-		for j := range a {
-			a[j].Node = "map" // the only field that differs
-		}
-		if !slices.EqualFunc(a, b, func(x, y ledger.Window) bool { return fmt.Sprint(x) == fmt.Sprint(y) }) {
-			t.Errorf("commit %d:\nwalked %v\nmap    %v", i, a, b)
+	for i := range mapped.commits {
+		b := mapped.commits[i]
+		for name, a := range map[string][]ledger.Window{"walked": walked.commits[i], "per-tenant": tenants.commits[i]} {
+			for j := range a {
+				a[j].Node = "map" // the only field that differs
+			}
+			if !slices.EqualFunc(a, b, func(x, y ledger.Window) bool { return fmt.Sprint(x) == fmt.Sprint(y) }) {
+				t.Errorf("commit %d:\n%s %v\nmap    %v", i, name, a, b)
+			}
 		}
 	}
 	q, amt := billed(t, l)
 	for key, v := range all {
-		for _, node := range []string{"walk", "map"} {
+		for _, node := range []string{"walk", "map", "tenants"} {
 			name := node + "/" + key.String()
 			if q[name] != int64(v) || amt[name] != 3*int64(v) {
 				t.Errorf("%s billed %d for %d micro, want %d for %d", name, q[name], amt[name], v, 3*v)

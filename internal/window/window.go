@@ -61,7 +61,8 @@ type Walker interface {
 // TenantsFunc is a [Walker] over per-tenant cumulative counts (tenant ->
 // meter -> count), as the agent's snapshots hold them. The biller reads
 // the maps it returns during the tick without copying them, so they must
-// not change afterwards (snapshots never do).
+// not change afterwards (snapshots never do); it reads them tenant by
+// tenant rather than through Walk.
 type TenantsFunc func(ctx context.Context) (map[string]map[string]uint64, error)
 
 // Read implements [Source] through [FromTenants].
@@ -496,6 +497,14 @@ func (b *Biller) read(ctx context.Context) (uint32, error) {
 	put := func(tenant, meter string, v uint64) {
 		r := t.row(tenant, meter)
 		r.count, r.tick = v, t.tick
+	}
+	if f, ok := b.cfg.Source.(TenantsFunc); ok {
+		m, err := f(ctx)
+		if err != nil {
+			return t.tick, err
+		}
+		t.putTenants(m)
+		return t.tick, nil
 	}
 	if w, ok := b.cfg.Source.(Walker); ok {
 		return t.tick, w.Walk(ctx, put)
