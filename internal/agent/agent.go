@@ -214,11 +214,10 @@ func (a *Agent) Read() (*Snapshot, error) {
 	s := &Snapshot{Time: time.Now(), Tenants: make(map[string]map[string]uint64, len(c))}
 	// The per-cgroup maps are this read's own: a tenant's first cgroup
 	// hands its map over instead of being copied (most tenants have one
-	// cgroup), which halves the maps built per read.
-	tenantOf := make(map[uint64]string, len(c))
+	// cgroup), which halves the maps built per read. The resolver keeps
+	// each cgroup's tenant, so naming a cgroup twice per read is cheap.
 	for id, byName := range c {
 		t := a.cfg.Resolver.Tenant(id)
-		tenantOf[id] = t
 		m, ok := s.Tenants[t]
 		if !ok {
 			s.Tenants[t] = byName
@@ -231,10 +230,7 @@ func (a *Agent) Read() (*Snapshot, error) {
 	if byNr != nil {
 		s.SyscallsByNumber = make(map[string]map[uint32]uint64, len(byNr))
 		for id, nrs := range byNr {
-			t, ok := tenantOf[id]
-			if !ok {
-				t = a.cfg.Resolver.Tenant(id)
-			}
+			t := a.cfg.Resolver.Tenant(id)
 			m, ok := s.SyscallsByNumber[t]
 			if !ok {
 				s.SyscallsByNumber[t] = nrs

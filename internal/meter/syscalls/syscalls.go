@@ -126,6 +126,9 @@ type Meter struct {
 	// allocate ~100 KiB of them again.
 	keys []syscallsKmeterKey
 	vals []uint64
+	// lastCgroups is how many cgroups the last ReadByNumber returned.
+	lastCgroups int
+
 	status meter.Status
 }
 
@@ -338,7 +341,9 @@ func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
 	if m.att == nil {
 		return nil, meter.ErrClosed
 	}
-	out := make(map[uint64]map[uint32]uint64)
+	// Made the size of the last read's: grown from empty, a map of
+	// 10,000 cgroups is rehashed a dozen times per read.
+	out := make(map[uint64]map[uint32]uint64, m.lastCgroups)
 	err := m.read(func(cgroup uint64, nr uint32, n uint64) {
 		byNr := out[cgroup]
 		if byNr == nil {
@@ -350,6 +355,7 @@ func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.lastCgroups = len(out)
 	return out, nil
 }
 
