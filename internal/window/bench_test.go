@@ -79,17 +79,19 @@ func BenchmarkTick(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		benchTickWith(b, discardStore{}, r, 5*time.Second)
+		// Attributes as a config gives them: some tenants have some.
+		attrs := window.AttrsFromConfig([]config.Tenant{{Name: "t00042", Attributes: map[string]string{"plan": "gold"}}})
+		benchTickWith(b, discardStore{}, r, attrs, 5*time.Second)
 	})
 	// Windows of a minute allocate their window buffer per tick.
 	b.Run("discard-60s", func(b *testing.B) { benchTick(b, discardStore{}, time.Minute) })
 }
 
 func benchTick(b *testing.B, st window.Store, every time.Duration) {
-	benchTickWith(b, st, onePricer{&fixedPricer{microPerUnit: 2}}, every)
+	benchTickWith(b, st, onePricer{&fixedPricer{microPerUnit: 2}}, nil, every)
 }
 
-func benchTickWith(b *testing.B, st window.Store, p window.Pricers, every time.Duration) {
+func benchTickWith(b *testing.B, st window.Store, p window.Pricers, attrs func(string) map[string]string, every time.Duration) {
 	const nTenants = 10_000
 	tenants := make([]string, nTenants)
 	for i := range tenants {
@@ -99,7 +101,7 @@ func benchTickWith(b *testing.B, st window.Store, p window.Pricers, every time.D
 	read := func(ctx context.Context) (map[string]map[string]uint64, error) { return *latest.Load(), nil }
 	src := benchSource(read)
 	b2, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: st,
-		Pricers: p, Interval: every, Log: quietLog()})
+		Pricers: p, Attrs: attrs, Interval: every, Log: quietLog()})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -140,7 +140,9 @@ type Config struct {
 	Pricers Pricers
 	// Interval is the window length; default 5s.
 	Interval time.Duration
-	// Attrs returns a tenant's attributes for pricing; optional.
+	// Attrs returns a tenant's attributes for pricing; optional. It is
+	// called once per tenant and chunk of records; a tenant's records
+	// share the map it returns.
 	Attrs func(tenant string) map[string]string
 	// Now is the clock; default time.Now.
 	Now func() time.Time
@@ -529,11 +531,22 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, pending []ledger.W
 	recs := slices.Grow(b.recs[:0], len(idx))[:len(idx)]
 	b.recs = recs
 	defer clear(recs) // drop the tenants' strings and attributes
+	// A tenant's windows are adjacent (billing order): its attributes
+	// are looked up once per run of them, not once per series, and its
+	// records share the map.
+	var (
+		attrs     map[string]string
+		attrsOf   string
+		haveAttrs bool
+	)
 	for j, i := range idx {
 		w := &pending[i]
 		recs[j] = pricing.Record{Tenant: w.Tenant, Meter: w.Meter, Quantity: w.Quantity, Start: w.Start, End: w.End}
 		if b.cfg.Attrs != nil {
-			recs[j].Attrs = b.cfg.Attrs(w.Tenant)
+			if !haveAttrs || w.Tenant != attrsOf {
+				attrs, attrsOf, haveAttrs = b.cfg.Attrs(w.Tenant), w.Tenant, true
+			}
+			recs[j].Attrs = attrs
 		}
 	}
 	// Records and charges go through buffers kept from chunk to chunk.
