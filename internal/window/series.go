@@ -71,26 +71,36 @@ func (t *series) row(tenant, meter string) *row {
 }
 
 // putTenants puts a reading of per-tenant counts (tenant -> meter ->
-// count) into the table. It looks each tenant up once and each of its
-// known rows up in the tenant's map, in the rows' order; the map is
-// walked only for a tenant with a new series. At 70,000 series walking
-// every map and finding each (tenant, meter) row took half of a tick
-// without the commit.
+// count) into the table. It goes through the table in its order and
+// looks each tenant's map up once and each of the tenant's rows up in
+// it; the reading is walked as well only when it has a series the table
+// lacks. At 70,000 series, walking every map and finding each (tenant,
+// meter) row took half of a tick without the commit.
 func (t *series) putTenants(m map[string]map[string]uint64) {
-	for tenant, byMeter := range m {
+	t.sort() // a tenant's rows adjacent, its chain in index order
+	tenants, complete := 0, true
+	for i := 0; i < len(t.rows); i++ {
+		byMeter, ok := m[t.rows[i].tenant]
 		found := 0
-		if head, ok := t.tenants[tenant]; ok {
-			for i := head; i >= 0; i = t.rows[i].next {
-				r := &t.rows[i]
-				if v, ok := byMeter[r.meter]; ok {
-					r.count, r.tick = v, t.tick
-					found++
-				}
+		for ; ; i++ {
+			r := &t.rows[i]
+			if v, in := byMeter[r.meter]; in {
+				r.count, r.tick = v, t.tick
+				found++
+			}
+			if r.next < 0 {
+				break
 			}
 		}
-		if found == len(byMeter) {
-			continue
+		if ok {
+			tenants++
+			complete = complete && found == len(byMeter)
 		}
+	}
+	if complete && tenants == len(m) {
+		return
+	}
+	for tenant, byMeter := range m {
 		for meter, v := range byMeter {
 			r := t.row(tenant, meter)
 			r.count, r.tick = v, t.tick
