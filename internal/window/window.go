@@ -356,7 +356,8 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	for ri := range batches {
 		batches[ri] = batches[ri][:0]
 	}
-	for i, w := range pending {
+	for i := range pending {
+		w := &pending[i]
 		if w.Rebased {
 			priced[i] = true // bills nothing: nothing to price
 			continue
@@ -384,11 +385,14 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	// pending in place.
 	ws, wfrom := pending[:0], from[:0]
 	for i := range pending {
-		if priced[i] {
+		switch {
+		case !priced[i]:
+			res.Held++
+		case len(ws) == i: // nothing held so far: already in place
+			ws, wfrom = ws[:i+1], wfrom[:i+1]
+		default:
 			ws = append(ws, pending[i])
 			wfrom = append(wfrom, from[i])
-		} else {
-			res.Held++
 		}
 	}
 	if err := b.fault(AfterPrice); err != nil {
