@@ -1,13 +1,68 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
+	"slices"
+	"strings"
 )
 
 // ExecForTest runs a raw statement, to prove the triggers refuse edits.
 func ExecForTest(ctx context.Context, l *Ledger, stmt string) error {
 	_, err := l.db.ExecContext(ctx, stmt)
+	return err
+}
+
+// ExecArgsForTest runs a raw statement with ? placeholders and args: to
+// forge rows that CommitWindows would never write.
+func ExecArgsForTest(ctx context.Context, l *Ledger, stmt string, args ...any) error {
+	_, err := l.db.ExecContext(ctx, l.d.rebind(stmt), args...)
+	return err
+}
+
+// PackWindowForTest is the blob of a commit of one window w of series
+// sid, billed to entry.
+func PackWindowForTest(w Window, sid, entry int64) ([]byte, error) {
+	return encodeCommit(nil, []packedWindow{{sid: sid, seq: w.Seq, prev: w.PrevSeq, from: w.FromCounter, to: w.ToCounter,
+		qty: w.Quantity, rebased: w.Rebased, startUS: w.Start.UnixMicro(), endUS: w.End.UnixMicro(),
+		amount: w.Charge.AmountMicro, vendor: w.Charge.VendorMicro, entry: entry}}, []int64{entry})
+}
+
+// SeriesStateForTest is one series' checkpoint and open line in its
+// node's state, for EditStateForTest.
+type SeriesStateForTest struct {
+	Tenant, Meter            string
+	Seq, Counter             uint64
+	LineQuantity, LineAmount int64
+}
+
+// EditStateForTest rewrites node's state row (mutable by design) with
+// edit applied to each series: a tampered state for ledger verify to find.
+func EditStateForTest(ctx context.Context, l *Ledger, node string, edit func(s *SeriesStateForTest)) error {
+	var data []byte
+	if err := l.db.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM node_state WHERE node = ?`), node).Scan(&data); err != nil {
+		return err
+	}
+	ss, err := decodeState(node, data, l.lineID)
+	if err != nil {
+		return err
+	}
+	names, err := l.seriesNames(ctx, l.db, `WHERE node = ?`, node)
+	if err != nil {
+		return err
+	}
+	for i := range ss {
+		s := &ss[i]
+		e := SeriesStateForTest{Tenant: names[s.sid].tenant, Meter: names[s.sid].meter, Seq: s.seq, Counter: s.counter,
+			LineQuantity: s.qty, LineAmount: s.amountSum}
+		edit(&e)
+		s.seq, s.counter, s.qty, s.amountSum = e.Seq, e.Counter, e.LineQuantity, e.LineAmount
+	}
+	if data, err = encodeState(nil, ss, l.lineKeyTable()); err != nil {
+		return err
+	}
+	_, err = l.db.ExecContext(ctx, l.d.rebind(`UPDATE node_state SET data = ? WHERE node = ?`), data, node)
 	return err
 }
 
@@ -18,10 +73,11 @@ func OpenVersionForTest(ctx context.Context, cfg Config, version int) (*Ledger, 
 }
 
 // JournalLinesForTest computes tenant's usage lines of period from the
-// journal alone, as UsageLines did before the usage_lines rollup (schema
+// journal alone - entries and their windows, legacy rows and packed
+// commits - as UsageLines did before the usage_lines rollup (schema
 // version 1): the reference the rollup must equal.
 func JournalLinesForTest(ctx context.Context, l *Ledger, tenant, period string) ([]UsageLine, error) {
-	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM (
 			SELECT u.meter, e.currency, e.plugin_sha256, e.late, u.quantity, u.amount_micro
 			FROM entries e JOIN usage_v u ON u.entry_id = e.id
 			WHERE e.tenant = ? AND e.period = ? AND e.kind = 'usage'
@@ -29,10 +85,116 @@ func JournalLinesForTest(ctx context.Context, l *Ledger, tenant, period string) 
 			SELECT u.meter, o.currency, o.plugin_sha256, o.late, -u.quantity, -u.amount_micro
 			FROM entries r JOIN entries o ON o.id = r.reverses JOIN usage_v u ON u.entry_id = o.id
 			WHERE r.tenant = ? AND r.period = ? AND r.kind = 'reversal'
-		) lines
-		GROUP BY meter, currency, plugin_sha256, late
-		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
-	return scanLines(rows, err)
+		) lines`), tenant, period, tenant, period)
+	legacy, err := scanLines(rows, err)
+	if err != nil {
+		return nil, err
+	}
+	var version int
+	if err := l.db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&version); err != nil {
+		return nil, err
+	}
+	if version < 4 {
+		return sumLines(legacy), nil
+	}
+	// Packed windows: every commit, with the entries they name.
+	type entry struct {
+		kind, tenant, period, currency, plugin string
+		late                                   bool
+		reverses                               int64
+	}
+	entries := map[int64]entry{}
+	er, err := l.db.QueryContext(ctx, `SELECT id, kind, tenant, period, currency, COALESCE(plugin_sha256, ''), late, COALESCE(reverses, 0) FROM entries`)
+	if err != nil {
+		return nil, err
+	}
+	defer er.Close()
+	for er.Next() {
+		var id int64
+		var e entry
+		var late int
+		if err := er.Scan(&id, &e.kind, &e.tenant, &e.period, &e.currency, &e.plugin, &late, &e.reverses); err != nil {
+			return nil, err
+		}
+		e.late = late == 1
+		entries[id] = e
+	}
+	if err := er.Err(); err != nil {
+		return nil, err
+	}
+	reversedBy := map[int64]entry{}
+	for _, e := range entries {
+		if e.kind == "reversal" {
+			reversedBy[e.reverses] = e
+		}
+	}
+	names, err := l.seriesNames(ctx, l.db, ``)
+	if err != nil {
+		return nil, err
+	}
+	cr, err := l.db.QueryContext(ctx, `SELECT node, commit_seq, data FROM window_commits`)
+	if err != nil {
+		return nil, err
+	}
+	defer cr.Close()
+	ls := legacy
+	for cr.Next() {
+		var node string
+		var seq int64
+		var data []byte
+		if err := cr.Scan(&node, &seq, &data); err != nil {
+			return nil, err
+		}
+		ws, err := decodeCommit(node, seq, data)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range ws {
+			o := entries[w.entry]
+			meter := names[w.sid].meter
+			if o.tenant == tenant && o.period == period {
+				ls = append(ls, UsageLine{Meter: meter, Currency: o.currency, PluginSHA256: o.plugin, Late: o.late,
+					Quantity: int64(w.qty), AmountMicro: w.amount})
+			}
+			if r, ok := reversedBy[w.entry]; ok && r.tenant == tenant && r.period == period {
+				ls = append(ls, UsageLine{Meter: meter, Currency: o.currency, PluginSHA256: o.plugin, Late: o.late,
+					Quantity: -int64(w.qty), AmountMicro: -w.amount})
+			}
+		}
+	}
+	if err := cr.Err(); err != nil {
+		return nil, err
+	}
+	return sumLines(ls), nil
+}
+
+// sumLines adds up lines with the same meter, currency, plugin and late
+// flag, in UsageLines' order.
+func sumLines(in []UsageLine) []UsageLine {
+	type key struct {
+		meter, currency, plugin string
+		late                    bool
+	}
+	sums := map[key]*UsageLine{}
+	var out []UsageLine
+	for _, u := range in {
+		k := key{u.Meter, u.Currency, u.PluginSHA256, u.Late}
+		if s := sums[k]; s != nil {
+			s.Quantity += u.Quantity
+			s.AmountMicro += u.AmountMicro
+			continue
+		}
+		c := u
+		sums[k] = &c
+	}
+	for _, s := range sums {
+		out = append(out, *s)
+	}
+	slices.SortFunc(out, func(a, b UsageLine) int {
+		return cmp.Or(strings.Compare(a.Meter, b.Meter), cmp.Compare(b2i(a.Late), b2i(b.Late)),
+			strings.Compare(a.Currency, b.Currency), strings.Compare(a.PluginSHA256, b.PluginSHA256))
+	})
+	return out
 }
 
 // UsageLinesV2ForTest is UsageLines as schema version 2 answered it,

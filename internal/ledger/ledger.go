@@ -135,9 +135,9 @@ type Ledger struct {
 	// committed ones. One string per series, not three: the cache of a
 	// 70,000-series node is a few MB of the agent's live heap.
 	series map[string]map[string]int64
-	// lines caches each series' open usage line (see usage_lines in
-	// schema.go) as of a checkpoint; only committed ones.
-	lines map[int64]openLine
+	// states caches the state of the nodes this ledger commits windows
+	// of, as of their last commit (see node_state in schema.go).
+	states map[string]*nodeState
 	// lineKeys interns line keys: lineIDs[k] is k's index in lineKeys.
 	// A node has a handful (a month's period per currency and plugin),
 	// so lines and each commit hold a small id per series, not four
@@ -160,7 +160,7 @@ func open(ctx context.Context, cfg Config, version int) (*Ledger, error) {
 		return nil, fmt.Errorf("ledger config: %w", err)
 	}
 	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[string]map[string]int64{},
-		lines: map[int64]openLine{}, lineIDs: map[lineKey]uint32{}}
+		states: map[string]*nodeState{}, lineIDs: map[lineKey]uint32{}}
 	if l.now == nil {
 		l.now = time.Now
 	}

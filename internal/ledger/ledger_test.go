@@ -3,6 +3,7 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -166,12 +167,14 @@ func TestLedger_immutable(t *testing.T) {
 			"DELETE FROM entries",
 			"UPDATE postings SET amount_micro = 1",
 			"DELETE FROM postings",
-			"UPDATE usage SET quantity = 1",
-			"UPDATE usage SET seq = 7",
+			// Windows are packed into window commits (schema version 4);
+			// the node's state holds the checkpoints: it is replaced by
+			// every commit, but never deleted.
+			"UPDATE window_commits SET windows = 7",
+			"UPDATE window_commits SET data = node_state.data FROM node_state",
 			"DELETE FROM series",
-			"DELETE FROM usage",
-			"DELETE FROM checkpoints",
-			"UPDATE checkpoints SET series_id = 7",
+			"DELETE FROM window_commits",
+			"DELETE FROM node_state",
 		} {
 			err := ledger.ExecForTest(ctx, l, stmt)
 			if err == nil || !strings.Contains(err.Error(), "immutable") {
@@ -327,11 +330,17 @@ func TestLedger_Verify_findsGaps(t *testing.T) {
 		if err := l.CommitWindows(ctx, []ledger.Window{window("n1", "shop", "syscalls", 1, 0, 10, 100, 0)}); err != nil {
 			t.Fatal(err)
 		}
-		// CommitWindows cannot make a gap; a hand-made row can: window 3
-		// linked to a window 2 that does not exist, starting at 15.
-		err := ledger.ExecForTest(ctx, l, `INSERT INTO usage (series_id, seq, prev_seq, entry_id, amount_micro, vendor_micro,
-			quantity, from_counter, to_counter, rebased, start_us, end_us) VALUES (1, 3, 2, 1, 0, 0, 5, 15, 20, 0, 0, 0)`)
+		// CommitWindows cannot make a gap; a forged commit can: window 3
+		// of series 1 linked to a window 2 that does not exist, starting
+		// at 15, billed to entry 1 (window 1's) for nothing.
+		forged := window("n1", "shop", "syscalls", 3, 15, 5, 0, 0)
+		forged.PrevSeq = 2
+		blob, err := ledger.PackWindowForTest(forged, 1, 1)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ledger.ExecArgsForTest(ctx, l, `INSERT INTO window_commits (node, commit_seq, first_entry, last_entry, windows, created_us, data)
+			VALUES ('n1', 2, 1, 1, 1, 0, ?)`, blob); err != nil {
 			t.Fatal(err)
 		}
 		r, err := l.Verify(ctx)
@@ -346,7 +355,12 @@ func TestLedger_Verify_findsGaps(t *testing.T) {
 			"usage line shop/2026-11/syscalls (USD, plugin " + plugin + ", late 0): lines say quantity 10 amount 100 but the journal sums to 15 and 100",
 			// Entry 1 is window 1's: Reverse would not find window 3.
 			"usage of entry 1 is not in that entry's window (window_seq)",
+			// The forged commit names entry 1 but bills it nothing, and
+			// the node's state was not moved to it.
+			"node n1: state is at commit 1 but the last window commit is 2",
+			"usage entry 1: amount 100 but its windows sum to 0",
 		}
+		slices.Sort(want)
 		if strings.Join(r.Problems, "\n") != strings.Join(want, "\n") {
 			t.Errorf("problems = %q\nwant %q", r.Problems, want)
 		}

@@ -87,8 +87,9 @@ func TestLedger_Verify_tamperedRollup(t *testing.T) {
 	tests := []struct {
 		name, stmt, want string
 	}{
-		{"open line changed", `UPDATE checkpoints SET line_amount_micro = line_amount_micro - 1
-			WHERE series_id IN (SELECT id FROM series WHERE meter = 'syscalls')`,
+		// The open lines are in the node's state (schema version 4);
+		// the stmt "state" edits it through EditStateForTest.
+		{"open line changed", "state",
 			"usage line shop/2026-12/syscalls (USD" + pl + "3 amount 29 but the journal sums to 3 and 30"},
 		{"closed line changed", `UPDATE usage_lines SET quantity = quantity + 1 WHERE meter = 'tcp_connects'`,
 			"usage line shop/2026-11/tcp_connects (USD" + pl + "6 amount 50 but the journal sums to 5 and 50"},
@@ -120,8 +121,16 @@ func TestLedger_Verify_tamperedRollup(t *testing.T) {
 					t.Fatal(err)
 				}
 				mustVerify(t, l)
-				if err := ledger.ExecForTest(ctx, l, tt.stmt); err != nil {
-					t.Fatal(err)
+				exec := ledger.ExecForTest(ctx, l, tt.stmt)
+				if tt.stmt == "state" {
+					exec = ledger.EditStateForTest(ctx, l, "n1", func(s *ledger.SeriesStateForTest) {
+						if s.Meter == "syscalls" {
+							s.LineAmount--
+						}
+					})
+				}
+				if exec != nil {
+					t.Fatal(exec)
 				}
 				r, err := l.Verify(ctx)
 				if err != nil {

@@ -158,11 +158,11 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 	}
 	defer tx.Rollback()
 	var (
-		kind, tenant, currency string
-		amount                 int64
+		kind, tenant, currency, node string
+		amount                       int64
 	)
-	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT kind, tenant, currency, amount_micro FROM entries WHERE id = ?`), id).
-		Scan(&kind, &tenant, &currency, &amount)
+	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT kind, tenant, currency, amount_micro, COALESCE(node, '') FROM entries WHERE id = ?`), id).
+		Scan(&kind, &tenant, &currency, &amount, &node)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, fmt.Errorf("reverse entry %d: %w", id, ErrNotFound)
 	}
@@ -231,6 +231,9 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 			GROUP BY s.meter, o.currency, o.plugin_sha256, o.late`+rollupUpsert), tenant, period, id); err != nil {
 			return 0, fmt.Errorf("reverse entry %d: update usage lines: %w", id, err)
 		}
+		if err := l.reversePacked(ctx, tx, id, node, tenant, period); err != nil {
+			return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+		}
 	}
 	for _, p := range postings {
 		p[0] = ids[0]
@@ -247,4 +250,57 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 		return 0, fmt.Errorf("reverse entry %d: commit: %w", id, err)
 	}
 	return ids[0], nil
+}
+
+// reversePacked books the negated windows of usage entry id, if they are
+// packed (schema version 4), into usage_lines under period: the commit
+// of node whose entry range holds id has them.
+func (l *Ledger) reversePacked(ctx context.Context, tx *sql.Tx, id int64, node, tenant, period string) error {
+	var seq, first int64
+	var data []byte
+	err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq, first_entry, data FROM window_commits
+		WHERE node = ? AND last_entry >= ? ORDER BY last_entry LIMIT 1`), node, id).Scan(&seq, &first, &data)
+	if isNoRows(err) || err == nil && first > id {
+		return nil // a legacy entry: its usage rows were reversed above
+	}
+	if err != nil {
+		return fmt.Errorf("find the window commit: %w", err)
+	}
+	ws, err := decodeCommit(node, seq, data)
+	if err != nil {
+		return err
+	}
+	var k lineKey
+	var late int
+	if err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT currency, COALESCE(plugin_sha256, ''), late FROM entries WHERE id = ?`), id).
+		Scan(&k.currency, &k.plugin, &late); err != nil {
+		return fmt.Errorf("read entry: %w", err)
+	}
+	k.period, k.late = period, late == 1
+	names, err := l.seriesNames(ctx, tx, `WHERE node = ? AND tenant = ?`, node, tenant)
+	if err != nil {
+		return err
+	}
+	byMeter := map[string]*closedLine{}
+	for _, w := range ws {
+		if w.entry != id {
+			continue
+		}
+		n, ok := names[w.sid]
+		if !ok {
+			return fmt.Errorf("window commit %d of node %s: series %d of entry %d is not %s's on the node (run ledger verify)", seq, node, w.sid, id, tenant)
+		}
+		c := byMeter[n.meter]
+		if c == nil {
+			c = &closedLine{tenant: tenant, meter: n.meter, key: k}
+			byMeter[n.meter] = c
+		}
+		c.qty -= int64(w.qty)
+		c.amount -= w.amount
+	}
+	ls := make([]closedLine, 0, len(byMeter))
+	for _, c := range byMeter {
+		ls = append(ls, *c)
+	}
+	return l.closeLines(ctx, tx, ls)
 }

@@ -1,10 +1,12 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
-	"database/sql"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 )
 
 // Report is the outcome of [Ledger.Verify]. The ledger is sound when
@@ -79,7 +81,10 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		// usage has no entry_id index: its sums per entry are one sort.
 		{`SELECT e.id, e.amount_micro, COALESCE(u.total, 0) FROM entries e
 			LEFT JOIN (SELECT entry_id, SUM(amount_micro) AS total FROM usage GROUP BY entry_id) u ON u.entry_id = e.id
-			WHERE e.kind = 'usage' AND e.amount_micro <> COALESCE(u.total, 0) ORDER BY e.id`, func(s func(...any) error) error {
+			WHERE e.kind = 'usage' AND e.amount_micro <> COALESCE(u.total, 0)
+				AND COALESCE((SELECT c.first_entry FROM window_commits c WHERE c.node = e.node AND c.last_entry >= e.id
+					ORDER BY c.last_entry LIMIT 1), e.id + 1) > e.id
+			ORDER BY e.id`, func(s func(...any) error) error {
 			var id, amt, sum int64
 			if err := s(&id, &amt, &sum); err != nil {
 				return err
@@ -132,29 +137,10 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			WHERE s.id IS NULL ORDER BY u.series_id`, orphan("usage of series %d has no series")},
 		{`SELECT DISTINCT u.entry_id FROM usage u LEFT JOIN entries e ON e.id = u.entry_id
 			WHERE e.id IS NULL ORDER BY u.entry_id`, orphan("usage of entry %d has no entry")},
-		{`SELECT s.id FROM series s LEFT JOIN checkpoints c ON c.series_id = s.id
-			WHERE c.series_id IS NULL ORDER BY s.id`, orphan("series %d has no checkpoint row")},
 		// Reverse finds an entry's windows by its window_seq.
 		{`SELECT DISTINCT u.entry_id FROM usage u JOIN entries e ON e.id = u.entry_id
 			WHERE e.kind <> 'usage' OR e.window_seq IS NULL OR e.window_seq <> u.seq ORDER BY u.entry_id`,
 			orphan("usage of entry %d is not in that entry's window (window_seq)")},
-		{`SELECT tenant, period, meter, currency, plugin_sha256, late, SUM(jq), SUM(ja), SUM(rq), SUM(ra) FROM (
-				SELECT tenant, period, meter, currency, plugin_sha256, late,
-					quantity AS jq, amount_micro AS ja, 0 AS rq, 0 AS ra FROM usage_lines_journal
-				UNION ALL
-				SELECT tenant, period, meter, currency, plugin_sha256, late, 0, 0, quantity, amount_micro FROM usage_lines_all
-			) x GROUP BY tenant, period, meter, currency, plugin_sha256, late
-			HAVING SUM(jq) <> SUM(rq) OR SUM(ja) <> SUM(ra)
-			ORDER BY tenant, period, meter`, func(s func(...any) error) error {
-			var tenant, period, meter, cur, plugin string
-			var late, jq, ja, rq, ra int64
-			if err := s(&tenant, &period, &meter, &cur, &plugin, &late, &jq, &ja, &rq, &ra); err != nil {
-				return err
-			}
-			r.problem("usage line %s/%s/%s (%s, plugin %s, late %d): lines say quantity %d amount %d but the journal sums to %d and %d",
-				tenant, period, meter, cur, plugin, late, rq, ra, jq, ja)
-			return nil
-		}},
 		{`SELECT b.account, b.currency, b.balance_micro, COALESCE(p.total, 0) FROM balances b
 			LEFT JOIN (SELECT account, currency, SUM(amount_micro) AS total FROM postings GROUP BY account, currency) p
 			ON p.account = b.account AND p.currency = b.currency
@@ -173,69 +159,11 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			return r, err
 		}
 	}
-	if err := l.verifyChains(ctx, &r); err != nil {
+	if err := l.verifyPacked(ctx, &r); err != nil {
 		return r, err
 	}
 	sort.Strings(r.Problems)
 	return r, nil
-}
-
-// verifyChains walks every checkpoint chain in order: each window links
-// to the one before it (prev_seq) and starts at its end counter, and the
-// series' checkpoint is its last window.
-func (l *Ledger) verifyChains(ctx context.Context, r *Report) error {
-	rows, err := l.db.QueryContext(ctx, `SELECT s.node, s.tenant, s.meter, COALESCE(c.last_seq, 0), COALESCE(c.last_counter, 0),
-		u.seq, u.prev_seq, u.from_counter, u.to_counter, u.quantity, u.rebased
-		FROM series s LEFT JOIN checkpoints c ON c.series_id = s.id LEFT JOIN usage u ON u.series_id = s.id
-		ORDER BY s.node, s.tenant, s.meter, u.seq`)
-	if err != nil {
-		return fmt.Errorf("verify checkpoint chains: %w", err)
-	}
-	defer rows.Close()
-	var (
-		key                             string
-		prevSeq, prevTo, lastSeq, lastC int64
-	)
-	end := func() {
-		if key != "" && (lastSeq != prevSeq || lastC != prevTo) {
-			r.problem("%s: checkpoint says window %d at counter %d, but the last window is %d at counter %d", key, lastSeq, lastC, prevSeq, prevTo)
-		}
-	}
-	for rows.Next() {
-		var node, tenant, meter string
-		var ls, lc int64
-		var seq, prev, from, to, qty, rebased sql.NullInt64
-		if err := rows.Scan(&node, &tenant, &meter, &ls, &lc, &seq, &prev, &from, &to, &qty, &rebased); err != nil {
-			return fmt.Errorf("verify checkpoint chains: %w", err)
-		}
-		if k := node + "/" + tenant + "/" + meter; k != key {
-			end()
-			r.Series++
-			key, prevSeq, prevTo, lastSeq, lastC = k, 0, 0, ls, lc
-		}
-		if !seq.Valid {
-			continue // a series with no window yet
-		}
-		if prev.Int64 != prevSeq {
-			r.problem("%s: window %d follows window %d but links to %d (gap in the checkpoint chain)", key, seq.Int64, prevSeq, prev.Int64)
-		}
-		if from.Int64 != prevTo {
-			r.problem("%s: window %d starts at counter %d but the checkpoint was %d", key, seq.Int64, from.Int64, prevTo)
-		}
-		want := to.Int64 - from.Int64
-		if rebased.Int64 == 1 {
-			want = 0
-		}
-		if qty.Int64 != want {
-			r.problem("%s: window %d bills %d for counters %d -> %d", key, seq.Int64, qty.Int64, from.Int64, to.Int64)
-		}
-		prevSeq, prevTo = seq.Int64, to.Int64
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("verify checkpoint chains: %w", err)
-	}
-	end()
-	return nil
 }
 
 // UsageLine is the usage of one meter in one period, grouped by the
@@ -256,34 +184,85 @@ func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]Usage
 	if err := CheckPeriod(period); err != nil {
 		return nil, err
 	}
-	// The closed lines and the series' open lines are kept in each
-	// commit's transaction and checked against the journal by ledger
-	// verify (see usage_lines in schema.go).
-	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
-			SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage_lines WHERE tenant = ? AND period = ?
-			UNION ALL
-			SELECT s.meter, s.line_currency, s.line_plugin_sha256, s.line_late, c.line_quantity, c.line_amount_micro
-			FROM series s JOIN checkpoints c ON c.series_id = s.id
-			WHERE s.tenant = ? AND s.line_period = ?
-		) lines
-		GROUP BY meter, currency, plugin_sha256, late
-		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
+	// The closed lines and the open lines in the node states are kept in
+	// each commit's transaction and checked against the journal by ledger
+	// verify (see usage_lines and node_state in schema.go). One snapshot:
+	// a commit moves a line from one to the other.
+	tx, err := l.readTx(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
+	}
+	defer tx.Rollback()
+	type key struct {
+		meter, currency, plugin string
+		late                    bool
+	}
+	sums := map[key]*UsageLine{}
+	add := func(k key, q, a int64) {
+		u := sums[k]
+		if u == nil {
+			u = &UsageLine{Meter: k.meter, Currency: k.currency, PluginSHA256: k.plugin, Late: k.late}
+			sums[k] = u
+		}
+		u.Quantity += q
+		u.AmountMicro += a
+	}
+	rows, err := tx.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, quantity, amount_micro
+		FROM usage_lines WHERE tenant = ? AND period = ?`), tenant, period)
 	if err != nil {
 		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
 	}
 	defer rows.Close()
-	var ls []UsageLine
 	for rows.Next() {
-		var u UsageLine
+		var k key
 		var late int
-		if err := rows.Scan(&u.Meter, &u.Currency, &u.PluginSHA256, &late, &u.Quantity, &u.AmountMicro); err != nil {
+		var q, a int64
+		if err := rows.Scan(&k.meter, &k.currency, &k.plugin, &late, &q, &a); err != nil {
 			return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
 		}
-		u.Late = late == 1
-		ls = append(ls, u)
+		k.late = late == 1
+		add(k, q, a)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
+	}
+	rows.Close()
+	// The tenant's series, on every node that bills it.
+	names, err := l.seriesNames(ctx, tx, `WHERE tenant = ?`, tenant)
+	if err != nil {
+		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
+	}
+	nodes := map[string]*nodeState{}
+	for _, n := range names {
+		if nodes[n.node] != nil {
+			continue
+		}
+		st, err := l.loadState(ctx, tx, n.node, false)
+		if err != nil {
+			return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
+		}
+		nodes[n.node] = st
+	}
+	table := l.lineKeyTable()
+	for sid, n := range names {
+		s, ok := nodes[n.node].find(sid)
+		if !ok || s.line == noLine {
+			continue
+		}
+		if k := table[s.line]; k.period == period {
+			add(key{n.meter, k.currency, k.plugin, k.late}, s.qty, s.amountSum)
+		}
+	}
+	ls := make([]UsageLine, 0, len(sums))
+	for _, u := range sums {
+		ls = append(ls, *u)
+	}
+	slices.SortFunc(ls, func(a, b UsageLine) int {
+		return cmp.Or(strings.Compare(a.Meter, b.Meter), cmp.Compare(b2i(a.Late), b2i(b.Late)),
+			strings.Compare(a.Currency, b.Currency), strings.Compare(a.PluginSHA256, b.PluginSHA256))
+	})
+	if len(ls) == 0 {
+		return nil, nil
 	}
 	return ls, nil
 }
@@ -302,22 +281,73 @@ type Total struct {
 // tenant and meter. Reversals are not subtracted: this is what was
 // metered and billed, for reconciling against the kernel's counters.
 func (l *Ledger) Totals(ctx context.Context) ([]Total, error) {
-	rows, err := l.db.QueryContext(ctx, `SELECT node, tenant, meter, COUNT(*), SUM(quantity), SUM(amount_micro)
-		FROM usage_v GROUP BY node, tenant, meter ORDER BY node, tenant, meter`)
+	tx, err := l.readTx(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("usage totals: %w", err)
+	}
+	defer tx.Rollback()
+	names, err := l.seriesNames(ctx, tx, ``)
+	if err != nil {
+		return nil, fmt.Errorf("usage totals: %w", err)
+	}
+	sums := map[int64]*Total{}
+	add := func(sid, windows, q, a int64) {
+		t := sums[sid]
+		if t == nil {
+			n := names[sid]
+			t = &Total{Node: n.node, Tenant: n.tenant, Meter: n.meter}
+			sums[sid] = t
+		}
+		t.Windows += windows
+		t.Quantity += q
+		t.AmountMicro += a
+	}
+	// Legacy usage rows, then the packed commits.
+	rows, err := tx.QueryContext(ctx, `SELECT series_id, COUNT(*), SUM(quantity), SUM(amount_micro) FROM usage GROUP BY series_id`)
 	if err != nil {
 		return nil, fmt.Errorf("usage totals: %w", err)
 	}
 	defer rows.Close()
-	var ts []Total
 	for rows.Next() {
-		var t Total
-		if err := rows.Scan(&t.Node, &t.Tenant, &t.Meter, &t.Windows, &t.Quantity, &t.AmountMicro); err != nil {
+		var sid, n, q, a int64
+		if err := rows.Scan(&sid, &n, &q, &a); err != nil {
 			return nil, fmt.Errorf("usage totals: %w", err)
 		}
-		ts = append(ts, t)
+		add(sid, n, q, a)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("usage totals: %w", err)
 	}
+	rows.Close()
+	commits, err := tx.QueryContext(ctx, `SELECT node, commit_seq, data FROM window_commits ORDER BY node, commit_seq`)
+	if err != nil {
+		return nil, fmt.Errorf("usage totals: %w", err)
+	}
+	defer commits.Close()
+	for commits.Next() {
+		var node string
+		var seq int64
+		var data []byte
+		if err := commits.Scan(&node, &seq, &data); err != nil {
+			return nil, fmt.Errorf("usage totals: %w", err)
+		}
+		ws, err := decodeCommit(node, seq, data)
+		if err != nil {
+			return nil, fmt.Errorf("usage totals: %w (run ledger verify)", err)
+		}
+		for _, w := range ws {
+			add(w.sid, 1, int64(w.qty), w.amount)
+		}
+	}
+	if err := commits.Err(); err != nil {
+		return nil, fmt.Errorf("usage totals: %w", err)
+	}
+	var ts []Total
+	for _, t := range sums {
+		ts = append(ts, *t)
+	}
+	slices.SortFunc(ts, func(a, b Total) int {
+		return cmp.Or(strings.Compare(a.Node, b.Node), strings.Compare(a.Tenant, b.Tenant), strings.Compare(a.Meter, b.Meter))
+	})
 	return ts, nil
 }

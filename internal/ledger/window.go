@@ -110,27 +110,32 @@ type Checkpoint struct {
 	End     time.Time
 }
 
-// Checkpoints returns node's checkpoint of every series it has billed.
+// Checkpoints returns node's checkpoint of every series it has billed,
+// in series id order.
 func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, error) {
-	rows, err := l.db.QueryContext(ctx, l.d.rebind(`
-		SELECT s.tenant, s.meter, c.last_seq, c.last_counter, c.last_end_us FROM series s JOIN checkpoints c ON c.series_id = s.id
-		WHERE s.node = ? AND c.last_seq > 0`), node)
+	tx, err := l.readTx(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
 	}
-	defer rows.Close()
-	var cps []Checkpoint
-	for rows.Next() {
-		var c Checkpoint
-		var seq, counter, end int64
-		if err := rows.Scan(&c.Tenant, &c.Meter, &seq, &counter, &end); err != nil {
-			return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
-		}
-		c.Seq, c.Counter, c.End = uint64(seq), uint64(counter), time.UnixMicro(end)
-		cps = append(cps, c)
-	}
-	if err := rows.Err(); err != nil {
+	defer tx.Rollback()
+	st, err := l.loadState(ctx, tx, node, false)
+	if err != nil {
 		return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
+	}
+	names, err := l.seriesNames(ctx, tx, `WHERE node = ?`, node)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoints of node %s: %w", node, err)
+	}
+	var cps []Checkpoint
+	for _, s := range st.series {
+		if s.seq == 0 {
+			continue
+		}
+		n, ok := names[s.sid]
+		if !ok {
+			return nil, fmt.Errorf("read checkpoints of node %s: its state holds series %d, which is not the node's", node, s.sid)
+		}
+		cps = append(cps, Checkpoint{Tenant: n.tenant, Meter: n.meter, Seq: s.seq, Counter: s.counter, End: time.UnixMicro(s.endUS)})
 	}
 	return cps, nil
 }
@@ -208,19 +213,14 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	// In key order: SQLite stores usage in its (seq, series_id) key, and
-	// rows that arrive in order fill each page before the next.
-	byKey := make([]int32, len(ws))
-	for i := range byKey {
-		byKey[i] = int32(i)
+	// In series id order: the order of the packed commit and of the
+	// node's state, merged in one pass.
+	bySid := make([]int32, len(ws))
+	for i := range bySid {
+		bySid[i] = int32(i)
 	}
-	slices.SortFunc(byKey, func(a, b int32) int {
-		if c := cmp.Compare(ws[a].Seq, ws[b].Seq); c != 0 {
-			return c
-		}
-		return cmp.Compare(sids[a], sids[b])
-	})
-	if i, ok := twoOfOneSeries(ws, sids, byKey); ok {
+	slices.SortFunc(bySid, func(a, b int32) int { return cmp.Compare(sids[a], sids[b]) })
+	if i, ok := twoOfOneSeries(sids, bySid); ok {
 		w := ws[i]
 		return fmt.Errorf("commit windows: two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter)
 	}
@@ -274,21 +274,20 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	for i, e := range entryOf {
 		keys[i] = order[e].line
 	}
-	table := l.lineKeyTable()
-	rolled, err := l.openLines(ctx, tx, sids, ws, keys)
+	node := ws[0].Node
+	st, err := l.loadState(ctx, tx, node, true)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	// Series ids are bound twice, by the checkpoint update and the usage
-	// insert: converted to bind values once.
-	sidArgs := make([]any, len(sids))
-	for i, id := range sids {
-		sidArgs[i] = id
-	}
-	if err := l.moveCheckpoints(ctx, tx, dc, sids, sidArgs, ws); err != nil {
+	table := l.lineKeyTable()
+	next, closing, err := nextState(st, ws, sids, bySid, keys, table)
+	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	if err := l.rollLines(ctx, tx, dc, sids, ws, keys, rolled); err != nil {
+	if err := l.closeLines(ctx, tx, closing); err != nil {
+		return fmt.Errorf("commit windows: %w", err)
+	}
+	if err := l.writeCommit(ctx, tx, st, next, ws, sids, bySid, ids, entryOf); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	tenants := make([]string, len(order))
@@ -300,7 +299,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	now := l.now().UnixMicro()
-	node := ws[0].Node
 	// Each value bound goes in as an any: an int64 above 255 or a string
 	// made at run time allocates when converted. Entry ids are converted
 	// once, not per row that binds them.
@@ -391,34 +389,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: insert entries: %w", err)
 	}
-	if l.d == sqliteDialect && sameWindow(ws, true) {
-		// The usual commit: one window number and time span for all.
-		w := &ws[0]
-		shared := []any{int64(w.Seq), int64(w.PrevSeq), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro()}
-		query := func(k int) string {
-			return `INSERT INTO usage (seq, prev_seq, rebased, start_us, end_us, series_id, entry_id, amount_micro, vendor_micro,
-				quantity, from_counter, to_counter) SELECT ?1, ?2, ?3, ?4, ?5, * FROM (VALUES ` + tuples(7, k) + `)`
-		}
-		err = execBatches(ctx, tx, dc, query, shared, 7, len(ws), func(j int, dst []any) []any {
-			i := byKey[j]
-			w := &ws[i]
-			return append(dst, sidArgs[i], idArgs[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
-				int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter))
-		}, nil)
-	} else {
-		err = insert("usage", usageCols, len(ws), func(j int, dst []any) []any {
-			i := byKey[j]
-			w := &ws[i]
-			return append(dst, sidArgs[i], int64(w.Seq), int64(w.PrevSeq), idArgs[entryOf[i]], w.Charge.AmountMicro, w.Charge.VendorMicro,
-				int64(w.Quantity), int64(w.FromCounter), int64(w.ToCounter), b2i(w.Rebased), w.Start.UnixMicro(), w.End.UnixMicro())
-		})
-	}
-	if err != nil {
-		if l.d.isUnique(err) {
-			return fmt.Errorf("commit windows: %w (%v)", ErrDuplicateWindow, err)
-		}
-		return fmt.Errorf("commit windows: insert usage: %w", err)
-	}
 	if usual {
 		// The accounts are named in SQL, not bound per row: the entries
 		// share their plugin, so their vendor, and the tenant's account
@@ -469,121 +439,8 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	}
 	l.remember(freshTenants)
 	l.rememberSeries(node, fresh)
-	l.rememberLines(sids, ws, keys)
+	l.cacheState(node, next)
 	return nil
-}
-
-// moveCheckpoints sets each window's series checkpoint to the window,
-// if it still is the window's PrevSeq: a compare-and-swap per series. The
-// same update adds the window to the series' open usage line (see
-// usage_lines in schema.go): the row is written anyway. A
-// series whose checkpoint moved meanwhile (another writer with the same
-// node id, or a retry of a landed commit) fails the whole commit. sids
-// are the windows' series ids, sidArgs the same as bind values; SQLite's
-// statements run on conn, tx's connection, below database/sql (see
-// execBatches).
-func (l *Ledger) moveCheckpoints(ctx context.Context, tx *sql.Tx, conn *driverConn, sids []int64, sidArgs []any, ws []Window) error {
-	const ncols = 7
-	if l.d == postgres && sameWindow(ws, false) {
-		// The usual commit: seq, previous seq and end time are the same
-		// for all, bound once; four arrays, not seven, to encode.
-		w0 := &ws[0]
-		cols := make([][]int64, 4)
-		for c := range cols {
-			cols[c] = make([]int64, len(ws))
-		}
-		for i := range ws {
-			w := &ws[i]
-			cols[0][i], cols[1][i], cols[2][i], cols[3][i] = sids[i], int64(w.ToCounter), int64(w.Quantity), w.Charge.AmountMicro
-		}
-		res, err := tx.ExecContext(ctx, `UPDATE checkpoints SET last_seq = $5, last_counter = v.counter, last_end_us = $6,
-			line_quantity = checkpoints.line_quantity + v.q, line_amount_micro = checkpoints.line_amount_micro + v.a
-			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS v(id, counter, q, a)
-			WHERE checkpoints.series_id = v.id AND checkpoints.last_seq = $7`,
-			cols[0], cols[1], cols[2], cols[3], int64(w0.Seq), w0.End.UnixMicro(), int64(w0.PrevSeq))
-		return checkMoved(res, err, len(ws), w0.Node)
-	}
-	if l.d == postgres {
-		// One statement of seven arrays: no per-row parameters to bind.
-		cols := make([][]int64, ncols)
-		for c := range cols {
-			cols[c] = make([]int64, len(ws))
-		}
-		for i, w := range ws {
-			cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i] = sids[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro()
-			cols[5][i], cols[6][i] = int64(w.Quantity), w.Charge.AmountMicro
-		}
-		res, err := tx.ExecContext(ctx, `UPDATE checkpoints SET last_seq = v.seq, last_counter = v.counter, last_end_us = v.end_us,
-			line_quantity = checkpoints.line_quantity + v.q, line_amount_micro = checkpoints.line_amount_micro + v.a
-			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-				AS v(id, prev, seq, counter, end_us, q, a)
-			WHERE checkpoints.series_id = v.id AND checkpoints.last_seq = v.prev`, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6])
-		return checkMoved(res, err, len(ws), ws[0].Node)
-	}
-	check := func(res result, n int) error { return checkMoved(res, nil, n, ws[0].Node) }
-	if sameWindow(ws, false) {
-		// The usual commit: one window number, previous one and end time
-		// for all, bound once per statement.
-		w := &ws[0]
-		shared := []any{int64(w.Seq), w.End.UnixMicro(), int64(w.PrevSeq)}
-		query := func(k int) string {
-			return `UPDATE checkpoints SET last_seq = ?1, last_end_us = ?2, last_counter = v.column2,
-				line_quantity = line_quantity + v.column3, line_amount_micro = line_amount_micro + v.column4
-				FROM (SELECT ?3 AS prev, * FROM (VALUES ` + tuples(4, k) + `)) AS v
-				WHERE checkpoints.series_id = v.column1 AND checkpoints.last_seq = v.prev`
-		}
-		row := func(i int, dst []any) []any {
-			w := &ws[i]
-			return append(dst, sidArgs[i], int64(w.ToCounter), int64(w.Quantity), w.Charge.AmountMicro)
-		}
-		if err := execBatches(ctx, tx, conn, query, shared, 4, len(ws), row, check); err != nil {
-			if errors.Is(err, ErrDuplicateWindow) {
-				return err
-			}
-			return fmt.Errorf("move checkpoints: %w", err)
-		}
-		return nil
-	}
-	query := func(n int) string {
-		var b strings.Builder
-		b.WriteString(`UPDATE checkpoints SET last_seq = v.column3, last_counter = v.column4, last_end_us = v.column5,
-			line_quantity = line_quantity + v.column6, line_amount_micro = line_amount_micro + v.column7 FROM (VALUES `)
-		for i := range n {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString("(?,?,?,?,?,?,?)")
-		}
-		b.WriteString(`) AS v WHERE checkpoints.series_id = v.column1 AND checkpoints.last_seq = v.column2`)
-		return b.String()
-	}
-	row := func(i int, dst []any) []any {
-		w := &ws[i]
-		return append(dst, sidArgs[i], int64(w.PrevSeq), int64(w.Seq), int64(w.ToCounter), w.End.UnixMicro(), int64(w.Quantity), w.Charge.AmountMicro)
-	}
-	if err := execBatches(ctx, tx, conn, query, nil, ncols, len(ws), row, check); err != nil {
-		if errors.Is(err, ErrDuplicateWindow) {
-			return err
-		}
-		return fmt.Errorf("move checkpoints: %w", err)
-	}
-	return nil
-}
-
-// sameWindow reports whether all of ws share their seq, previous seq and
-// end time, and with span also their start time and rebase flag: then
-// those are bound once per statement, not per row (see execBatches).
-func sameWindow(ws []Window, span bool) bool {
-	w0 := &ws[0]
-	end, start := w0.End.UnixMicro(), w0.Start.UnixMicro()
-	for i := range ws {
-		w := &ws[i]
-		if w.Seq != w0.Seq || w.PrevSeq != w0.PrevSeq || w.End.UnixMicro() != end ||
-			span && (w.Start.UnixMicro() != start || w.Rebased != w0.Rebased) {
-			return false
-		}
-	}
-	return true
 }
 
 // tuples is k comma-separated tuples of n plain placeholders.
@@ -592,40 +449,13 @@ func tuples(n, k int) string {
 	return strings.TrimSuffix(strings.Repeat(t+",", k), ",")
 }
 
-// checkMoved checks that a checkpoint update moved all n series.
-func checkMoved(res result, err error, n int, node string) error {
-	if err != nil {
-		return fmt.Errorf("move checkpoints: %w", err)
-	}
-	moved, err := res.RowsAffected()
-	if err != nil {
-		return fmt.Errorf("move checkpoints: %w", err)
-	}
-	if moved != int64(n) {
-		return fmt.Errorf("%w: %d of %d series are no longer at the window's starting checkpoint (another writer with node id %s?)",
-			ErrDuplicateWindow, int64(n)-moved, n, node)
-	}
-	return nil
-}
-
 // twoOfOneSeries returns the index of a window whose series has another
-// window in ws, if any. byKey orders ws by (seq, series id): when all
-// share their seq, the usual commit, such windows are neighbours in it.
-func twoOfOneSeries(ws []Window, sids []int64, byKey []int32) (int, bool) {
-	if ws[byKey[0]].Seq == ws[byKey[len(byKey)-1]].Seq {
-		for j := 1; j < len(byKey); j++ {
-			if sids[byKey[j]] == sids[byKey[j-1]] {
-				return int(byKey[j]), true
-			}
+// window in the commit, if any: such windows are neighbours in bySid.
+func twoOfOneSeries(sids []int64, bySid []int32) (int, bool) {
+	for j := 1; j < len(bySid); j++ {
+		if sids[bySid[j]] == sids[bySid[j-1]] {
+			return int(bySid[j]), true
 		}
-		return 0, false
-	}
-	seen := make(map[int64]struct{}, len(ws))
-	for i, id := range sids {
-		if _, dup := seen[id]; dup {
-			return i, true
-		}
-		seen[id] = struct{}{}
 	}
 	return 0, false
 }
@@ -669,12 +499,6 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int6
 	if err := l.d.bulkInsert(ctx, tx, "series", []string{"node", "tenant", "meter"}, []string{"text", "text", "text"}, rows,
 		` ON CONFLICT (node, tenant, meter) DO NOTHING`); err != nil {
 		return nil, nil, fmt.Errorf("record series: %w", err)
-	}
-	// Each series has its checkpoint row (see checkpoints in schema.go).
-	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO checkpoints (series_id)
-		SELECT s.id FROM series s WHERE s.node = ? AND NOT EXISTS (SELECT 1 FROM checkpoints c WHERE c.series_id = s.id)
-		ON CONFLICT (series_id) DO NOTHING`), ws[0].Node); err != nil {
-		return nil, nil, fmt.Errorf("record checkpoints: %w", err)
 	}
 	// A node's series are read back all at once: this happens when
 	// tenants or meters appear, not every window.
@@ -774,158 +598,4 @@ func (l *Ledger) lineKeyTable() []lineKey {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lineKeys
-}
-
-// openLines returns, for each window, whether its line differs from its
-// series' open line (rolled). The cache answers when it holds the
-// window's starting checkpoint; otherwise the node's series are read in
-// tx (after a restart, or when another writer moved them: then the
-// compare-and-swap fails the commit anyway).
-func (l *Ledger) openLines(ctx context.Context, tx *sql.Tx, sids []int64, ws []Window, keys []uint32) ([]bool, error) {
-	rolled := make([]bool, len(ws))
-	var unknown []int
-	l.mu.Lock()
-	for i := range ws {
-		if c, ok := l.lines[sids[i]]; ok && c.seq == ws[i].PrevSeq {
-			rolled[i] = c.key != keys[i]
-		} else {
-			unknown = append(unknown, i)
-		}
-	}
-	l.mu.Unlock()
-	if len(unknown) == 0 {
-		return rolled, nil
-	}
-	rows, err := tx.QueryContext(ctx, l.d.rebind(`SELECT id, line_period, line_currency, line_plugin_sha256, line_late
-		FROM series WHERE node = ?`), ws[0].Node)
-	if err != nil {
-		return nil, fmt.Errorf("read open usage lines: %w", err)
-	}
-	defer rows.Close()
-	open := map[int64]lineKey{}
-	for rows.Next() {
-		var id int64
-		var k lineKey
-		var late int
-		if err := rows.Scan(&id, &k.period, &k.currency, &k.plugin, &late); err != nil {
-			return nil, fmt.Errorf("read open usage lines: %w", err)
-		}
-		k.late = late == 1
-		open[id] = k
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read open usage lines: %w", err)
-	}
-	table := l.lineKeyTable()
-	for _, i := range unknown {
-		k, ok := open[sids[i]]
-		rolled[i] = !ok || k.period == "" || k != table[keys[i]]
-	}
-	return rolled, nil
-}
-
-// rollLines closes the open line of every rolled window's series (adds
-// it to usage_lines) and opens the window's line instead, holding the
-// window's quantity and amount: the checkpoint update before it added
-// them to the old line. This runs once a month per series, or when the
-// plugin or the late flag changes.
-func (l *Ledger) rollLines(ctx context.Context, tx *sql.Tx, conn *driverConn, sids []int64, ws []Window, keys []uint32, rolled []bool) error {
-	var idx []int
-	for i, r := range rolled {
-		if r {
-			idx = append(idx, i)
-		}
-	}
-	if len(idx) == 0 {
-		return nil
-	}
-	ids := make([]int64, len(idx))
-	for j, i := range idx {
-		ids[j] = sids[i]
-	}
-	// The old line is read before the update below; its quantity holds
-	// this window too, taken off here.
-	q := make([]int64, len(idx))
-	a := make([]int64, len(idx))
-	for j, i := range idx {
-		q[j], a[j] = int64(ws[i].Quantity), ws[i].Charge.AmountMicro
-	}
-	flush := `INSERT INTO usage_lines (` + strings.Join(rollupCols, ", ") + `)
-		SELECT s.tenant, s.line_period, s.meter, s.line_currency, s.line_plugin_sha256, s.line_late,
-			c.line_quantity - v.q, c.line_amount_micro - v.a
-		FROM %s CROSS JOIN series s JOIN checkpoints c ON c.series_id = s.id
-		WHERE s.id = v.id AND s.line_period <> ''
-		ORDER BY s.tenant, s.line_period, s.meter, s.line_currency, s.line_plugin_sha256, s.line_late` + rollupUpsert
-	if l.d == postgres {
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf(flush, `unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, q, a)`), ids, q, a); err != nil {
-			return fmt.Errorf("close usage lines: %w", err)
-		}
-		n := len(idx)
-		period, currency, plugin := make([]string, n), make([]string, n), make([]string, n)
-		late := make([]int64, n)
-		table := l.lineKeyTable()
-		for j, i := range idx {
-			k := table[keys[i]]
-			period[j], currency[j], plugin[j], late[j] = k.period, k.currency, k.plugin, int64(b2i(k.late))
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE series SET line_period = v.period, line_currency = v.currency,
-			line_plugin_sha256 = v.plugin, line_late = v.late
-			FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::smallint[])
-				AS v(id, period, currency, plugin, late)
-			WHERE series.id = v.id`, ids, period, currency, plugin, late); err != nil {
-			return fmt.Errorf("open usage lines: %w", err)
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE checkpoints SET line_quantity = v.q, line_amount_micro = v.a
-			FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS v(id, q, a)
-			WHERE checkpoints.series_id = v.id`, ids, q, a); err != nil {
-			return fmt.Errorf("open usage lines: %w", err)
-		}
-		return nil
-	}
-	// SQLite: the ids go in as one JSON array, not one parameter each.
-	// CROSS JOIN keeps it the outer loop: one series lookup per id, not
-	// a scan of the array per series.
-	var b strings.Builder
-	b.WriteByte('[')
-	for j := range idx {
-		if j > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "[%d,%d,%d]", ids[j], q[j], a[j])
-	}
-	b.WriteByte(']')
-	v := `(SELECT value ->> 0 AS id, value ->> 1 AS q, value ->> 2 AS a FROM json_each(?)) v`
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf(flush, v), b.String()); err != nil {
-		return fmt.Errorf("close usage lines: %w", err)
-	}
-	query := func(n int) string {
-		return `UPDATE series SET line_period = v.column2, line_currency = v.column3, line_plugin_sha256 = v.column4,
-			line_late = v.column5 FROM (VALUES ` +
-			strings.TrimSuffix(strings.Repeat("(?,?,?,?,?),", n), ",") + `) AS v WHERE series.id = v.column1`
-	}
-	table := l.lineKeyTable()
-	row := func(j int, dst []any) []any {
-		k := table[keys[idx[j]]]
-		return append(dst, ids[j], k.period, k.currency, k.plugin, b2i(k.late))
-	}
-	if err := execBatches(ctx, tx, conn, query, nil, 5, len(idx), row, nil); err != nil {
-		return fmt.Errorf("open usage lines: %w", err)
-	}
-	sums := func(n int) string {
-		return `UPDATE checkpoints SET line_quantity = v.column2, line_amount_micro = v.column3 FROM (VALUES ` +
-			strings.TrimSuffix(strings.Repeat("(?,?,?),", n), ",") + `) AS v WHERE checkpoints.series_id = v.column1`
-	}
-	sumRow := func(j int, dst []any) []any { return append(dst, ids[j], q[j], a[j]) }
-	if err := execBatches(ctx, tx, conn, sums, nil, 3, len(idx), sumRow, nil); err != nil {
-		return fmt.Errorf("open usage lines: %w", err)
-	}
-	return nil
-}
-
-func (l *Ledger) rememberLines(sids []int64, ws []Window, keys []uint32) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for i := range ws {
-		l.lines[sids[i]] = openLine{seq: ws[i].Seq, key: keys[i]}
-	}
 }

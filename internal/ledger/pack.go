@@ -1,0 +1,474 @@
+package ledger
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// The packed forms of schema version 4 (see docs/ledger.md): a window
+// commit's windows are one window_commits row, and a node's checkpoints
+// and open usage lines are one node_state row. Rows, not bytes, are what
+// a commit costs SQLite (about 1 us per row bound and stepped), so 60,000
+// usage rows and 60,000 checkpoint updates became two.
+//
+// Both blobs start with a format version byte and are otherwise varints
+// (encoding/binary): unsigned for what cannot be negative, zigzag
+// (AppendVarint) for differences. Series ids are delta-coded in ascending
+// order. Decoders never panic on bad input: they return an error saying
+// where the blob broke.
+
+// Format versions. A new layout is a new version; decoders keep reading
+// the old ones for as long as ledgers may hold them.
+const (
+	commitFormat1 = 1
+	stateFormat1  = 1
+)
+
+// Flags of a commit blob: which values all its windows share, stored
+// once in the header instead of once per window.
+const (
+	sharedSeq = 1 << iota
+	sharedPrev
+	sharedStart
+	sharedEnd
+	sharedRebased
+	rebasedFlag // the shared rebase flag's value
+)
+
+// packedWindow is one window of a packed commit, as stored.
+type packedWindow struct {
+	sid            int64
+	seq, prev      uint64
+	from, to, qty  uint64
+	rebased        bool
+	startUS, endUS int64
+	amount, vendor int64
+	// entry is the usage entry's id: the window's line item.
+	entry int64
+}
+
+// encodeCommit appends the blob of ws, which must be in ascending series
+// id order with each series once, to dst. entries are the commit's usage
+// entry ids in ascending order; each window's entry must be one of them.
+func encodeCommit(dst []byte, ws []packedWindow, entries []int64) ([]byte, error) {
+	if len(ws) == 0 {
+		return nil, errors.New("pack window commit: no windows")
+	}
+	w0 := &ws[0]
+	flags := byte(sharedSeq | sharedPrev | sharedStart | sharedEnd | sharedRebased)
+	for i := range ws {
+		w := &ws[i]
+		if w.seq != w0.seq {
+			flags &^= sharedSeq
+		}
+		if w.prev != w0.prev {
+			flags &^= sharedPrev
+		}
+		if w.startUS != w0.startUS {
+			flags &^= sharedStart
+		}
+		if w.endUS != w0.endUS {
+			flags &^= sharedEnd
+		}
+		if w.rebased != w0.rebased {
+			flags &^= sharedRebased
+		}
+	}
+	if flags&sharedRebased != 0 && w0.rebased {
+		flags |= rebasedFlag
+	}
+	dst = append(dst, commitFormat1, flags)
+	if flags&sharedSeq != 0 {
+		dst = binary.AppendUvarint(dst, w0.seq)
+	}
+	if flags&sharedPrev != 0 {
+		dst = binary.AppendUvarint(dst, w0.prev)
+	}
+	if flags&sharedStart != 0 {
+		dst = binary.AppendVarint(dst, w0.startUS)
+	}
+	if flags&sharedEnd != 0 {
+		dst = binary.AppendVarint(dst, w0.endUS)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(entries)))
+	index := make(map[int64]int, len(entries))
+	var last int64
+	for i, id := range entries {
+		if id <= last && i > 0 || id <= 0 {
+			return nil, fmt.Errorf("pack window commit: entry ids not ascending at %d", id)
+		}
+		dst = binary.AppendUvarint(dst, uint64(id-last))
+		index[id] = i
+		last = id
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(ws)))
+	var prevSid int64
+	prevEntry := 0
+	for i := range ws {
+		w := &ws[i]
+		if w.sid <= prevSid {
+			return nil, fmt.Errorf("pack window commit: series ids not ascending at %d", w.sid)
+		}
+		if w.amount < 0 || w.vendor < 0 || w.from > math.MaxInt64 || w.to > math.MaxInt64 {
+			return nil, fmt.Errorf("pack window commit: series %d: negative amount or counter out of range", w.sid)
+		}
+		e, ok := index[w.entry]
+		if !ok {
+			return nil, fmt.Errorf("pack window commit: series %d: entry %d is not one of the commit's", w.sid, w.entry)
+		}
+		dst = binary.AppendUvarint(dst, uint64(w.sid-prevSid))
+		prevSid = w.sid
+		if flags&sharedSeq == 0 {
+			dst = binary.AppendUvarint(dst, w.seq)
+		}
+		if flags&sharedPrev == 0 {
+			dst = binary.AppendUvarint(dst, w.prev)
+		}
+		if flags&sharedStart == 0 {
+			dst = binary.AppendVarint(dst, w.startUS)
+		}
+		if flags&sharedEnd == 0 {
+			dst = binary.AppendVarint(dst, w.endUS)
+		}
+		if flags&sharedRebased == 0 {
+			dst = append(dst, byte(b2i(w.rebased)))
+		}
+		dst = binary.AppendUvarint(dst, w.from)
+		dst = binary.AppendVarint(dst, int64(w.to)-int64(w.from))
+		dst = binary.AppendUvarint(dst, w.qty)
+		dst = binary.AppendUvarint(dst, uint64(w.amount))
+		dst = binary.AppendUvarint(dst, uint64(w.vendor))
+		dst = binary.AppendVarint(dst, int64(e-prevEntry))
+		prevEntry = e
+	}
+	return dst, nil
+}
+
+// reader reads varints from a blob, remembering the first error.
+type reader struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (r *reader) fail(what string) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%s at byte %d of %d: the blob is truncated or corrupt", what, r.off, len(r.b))
+	}
+}
+
+func (r *reader) uvarint(what string) uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b[r.off:])
+	if n <= 0 {
+		r.fail("bad " + what)
+		return 0
+	}
+	r.off += n
+	return v
+}
+
+func (r *reader) varint(what string) int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b[r.off:])
+	if n <= 0 {
+		r.fail("bad " + what)
+		return 0
+	}
+	r.off += n
+	return v
+}
+
+// int63 reads an unsigned varint that must fit an int64.
+func (r *reader) int63(what string) int64 {
+	v := r.uvarint(what)
+	if v > math.MaxInt64 {
+		r.fail(what + " out of range")
+		return 0
+	}
+	return int64(v)
+}
+
+func (r *reader) byte(what string) byte {
+	if r.err != nil {
+		return 0
+	}
+	if r.off >= len(r.b) {
+		r.fail("missing " + what)
+		return 0
+	}
+	c := r.b[r.off]
+	r.off++
+	return c
+}
+
+func (r *reader) str(what string) string {
+	n := r.uvarint(what + " length")
+	if r.err != nil {
+		return ""
+	}
+	if n > uint64(len(r.b)-r.off) {
+		r.fail(what + " longer than the blob")
+		return ""
+	}
+	s := string(r.b[r.off : r.off+int(n)])
+	r.off += int(n)
+	return s
+}
+
+// count reads a number of items each taking at least min bytes: a
+// corrupt count cannot make the decoder allocate more than the blob holds.
+func (r *reader) count(what string, min int) int {
+	n := r.uvarint(what)
+	if r.err == nil && n > uint64((len(r.b)-r.off)/min) {
+		r.fail(what + " larger than the blob")
+		return 0
+	}
+	return int(n)
+}
+
+// decodeCommit reads the blob of commit commitSeq of node (named in
+// errors).
+func decodeCommit(node string, commitSeq int64, data []byte) ([]packedWindow, error) {
+	ws, err := decodeCommitBlob(data)
+	if err != nil {
+		return nil, fmt.Errorf("window commit %d of node %s: %w", commitSeq, node, err)
+	}
+	return ws, nil
+}
+
+func decodeCommitBlob(data []byte) ([]packedWindow, error) {
+	r := &reader{b: data}
+	if v := r.byte("format version"); r.err == nil && v != commitFormat1 {
+		return nil, fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, commitFormat1)
+	}
+	flags := r.byte("flags")
+	var w0 packedWindow
+	if flags&sharedSeq != 0 {
+		w0.seq = r.uvarint("seq")
+	}
+	if flags&sharedPrev != 0 {
+		w0.prev = r.uvarint("previous seq")
+	}
+	if flags&sharedStart != 0 {
+		w0.startUS = r.varint("start")
+	}
+	if flags&sharedEnd != 0 {
+		w0.endUS = r.varint("end")
+	}
+	w0.rebased = flags&rebasedFlag != 0
+	entries := make([]int64, r.count("entry count", 1))
+	var last int64
+	for i := range entries {
+		d := r.int63("entry id")
+		if r.err == nil && (d == 0 && i > 0 || last > math.MaxInt64-d) {
+			r.fail("entry ids not ascending")
+		}
+		last += d
+		entries[i] = last
+	}
+	// A window takes at least 7 bytes: series, 5 values, entry.
+	ws := make([]packedWindow, r.count("window count", 7))
+	var sid int64
+	e := 0
+	for i := range ws {
+		w := w0
+		d := r.int63("series id")
+		if r.err == nil && (d == 0 || sid > math.MaxInt64-d) {
+			r.fail("series ids not ascending")
+		}
+		sid += d
+		w.sid = sid
+		if flags&sharedSeq == 0 {
+			w.seq = r.uvarint("seq")
+		}
+		if flags&sharedPrev == 0 {
+			w.prev = r.uvarint("previous seq")
+		}
+		if flags&sharedStart == 0 {
+			w.startUS = r.varint("start")
+		}
+		if flags&sharedEnd == 0 {
+			w.endUS = r.varint("end")
+		}
+		if flags&sharedRebased == 0 {
+			switch r.byte("rebase flag") {
+			case 0:
+			case 1:
+				w.rebased = true
+			default:
+				r.fail("bad rebase flag")
+			}
+		}
+		from := r.int63("from counter")
+		to := from + r.varint("counter change")
+		if r.err == nil && (to < 0 || to < from && !w.rebased) {
+			r.fail("counter out of range")
+		}
+		w.from, w.to = uint64(from), uint64(to)
+		w.qty = r.uvarint("quantity")
+		w.amount = r.int63("amount")
+		w.vendor = r.int63("vendor share")
+		e += int(r.varint("entry index"))
+		if r.err == nil && (e < 0 || e >= len(entries)) {
+			r.fail("entry index out of range")
+		}
+		if r.err != nil {
+			return nil, r.err
+		}
+		w.entry = entries[e]
+		ws[i] = w
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.off != len(data) {
+		return nil, fmt.Errorf("%d bytes after the last window: the blob is corrupt", len(data)-r.off)
+	}
+	return ws, nil
+}
+
+// seriesState is one series' checkpoint and open usage line in a node's
+// state.
+type seriesState struct {
+	sid     int64
+	seq     uint64
+	counter uint64
+	endUS   int64
+	// line is the open line's key id (Ledger.lineKeys), or noLine.
+	line           uint32
+	qty, amountSum int64
+}
+
+// noLine marks a series without an open usage line.
+const noLine = math.MaxUint32
+
+// encodeState appends the state blob of series (ascending ids) to dst;
+// keys resolves their line ids.
+func encodeState(dst []byte, series []seriesState, keys []lineKey) ([]byte, error) {
+	dst = append(dst, stateFormat1)
+	// The blob's own line table: a node has a handful of open lines.
+	local := map[uint32]uint64{}
+	var order []uint32
+	for i := range series {
+		if id := series[i].line; id != noLine {
+			if _, ok := local[id]; !ok {
+				if int(id) >= len(keys) {
+					return nil, fmt.Errorf("pack node state: unknown line key id %d", id)
+				}
+				local[id] = uint64(len(order)) + 1
+				order = append(order, id)
+			}
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(order)))
+	for _, id := range order {
+		k := &keys[id]
+		dst = appendString(dst, k.period)
+		dst = appendString(dst, k.currency)
+		dst = appendString(dst, k.plugin)
+		dst = append(dst, byte(b2i(k.late)))
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(series)))
+	var prevSid, prevEnd int64
+	var prevSeq uint64
+	for i := range series {
+		s := &series[i]
+		if s.sid <= prevSid {
+			return nil, fmt.Errorf("pack node state: series ids not ascending at %d", s.sid)
+		}
+		dst = binary.AppendUvarint(dst, uint64(s.sid-prevSid))
+		dst = binary.AppendVarint(dst, int64(s.seq-prevSeq))
+		dst = binary.AppendUvarint(dst, s.counter)
+		dst = binary.AppendVarint(dst, s.endUS-prevEnd)
+		var li uint64
+		if s.line != noLine {
+			li = local[s.line]
+		}
+		dst = binary.AppendUvarint(dst, li)
+		dst = binary.AppendVarint(dst, s.qty)
+		dst = binary.AppendVarint(dst, s.amountSum)
+		prevSid, prevSeq, prevEnd = s.sid, s.seq, s.endUS
+	}
+	return dst, nil
+}
+
+func appendString(dst []byte, s string) []byte {
+	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
+}
+
+// decodeState reads a state blob; intern turns each line key into its id.
+func decodeState(node string, data []byte, intern func(lineKey) uint32) ([]seriesState, error) {
+	ss, err := decodeStateBlob(data, intern)
+	if err != nil {
+		return nil, fmt.Errorf("state of node %s: %w", node, err)
+	}
+	return ss, nil
+}
+
+func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, error) {
+	r := &reader{b: data}
+	if v := r.byte("format version"); r.err == nil && v != stateFormat1 {
+		return nil, fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, stateFormat1)
+	}
+	// A line key takes at least 4 bytes.
+	ids := make([]uint32, r.count("line count", 4))
+	for i := range ids {
+		var k lineKey
+		k.period = r.str("line period")
+		k.currency = r.str("line currency")
+		k.plugin = r.str("line plugin")
+		switch r.byte("line late flag") {
+		case 0:
+		case 1:
+			k.late = true
+		default:
+			r.fail("bad late flag")
+		}
+		if r.err != nil {
+			return nil, r.err
+		}
+		ids[i] = intern(k)
+	}
+	ss := make([]seriesState, r.count("series count", 7))
+	var sid, end int64
+	var seq uint64
+	for i := range ss {
+		d := r.int63("series id")
+		if r.err == nil && (d == 0 || sid > math.MaxInt64-d) {
+			r.fail("series ids not ascending")
+		}
+		sid += d
+		seq += uint64(r.varint("seq"))
+		s := seriesState{sid: sid, seq: seq, counter: r.uvarint("counter")}
+		end += r.varint("end")
+		s.endUS = end
+		s.line = noLine
+		if li := r.uvarint("line"); li > 0 {
+			if r.err == nil && li > uint64(len(ids)) {
+				r.fail("line out of range")
+			} else if r.err == nil {
+				s.line = ids[li-1]
+			}
+		}
+		s.qty = r.varint("line quantity")
+		s.amountSum = r.varint("line amount")
+		if r.err != nil {
+			return nil, r.err
+		}
+		ss[i] = s
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if r.off != len(data) {
+		return nil, fmt.Errorf("%d bytes after the last series: the blob is corrupt", len(data)-r.off)
+	}
+	return ss, nil
+}

@@ -1,0 +1,349 @@
+package ledger
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+)
+
+// lineRow is one usage line's key, as usage_lines stores it.
+type lineRow struct {
+	tenant, period, meter, currency, plugin string
+	late                                    int64
+}
+
+// lineCheck holds a line's journal sums (j) and the sums the closed and
+// open lines hold (r); they are equal in a sound ledger.
+type lineCheck struct{ jq, ja, rq, ra int64 }
+
+// chainEnd is where a series' chain of windows has got to.
+type chainEnd struct{ seq, to int64 }
+
+// entryInfo is what verify needs of an entry a packed window names.
+type entryInfo struct {
+	kind, tenant, currency, period, plugin, node string
+	late, amount, windowSeq                      int64
+}
+
+// verifier is the state of the parts of [Ledger.Verify] that read
+// packed rows, node by node: chains, node states, packed windows and their
+// entries, and the usage lines (closed and open) against the journal.
+type verifier struct {
+	l         *Ledger
+	r         *Report
+	names     map[int64]seriesName
+	reversals map[int64][2]string // reversed entry -> reversal's tenant and period
+	lines     map[lineRow]*lineCheck
+}
+
+func (v *verifier) line(k lineRow) *lineCheck {
+	c := v.lines[k]
+	if c == nil {
+		c = &lineCheck{}
+		v.lines[k] = c
+	}
+	return c
+}
+
+func (v *verifier) key(sid int64) string {
+	if n, ok := v.names[sid]; ok {
+		return n.node + "/" + n.tenant + "/" + n.meter
+	}
+	return fmt.Sprintf("series %d", sid)
+}
+
+// step checks one window of series sid against the end of its chain.
+func (v *verifier) step(chains map[int64]*chainEnd, sid, seq, prev, from, to, qty int64, rebased bool) {
+	c := chains[sid]
+	if c == nil {
+		c = &chainEnd{}
+		chains[sid] = c
+	}
+	key := v.key(sid)
+	if prev != c.seq {
+		v.r.problem("%s: window %d follows window %d but links to %d (gap in the checkpoint chain)", key, seq, c.seq, prev)
+	}
+	if from != c.to {
+		v.r.problem("%s: window %d starts at counter %d but the checkpoint was %d", key, seq, from, c.to)
+	}
+	want := to - from
+	if rebased {
+		want = 0
+	}
+	if qty != want {
+		v.r.problem("%s: window %d bills %d for counters %d -> %d", key, seq, qty, from, to)
+	}
+	c.seq, c.to = seq, to
+}
+
+// verifyPacked is the part of Verify that reads packed rows (schema
+// version 4) beside the legacy usage rows: every series' chain of windows
+// (legacy rows first, then packed commits in order) runs 1, 2, 3, ...
+// and ends at its checkpoint in the node's state; each packed window names
+// a usage entry of its node in its window, and the entry's amount is the
+// sum of its windows; and closed plus open usage lines equal what the
+// journal sums to.
+func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
+	v := &verifier{l: l, r: r, reversals: map[int64][2]string{}, lines: map[lineRow]*lineCheck{}}
+	var err error
+	if v.names, err = l.seriesNames(ctx, l.db, ``); err != nil {
+		return fmt.Errorf("verify ledger: %w", err)
+	}
+	r.Series = int64(len(v.names))
+	if err := v.query(ctx, `SELECT reverses, tenant, period FROM entries WHERE kind = 'reversal' AND reverses IS NOT NULL`, func(rows *sql.Rows) error {
+		var id int64
+		var t, p string
+		if err := rows.Scan(&id, &t, &p); err != nil {
+			return err
+		}
+		v.reversals[id] = [2]string{t, p}
+		return nil
+	}); err != nil {
+		return err
+	}
+	addLines := func(query string, journal bool) error {
+		return v.query(ctx, query, func(rows *sql.Rows) error {
+			var k lineRow
+			var q, a int64
+			if err := rows.Scan(&k.tenant, &k.period, &k.meter, &k.currency, &k.plugin, &k.late, &q, &a); err != nil {
+				return err
+			}
+			c := v.line(k)
+			if journal {
+				c.jq, c.ja = c.jq+q, c.ja+a
+			} else {
+				c.rq, c.ra = c.rq+q, c.ra+a
+			}
+			return nil
+		})
+	}
+	// The legacy windows' part of the journal, and the closed lines.
+	if err := addLines(`SELECT tenant, period, meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro)
+		FROM usage_lines_journal GROUP BY tenant, period, meter, currency, plugin_sha256, late`, true); err != nil {
+		return err
+	}
+	if err := addLines(`SELECT tenant, period, meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage_lines`, false); err != nil {
+		return err
+	}
+	var nodes []string
+	if err := v.query(ctx, `SELECT node FROM series UNION SELECT node FROM node_state UNION SELECT node FROM window_commits`, func(rows *sql.Rows) error {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+		return nil
+	}); err != nil {
+		return err
+	}
+	slices.Sort(nodes)
+	for _, node := range nodes {
+		if err := v.node(ctx, node); err != nil {
+			return err
+		}
+	}
+	keys := make([]lineRow, 0, len(v.lines))
+	for k, c := range v.lines {
+		if c.jq != c.rq || c.ja != c.ra {
+			keys = append(keys, k)
+		}
+	}
+	for _, k := range keys {
+		c := v.lines[k]
+		r.problem("usage line %s/%s/%s (%s, plugin %s, late %d): lines say quantity %d amount %d but the journal sums to %d and %d",
+			k.tenant, k.period, k.meter, k.currency, k.plugin, k.late, c.rq, c.ra, c.jq, c.ja)
+	}
+	return nil
+}
+
+func (v *verifier) query(ctx context.Context, query string, scan func(*sql.Rows) error, args ...any) error {
+	rows, err := v.l.db.QueryContext(ctx, v.l.d.rebind(query), args...)
+	if err != nil {
+		return fmt.Errorf("verify ledger: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return fmt.Errorf("verify ledger: %w", err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("verify ledger: %w", err)
+	}
+	return nil
+}
+
+// node verifies one node's chains, packed commits and state.
+func (v *verifier) node(ctx context.Context, node string) error {
+	chains := map[int64]*chainEnd{}
+	if err := v.query(ctx, `SELECT u.series_id, u.seq, u.prev_seq, u.from_counter, u.to_counter, u.quantity, u.rebased
+		FROM usage u JOIN series s ON s.id = u.series_id WHERE s.node = ? ORDER BY u.series_id, u.seq`, func(rows *sql.Rows) error {
+		var sid, seq, prev, from, to, qty, rebased int64
+		if err := rows.Scan(&sid, &seq, &prev, &from, &to, &qty, &rebased); err != nil {
+			return err
+		}
+		v.step(chains, sid, seq, prev, from, to, qty, rebased == 1)
+		return nil
+	}, node); err != nil {
+		return err
+	}
+	type commit struct {
+		seq, first, last, windows int64
+		data                      []byte
+	}
+	// One commit at a time: a commit of 70,000 windows is about 1 MB.
+	var seqs []int64
+	if err := v.query(ctx, `SELECT commit_seq FROM window_commits WHERE node = ? ORDER BY commit_seq`, func(rows *sql.Rows) error {
+		var s int64
+		if err := rows.Scan(&s); err != nil {
+			return err
+		}
+		seqs = append(seqs, s)
+		return nil
+	}, node); err != nil {
+		return err
+	}
+	for i, seq := range seqs {
+		want := int64(1)
+		if i > 0 {
+			want = seqs[i-1] + 1
+		}
+		if seq != want {
+			v.r.problem("node %s: window commit %d follows commit %d (gap in the commit sequence)", node, seq, want-1)
+		}
+		var c commit
+		err := v.l.db.QueryRowContext(ctx, v.l.d.rebind(`SELECT commit_seq, first_entry, last_entry, windows, data FROM window_commits
+			WHERE node = ? AND commit_seq = ?`), node, seq).Scan(&c.seq, &c.first, &c.last, &c.windows, &c.data)
+		if err != nil {
+			return fmt.Errorf("verify ledger: read window commit %d of node %s: %w", seq, node, err)
+		}
+		if err := v.commit(ctx, node, c.seq, c.first, c.last, c.windows, c.data, chains); err != nil {
+			return err
+		}
+	}
+	var stSeq int64
+	var data []byte
+	err := v.l.db.QueryRowContext(ctx, v.l.d.rebind(`SELECT commit_seq, data FROM node_state WHERE node = ?`), node).Scan(&stSeq, &data)
+	var series []seriesState
+	stateOK := true
+	switch {
+	case isNoRows(err):
+		if len(seqs) > 0 {
+			v.r.problem("node %s: %d window commits but no node state", node, len(seqs))
+		}
+	case err != nil:
+		return fmt.Errorf("verify ledger: read state of node %s: %w", node, err)
+	default:
+		if n := int64(len(seqs)); n > 0 && stSeq != seqs[n-1] {
+			v.r.problem("node %s: state is at commit %d but the last window commit is %d", node, stSeq, seqs[n-1])
+		}
+		if series, err = decodeState(node, data, v.l.lineID); err != nil {
+			v.r.problem("%v", err)
+			stateOK = false
+		}
+	}
+	table := v.l.lineKeyTable()
+	inState := make(map[int64]bool, len(series))
+	for _, s := range series {
+		inState[s.sid] = true
+		n, ok := v.names[s.sid]
+		if !ok || n.node != node {
+			v.r.problem("node %s: state holds series %d, which is not the node's", node, s.sid)
+			continue
+		}
+		c := chains[s.sid]
+		if c == nil {
+			c = &chainEnd{}
+		}
+		if int64(s.seq) != c.seq || int64(s.counter) != c.to {
+			v.r.problem("%s: checkpoint says window %d at counter %d, but the last window is %d at counter %d", v.key(s.sid), s.seq, s.counter, c.seq, c.to)
+		}
+		if s.line != noLine {
+			k := table[s.line]
+			lc := v.line(lineRow{n.tenant, k.period, n.meter, k.currency, k.plugin, int64(b2i(k.late))})
+			lc.rq, lc.ra = lc.rq+s.qty, lc.ra+s.amountSum
+		}
+	}
+	if !stateOK {
+		return nil // reported above
+	}
+	for sid, n := range v.names {
+		if n.node != node || inState[sid] {
+			continue
+		}
+		v.r.problem("series %d has no checkpoint in the state of node %s", sid, node)
+		if c := chains[sid]; c != nil {
+			v.r.problem("%s: checkpoint says window 0 at counter 0, but the last window is %d at counter %d", v.key(sid), c.seq, c.to)
+		}
+	}
+	return nil
+}
+
+// commit verifies one packed commit and adds its windows to the chains
+// and the journal's lines.
+func (v *verifier) commit(ctx context.Context, node string, seq, first, last, count int64, data []byte, chains map[int64]*chainEnd) error {
+	ws, err := decodeCommit(node, seq, data)
+	if err != nil {
+		v.r.problem("%v", err)
+		return nil
+	}
+	v.r.Windows += int64(len(ws))
+	if int64(len(ws)) != count {
+		v.r.problem("window commit %d of node %s: says %d windows but holds %d", seq, node, count, len(ws))
+	}
+	entries := map[int64]*entryInfo{}
+	if err := v.query(ctx, `SELECT id, kind, tenant, currency, period, COALESCE(plugin_sha256, ''), late, amount_micro,
+		COALESCE(window_seq, -1), COALESCE(node, '') FROM entries WHERE id BETWEEN ? AND ?`, func(rows *sql.Rows) error {
+		var id int64
+		e := &entryInfo{}
+		if err := rows.Scan(&id, &e.kind, &e.tenant, &e.currency, &e.period, &e.plugin, &e.late, &e.amount, &e.windowSeq, &e.node); err != nil {
+			return err
+		}
+		entries[id] = e
+		return nil
+	}, first, last); err != nil {
+		return err
+	}
+	sums := map[int64]int64{}
+	for _, w := range ws {
+		v.step(chains, w.sid, int64(w.seq), int64(w.prev), int64(w.from), int64(w.to), int64(w.qty), w.rebased)
+		n, ok := v.names[w.sid]
+		if !ok || n.node != node {
+			v.r.problem("window commit %d of node %s: series %d is not a series of the node", seq, node, w.sid)
+		}
+		if w.entry < first || w.entry > last {
+			v.r.problem("window commit %d of node %s: entry %d is outside the commit's entries %d..%d", seq, node, w.entry, first, last)
+			continue
+		}
+		e := entries[w.entry]
+		if e == nil {
+			v.r.problem("usage of entry %d has no entry", w.entry)
+			continue
+		}
+		if e.kind != "usage" || e.node != node || e.windowSeq != int64(w.seq) {
+			v.r.problem("usage of entry %d is not in that entry's window (window_seq)", w.entry)
+		}
+		sums[w.entry] += w.amount
+		lc := v.line(lineRow{e.tenant, e.period, n.meter, e.currency, e.plugin, e.late})
+		lc.jq, lc.ja = lc.jq+int64(w.qty), lc.ja+w.amount
+		if rev, ok := v.reversals[w.entry]; ok {
+			lc := v.line(lineRow{rev[0], rev[1], n.meter, e.currency, e.plugin, e.late})
+			lc.jq, lc.ja = lc.jq-int64(w.qty), lc.ja-w.amount
+		}
+	}
+	ids := make([]int64, 0, len(entries))
+	for id, e := range entries {
+		if e.kind == "usage" && e.node == node {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		e := entries[id]
+		if sum, ok := sums[id]; !ok || sum != e.amount {
+			v.r.problem("usage entry %d: amount %d but its windows sum to %d", id, e.amount, sum)
+		}
+	}
+	return nil
+}
