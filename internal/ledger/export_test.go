@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"slices"
 	"strings"
+	"time"
 )
 
 // ExecForTest runs a raw statement, to prove the triggers refuse edits.
@@ -210,6 +211,43 @@ func UsageLinesV2ForTest(ctx context.Context, l *Ledger, tenant, period string) 
 		GROUP BY meter, currency, plugin_sha256, late
 		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
 	return scanLines(rows, err)
+}
+
+// UsageLinesV3ForTest is UsageLines as schema version 3 answered it,
+// with the open lines' sums in checkpoints: the invoices a ledger showed
+// before migrating to version 4.
+func UsageLinesV3ForTest(ctx context.Context, l *Ledger, tenant, period string) ([]UsageLine, error) {
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT meter, currency, plugin_sha256, late, SUM(quantity), SUM(amount_micro) FROM (
+			SELECT meter, currency, plugin_sha256, late, quantity, amount_micro FROM usage_lines WHERE tenant = ? AND period = ?
+			UNION ALL
+			SELECT s.meter, s.line_currency, s.line_plugin_sha256, s.line_late, c.line_quantity, c.line_amount_micro
+			FROM series s JOIN checkpoints c ON c.series_id = s.id
+			WHERE s.tenant = ? AND s.line_period = ?
+		) lines
+		GROUP BY meter, currency, plugin_sha256, late
+		ORDER BY meter, late, currency, plugin_sha256`), tenant, period, tenant, period)
+	return scanLines(rows, err)
+}
+
+// CheckpointsV3ForTest is Checkpoints as schema version 3 answered it.
+func CheckpointsV3ForTest(ctx context.Context, l *Ledger, node string) ([]Checkpoint, error) {
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT s.tenant, s.meter, c.last_seq, c.last_counter, c.last_end_us
+		FROM series s JOIN checkpoints c ON c.series_id = s.id WHERE s.node = ? AND c.last_seq > 0 ORDER BY s.id`), node)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var cps []Checkpoint
+	for rows.Next() {
+		var c Checkpoint
+		var seq, counter, end int64
+		if err := rows.Scan(&c.Tenant, &c.Meter, &seq, &counter, &end); err != nil {
+			return nil, err
+		}
+		c.Seq, c.Counter, c.End = uint64(seq), uint64(counter), time.UnixMicro(end)
+		cps = append(cps, c)
+	}
+	return cps, rows.Err()
 }
 
 // scanLines reads (meter, currency, plugin, late, quantity, amount) rows.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // The packed forms of schema version 4 (see docs/ledger.md): a window
@@ -53,7 +54,7 @@ type packedWindow struct {
 // id order with each series once, to dst. entries are the commit's usage
 // entry ids in ascending order; each window's entry must be one of them.
 func encodeCommit(dst []byte, ws []packedWindow, entries []int64) ([]byte, error) {
-	if len(ws) == 0 {
+	if len(ws) == 0 || len(entries) == 0 {
 		return nil, errors.New("pack window commit: no windows")
 	}
 	w0 := &ws[0]
@@ -93,15 +94,23 @@ func encodeCommit(dst []byte, ws []packedWindow, entries []int64) ([]byte, error
 		dst = binary.AppendVarint(dst, w0.endUS)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(entries)))
-	index := make(map[int64]int, len(entries))
 	var last int64
 	for i, id := range entries {
 		if id <= last && i > 0 || id <= 0 {
 			return nil, fmt.Errorf("pack window commit: entry ids not ascending at %d", id)
 		}
 		dst = binary.AppendUvarint(dst, uint64(id-last))
-		index[id] = i
 		last = id
+	}
+	// An entry's index: its id's offset when the ids are contiguous (as
+	// SQLite allocates them), else a search.
+	first := entries[0]
+	contiguous := last-first == int64(len(entries)-1)
+	index := func(id int64) (int, bool) {
+		if contiguous {
+			return int(id - first), id >= first && id <= last
+		}
+		return slices.BinarySearch(entries, id)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(ws)))
 	var prevSid int64
@@ -114,7 +123,7 @@ func encodeCommit(dst []byte, ws []packedWindow, entries []int64) ([]byte, error
 		if w.amount < 0 || w.vendor < 0 || w.from > math.MaxInt64 || w.to > math.MaxInt64 {
 			return nil, fmt.Errorf("pack window commit: series %d: negative amount or counter out of range", w.sid)
 		}
-		e, ok := index[w.entry]
+		e, ok := index(w.entry)
 		if !ok {
 			return nil, fmt.Errorf("pack window commit: series %d: entry %d is not one of the commit's", w.sid, w.entry)
 		}

@@ -1,0 +1,164 @@
+package ledger_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/kmeter/kmeter/internal/ledger"
+	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
+)
+
+// Two writers with the same node id (two agents, or an agent and its
+// restarted self) race window after window from the same checkpoints:
+// the compare-and-swap on the node's state lets exactly one of each pair
+// land, and the loser's cached state does not stop it from committing
+// the next window once it is the one that fits.
+func TestLedger_CommitWindows_sameNodeRace(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		ctx := context.Background()
+		cfg := b.Config(t)
+		writers := []*ledger.Ledger{ledgertest.OpenConfig(t, cfg), ledgertest.OpenConfig(t, cfg)}
+		const rounds = 5
+		var charged int64
+		for seq := uint64(1); seq <= rounds; seq++ {
+			errs := make([]error, len(writers))
+			var wg sync.WaitGroup
+			start := make(chan struct{})
+			for i, l := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					<-start
+					// Writer i bills 10+i per window: the balance tells
+					// whose windows landed.
+					ws := []ledger.Window{
+						window("n1", "shop", "syscalls", seq, (seq-1)*10, 10, 10+int64(i), 0),
+						window("n1", "shop", "tcp_connects", seq, (seq-1)*10, 10, 10+int64(i), 0),
+					}
+					errs[i] = l.CommitWindows(ctx, ws)
+				}()
+			}
+			close(start)
+			wg.Wait()
+			won := 0
+			for i, err := range errs {
+				switch {
+				case err == nil:
+					won++
+					charged += 2 * (10 + int64(i))
+				case !errors.Is(err, ledger.ErrDuplicateWindow):
+					t.Fatalf("window %d, writer %d: %v", seq, i, err)
+				}
+			}
+			if won != 1 {
+				t.Fatalf("window %d: %d writers landed it, want exactly 1 (errors %v)", seq, won, errs)
+			}
+		}
+		// Writer 0 commits alone once more, whatever its cache holds.
+		last := []ledger.Window{window("n1", "shop", "syscalls", rounds+1, rounds*10, 10, 10, 0)}
+		if err := writers[0].CommitWindows(ctx, last); err != nil {
+			t.Fatal(err)
+		}
+		charged += 10
+		if got := balance(t, writers[1], "shop"); got != -charged {
+			t.Errorf("balance = %d, want %d", got, -charged)
+		}
+		r := mustVerify(t, writers[1])
+		if r.Windows != 2*rounds+1 {
+			t.Errorf("verify counted %d windows, want %d", r.Windows, 2*rounds+1)
+		}
+	})
+}
+
+// Verify reads the packed rows themselves: a node state that no longer
+// matches its windows, a commit blob that does not decode and a state
+// blob that does not decode are all reported, and readers fail with an
+// error instead of a panic.
+func TestLedger_Verify_tamperedPacked(t *testing.T) {
+	pl := ", plugin " + plugin + ", late 0): lines say quantity "
+	tests := []struct {
+		name   string
+		tamper func(ctx context.Context, l *ledger.Ledger) error
+		want   []string
+	}{
+		{"checkpoint moved", func(ctx context.Context, l *ledger.Ledger) error {
+			return ledger.EditStateForTest(ctx, l, "n1", func(s *ledger.SeriesStateForTest) {
+				if s.Tenant == "shop" {
+					s.Counter++
+				}
+			})
+		}, []string{"n1/shop/syscalls: checkpoint says window 2 at counter 16, but the last window is 2 at counter 15"}},
+		{"forged corrupt commit", func(ctx context.Context, l *ledger.Ledger) error {
+			return ledger.ExecArgsForTest(ctx, l, `INSERT INTO window_commits (node, commit_seq, first_entry, last_entry, windows, created_us, data)
+				VALUES ('n1', 3, 1, 1, 1, 0, ?)`, []byte{1, 0x1f, 200})
+		}, []string{
+			"node n1: state is at commit 2 but the last window commit is 3",
+			"window commit 3 of node n1: bad seq at byte 2 of 3: the blob is truncated or corrupt",
+		}},
+		{"corrupt state", func(ctx context.Context, l *ledger.Ledger) error {
+			return ledger.ExecArgsForTest(ctx, l, `UPDATE node_state SET data = ? WHERE node = 'n1'`, []byte{1, 0, 5, 1})
+		}, []string{
+			"state of node n1: series count larger than the blob at byte 3 of 4: the blob is truncated or corrupt",
+			// The open lines were in the state.
+			"usage line cafe/2026-11/syscalls (USD" + pl + "0 amount 0 but the journal sums to 20 and 20",
+			"usage line shop/2026-11/syscalls (USD" + pl + "0 amount 0 but the journal sums to 15 and 20",
+		}},
+	}
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				ctx := context.Background()
+				l := b.Open(t)
+				for seq := uint64(1); seq <= 2; seq++ {
+					if err := l.CommitWindows(ctx, []ledger.Window{
+						window("n1", "shop", "syscalls", seq, (seq-1)*10, 5+5*(2-seq), 10, 0),
+						window("n1", "cafe", "syscalls", seq, (seq-1)*10, 10, 10, 0),
+					}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				mustVerify(t, l)
+				if err := tt.tamper(ctx, l); err != nil {
+					t.Fatal(err)
+				}
+				r, err := l.Verify(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if strings.Join(r.Problems, "\n") != strings.Join(tt.want, "\n") {
+					t.Errorf("problems = %q\nwant %q", r.Problems, tt.want)
+				}
+			})
+		}
+	})
+}
+
+// A state row that does not decode fails the next commit and the readers
+// with an error naming the node, from a ledger that has not cached it.
+func TestLedger_corruptStateIsAnError(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		ctx := context.Background()
+		cfg := b.Config(t)
+		l := ledgertest.OpenConfig(t, cfg)
+		if err := l.CommitWindows(ctx, []ledger.Window{window("n1", "shop", "syscalls", 1, 0, 10, 10, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := ledger.ExecArgsForTest(ctx, l, `UPDATE node_state SET data = ? WHERE node = 'n1'`, []byte{7}); err != nil {
+			t.Fatal(err)
+		}
+		fresh := ledgertest.OpenConfig(t, cfg)
+		const want = "state of node n1: unknown format version 7"
+		if _, err := fresh.Checkpoints(ctx, "n1"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Checkpoints: err = %v, want %q", err, want)
+		}
+		if _, err := fresh.UsageLines(ctx, "shop", "2026-11"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("UsageLines: err = %v, want %q", err, want)
+		}
+		if err := fresh.CommitWindows(ctx, []ledger.Window{window("n1", "shop", "syscalls", 2, 10, 10, 10, 0)}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CommitWindows: err = %v, want %q", err, want)
+		}
+	})
+}
