@@ -54,13 +54,20 @@ type packedWindow struct {
 // id order with each series once, to dst. entries are the commit's usage
 // entry ids in ascending order; each window's entry must be one of them.
 func encodeCommit(dst []byte, ws []packedWindow, entries []int64) ([]byte, error) {
-	if len(ws) == 0 || len(entries) == 0 {
+	return appendCommit(dst, len(ws), func(j int) packedWindow { return ws[j] }, entries)
+}
+
+// appendCommit is encodeCommit of the n windows window(0..n-1) returns:
+// a commit's windows go from the caller's own records to the blob with no
+// slice of 60,000 packedWindows between them.
+func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []int64) ([]byte, error) {
+	if n == 0 || len(entries) == 0 {
 		return nil, errors.New("pack window commit: no windows")
 	}
-	w0 := &ws[0]
+	w0 := window(0)
 	flags := byte(sharedSeq | sharedPrev | sharedStart | sharedEnd | sharedRebased)
-	for i := range ws {
-		w := &ws[i]
+	for j := range n {
+		w := window(j)
 		if w.seq != w0.seq {
 			flags &^= sharedSeq
 		}
@@ -112,11 +119,11 @@ func encodeCommit(dst []byte, ws []packedWindow, entries []int64) ([]byte, error
 		}
 		return slices.BinarySearch(entries, id)
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(ws)))
+	dst = binary.AppendUvarint(dst, uint64(n))
 	var prevSid int64
 	prevEntry := 0
-	for i := range ws {
-		w := &ws[i]
+	for j := range n {
+		w := window(j)
 		if w.sid <= prevSid {
 			return nil, fmt.Errorf("pack window commit: series ids not ascending at %d", w.sid)
 		}
