@@ -41,7 +41,10 @@ func (r *Report) problem(format string, args ...any) {
 // debits equal credits per currency, each usage entry's amount is what
 // its postings debit, the stored balances equal the sum of postings, and
 // every (node, tenant, meter) chain of checkpoints runs 1, 2, 3, ... with
-// each window starting where the previous one ended (or rebased).
+// each window starting where the previous one ended (or rebased), across
+// legacy usage rows and packed window commits, and ends at the series'
+// checkpoint in its node's state; closed and open usage lines equal what
+// the journal sums to.
 func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 	r := Report{DebitsMicro: map[string]int64{}, CreditsMicro: map[string]int64{}, Problems: []string{}}
 	q := func(query string, scan func(scan func(...any) error) error) error {

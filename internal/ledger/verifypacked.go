@@ -1,10 +1,12 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // lineRow is one usage line's key, as usage_lines stores it.
@@ -149,6 +151,11 @@ func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
 			keys = append(keys, k)
 		}
 	}
+	// In order: the report keeps the first maxProblems.
+	slices.SortFunc(keys, func(a, b lineRow) int {
+		return cmp.Or(strings.Compare(a.tenant, b.tenant), strings.Compare(a.period, b.period), strings.Compare(a.meter, b.meter),
+			strings.Compare(a.currency, b.currency), strings.Compare(a.plugin, b.plugin), cmp.Compare(a.late, b.late))
+	})
 	for _, k := range keys {
 		c := v.lines[k]
 		r.problem("usage line %s/%s/%s (%s, plugin %s, late %d): lines say quantity %d amount %d but the journal sums to %d and %d",

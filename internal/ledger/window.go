@@ -95,8 +95,6 @@ func (w Window) Validate() error {
 }
 
 var (
-	usageCols = []string{"series_id", "seq", "prev_seq", "entry_id", "amount_micro",
-		"vendor_micro", "quantity", "from_counter", "to_counter", "rebased", "start_us", "end_us"}
 	entryCols   = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256", "window_seq"}
 	postingCols = []string{"entry_id", "account", "currency", "amount_micro"}
 )
@@ -147,7 +145,9 @@ func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, er
 // The windows of one tenant (per currency, period and pricing plugin)
 // form one journal entry: the tenant is debited the sum, the platform
 // and the plugin's vendor credited their shares; the windows are its line
-// items.
+// items. The windows themselves are one packed window_commits row and the
+// node's checkpoints one node_state row (schema version 4): a commit's
+// cost is in rows, not bytes.
 func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if len(ws) == 0 {
 		return nil
@@ -570,13 +570,6 @@ const rollupUpsert = ` ON CONFLICT (tenant, period, meter, currency, plugin_sha2
 type lineKey struct {
 	period, currency, plugin string
 	late                     bool
-}
-
-// openLine is a series' open line as of its checkpoint seq: key is its
-// line key's id (see Ledger.lineKeys).
-type openLine struct {
-	seq uint64
-	key uint32
 }
 
 // lineID returns k's id in the ledger's table of line keys, adding k.
