@@ -3,9 +3,11 @@ package ledger_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
@@ -159,6 +161,48 @@ func TestLedger_corruptStateIsAnError(t *testing.T) {
 		}
 		if err := fresh.CommitWindows(ctx, []ledger.Window{window("n1", "shop", "syscalls", 2, 10, 10, 10, 0)}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("CommitWindows: err = %v, want %q", err, want)
+		}
+	})
+}
+
+// The month's first commit closes a line per series; at 64 lines and more
+// PostgreSQL writes them with one array statement (fewer with rows). Both
+// must close exactly the November lines and open December's.
+func TestLedger_CommitWindows_manyLinesRoll(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		ctx := context.Background()
+		l := b.Open(t)
+		const tenants = 40
+		meters := []string{"syscalls", "tcp_connects"}
+		commit := func(seq uint64, dec bool) {
+			t.Helper()
+			var ws []ledger.Window
+			for i := range tenants {
+				for j, m := range meters {
+					q := uint64(1 + i + 10*j)
+					w := window("n1", fmt.Sprintf("t%02d", i), m, seq, (seq-1)*q, q, int64(q)*3, int64(q))
+					if dec {
+						w.End = w.End.Add(time.Hour)
+					}
+					ws = append(ws, w)
+				}
+			}
+			if err := l.CommitWindows(ctx, ws); err != nil {
+				t.Fatal(err)
+			}
+		}
+		commit(1, false)
+		commit(2, true)
+		for _, i := range []int{0, 17, tenants - 1} {
+			tn := fmt.Sprintf("t%02d", i)
+			line := func(m string, q int64) ledger.UsageLine {
+				return ledger.UsageLine{Meter: m, Currency: "USD", PluginSHA256: plugin, Quantity: q, AmountMicro: 3 * q}
+			}
+			checkLines(t, l, tn, "2026-11", []ledger.UsageLine{line("syscalls", int64(1+i)), line("tcp_connects", int64(11+i))})
+			checkLines(t, l, tn, "2026-12", []ledger.UsageLine{line("syscalls", int64(1+i)), line("tcp_connects", int64(11+i))})
+		}
+		if r := mustVerify(t, l); r.Windows != 2*tenants*int64(len(meters)) {
+			t.Errorf("verify counted %d windows, want %d", r.Windows, 2*tenants*len(meters))
 		}
 	})
 }

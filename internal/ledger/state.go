@@ -259,6 +259,37 @@ func (l *Ledger) closeLines(ctx context.Context, tx *sql.Tx, ls []closedLine) er
 			strings.Compare(a.meter, b.meter), strings.Compare(a.key.currency, b.key.currency),
 			strings.Compare(a.key.plugin, b.key.plugin), cmp.Compare(b2i(a.key.late), b2i(b.key.late)))
 	})
+	if l.d == postgres && len(ls) >= 64 {
+		// The month's first commit closes a line per series: arrays, not
+		// 60,000 rows of eight boxed values, and the few line keys once
+		// (60,000 copies of a 64-character plugin hash took pgx 0.3 s to
+		// encode).
+		n := len(ls)
+		tenant, meter := make([]string, n), make([]string, n)
+		key, qty, amount := make([]int64, n), make([]int64, n), make([]int64, n)
+		index := map[lineKey]int64{}
+		var period, currency, plugin []string
+		var late []int64
+		for i, c := range ls {
+			k, ok := index[c.key]
+			if !ok {
+				k = int64(len(period)) + 1
+				index[c.key] = k
+				period, currency, plugin = append(period, c.key.period), append(currency, c.key.currency), append(plugin, c.key.plugin)
+				late = append(late, int64(b2i(c.key.late)))
+			}
+			tenant[i], meter[i], key[i], qty[i], amount[i] = c.tenant, c.meter, k, c.qty, c.amount
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO usage_lines (`+strings.Join(rollupCols, ", ")+`)
+			SELECT v.tenant, k.period, v.meter, k.currency, k.plugin, k.late, v.q, v.a
+			FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS v(tenant, meter, key, q, a)
+			JOIN unnest($6::text[], $7::text[], $8::text[], $9::bigint[]) WITH ORDINALITY AS k(period, currency, plugin, late, i) ON k.i = v.key
+			ORDER BY v.tenant, k.period, v.meter, k.currency, k.plugin, k.late`+rollupUpsert,
+			tenant, meter, key, qty, amount, period, currency, plugin, late); err != nil {
+			return fmt.Errorf("close usage lines: %w", err)
+		}
+		return nil
+	}
 	rows := make([][]any, len(ls))
 	for i, c := range ls {
 		rows[i] = []any{c.tenant, c.key.period, c.meter, c.key.currency, c.key.plugin, int64(b2i(c.key.late)), c.qty, c.amount}
