@@ -193,6 +193,82 @@ func BenchmarkReverse(b *testing.B) {
 	}
 }
 
+// BenchmarkReaders times what reads packed rows (schema version 4) in a
+// ledger of 10 windows of 10,000 tenants x 6 meters: a node's checkpoints
+// (the agent's start), one tenant's invoice lines, the totals and ledger
+// verify, each of which decodes node states or commit blobs.
+func BenchmarkReaders(b *testing.B) {
+	const tenants, windows = 10_000, 10
+	meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+	for _, be := range ledgertest.Backends() {
+		b.Run(be.Name, func(b *testing.B) {
+			cfg := be.Config(b)
+			l := ledgertest.OpenConfig(b, cfg)
+			ctx := context.Background()
+			ws := make([]ledger.Window, 0, tenants*len(meterNames))
+			for seq := uint64(1); seq <= windows; seq++ {
+				ws = ws[:0]
+				end := t0.Add(time.Duration(seq) * 5 * time.Second)
+				for i := range tenants {
+					for _, m := range meterNames {
+						ws = append(ws, ledger.Window{Node: "n1", Tenant: fmt.Sprintf("tenant-%05d", i), Meter: m, Seq: seq, PrevSeq: seq - 1,
+							FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
+							Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
+					}
+				}
+				if err := l.CommitWindows(ctx, ws); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// A reader that has not committed: no cached state.
+			r := ledgertest.OpenConfig(b, cfg)
+			for _, rd := range []struct {
+				name string
+				read func() error
+			}{
+				{"Checkpoints", func() error {
+					cps, err := r.Checkpoints(ctx, "n1")
+					if err == nil && len(cps) != tenants*len(meterNames) {
+						err = fmt.Errorf("%d checkpoints", len(cps))
+					}
+					return err
+				}},
+				{"UsageLines", func() error {
+					ls, err := r.UsageLines(ctx, "tenant-00042", "2026-11")
+					if err == nil && (len(ls) != len(meterNames) || ls[0].Quantity != 10*windows) {
+						err = fmt.Errorf("lines %+v", ls)
+					}
+					return err
+				}},
+				{"Totals", func() error {
+					ts, err := r.Totals(ctx)
+					if err == nil && len(ts) != tenants*len(meterNames) {
+						err = fmt.Errorf("%d totals", len(ts))
+					}
+					return err
+				}},
+				{"Verify", func() error {
+					rep, err := r.Verify(ctx)
+					if err == nil && (!rep.OK() || rep.Windows != tenants*int64(len(meterNames))*windows) {
+						err = fmt.Errorf("report %+v", rep)
+					}
+					return err
+				}},
+			} {
+				b.Run(rd.name, func(b *testing.B) {
+					c0 := cpuTime()
+					for range b.N {
+						if err := rd.read(); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.ReportMetric((cpuTime()-c0).Seconds()/float64(b.N), "cpu-s/op")
+				})
+			}
+		})
+	}
+}
+
 // cpuTime is the user+system CPU time of this process so far.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage

@@ -35,6 +35,7 @@ type verifier struct {
 	l         *Ledger
 	r         *Report
 	names     map[int64]seriesName
+	byNode    map[string][]int64 // series ids per node, ascending
 	reversals map[int64][2]string // reversed entry -> reversal's tenant and period
 	lines     map[lineRow]*lineCheck
 }
@@ -93,6 +94,13 @@ func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
 		return fmt.Errorf("verify ledger: %w", err)
 	}
 	r.Series = int64(len(v.names))
+	v.byNode = map[string][]int64{}
+	for sid, n := range v.names {
+		v.byNode[n.node] = append(v.byNode[n.node], sid)
+	}
+	for _, ids := range v.byNode {
+		slices.Sort(ids)
+	}
 	if err := v.query(ctx, `SELECT reverses, tenant, period FROM entries WHERE kind = 'reversal' AND reverses IS NOT NULL`, func(rows *sql.Rows) error {
 		var id int64
 		var t, p string
@@ -275,8 +283,8 @@ func (v *verifier) node(ctx context.Context, node string) error {
 	if !stateOK {
 		return nil // reported above
 	}
-	for sid, n := range v.names {
-		if n.node != node || inState[sid] {
+	for _, sid := range v.byNode[node] {
+		if inState[sid] {
 			continue
 		}
 		v.r.problem("series %d has no checkpoint in the state of node %s", sid, node)
