@@ -209,7 +209,13 @@ type closedLine struct {
 // key id, table resolves it.
 func nextState(st *nodeState, ws []Window, sids []int64, bySid []int32, keys []uint32, table []lineKey) (*nodeState, []closedLine, error) {
 	old := st.series
-	next := make([]seriesState, 0, len(old)+len(ws))
+	// Usually every window's series is in the state already: room for a
+	// few new ones, not for len(ws) more (a large allocation is zeroed).
+	n := len(old) + len(ws)
+	if len(old) >= len(ws) {
+		n = len(old) + 64
+	}
+	next := make([]seriesState, 0, n)
 	var closing []closedLine
 	i := 0
 	for _, wi := range bySid {
