@@ -162,6 +162,11 @@ func TestLedger_immutable(t *testing.T) {
 		if err := l.CommitWindows(ctx, []ledger.Window{window("n1", "shop", "syscalls", 1, 0, 10, 100, 0)}); err != nil {
 			t.Fatal(err)
 		}
+		// A usage entry's postings are packed with its windows; a
+		// top-up's are rows.
+		if _, err := l.TopUp(ctx, ledger.TopUp{Tenant: "shop", AmountMicro: 1, Currency: "USD", Key: "k"}); err != nil {
+			t.Fatal(err)
+		}
 		for _, stmt := range []string{
 			"UPDATE entries SET amount_micro = 1",
 			"DELETE FROM entries",
@@ -355,10 +360,10 @@ func TestLedger_Verify_findsGaps(t *testing.T) {
 			"usage line shop/2026-11/syscalls (USD, plugin " + plugin + ", late 0): lines say quantity 10 amount 100 but the journal sums to 15 and 100",
 			// Entry 1 is window 1's: Reverse would not find window 3.
 			"usage of entry 1 is not in that entry's window (window_seq)",
-			// The forged commit names entry 1 but bills it nothing, and
-			// the node's state was not moved to it.
+			// The forged commit claims entry 1, commit 1's, and the
+			// node's state was not moved to it.
 			"node n1: state is at commit 1 but the last window commit is 2",
-			"usage entry 1: amount 100 but its windows sum to 0",
+			"node n1: window commit 2's entries 1..1 overlap commit 1's",
 		}
 		slices.Sort(want)
 		if strings.Join(r.Problems, "\n") != strings.Join(want, "\n") {

@@ -488,3 +488,29 @@ func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, e
 	}
 	return ss, nil
 }
+
+// posting is one posting of an entry: credit positive, debit negative.
+type posting struct {
+	account, currency string
+	amount            int64
+}
+
+// packedPostings are the postings of a usage entry whose windows are in a
+// window commit (schema version 4): they are not rows, they follow from
+// the entry's amount and its windows' vendor shares, as a commit would
+// have written them - the tenant debited the amount, the plugin's vendor
+// credited its share, the platform the rest, each only when not zero.
+func packedPostings(tenant, currency, plugin string, amount, vendor int64) []posting {
+	var ps []posting
+	if amount == 0 {
+		return nil
+	}
+	ps = append(ps, posting{TenantAccount(tenant), currency, -amount})
+	if vendor != 0 {
+		ps = append(ps, posting{VendorAccount(plugin), currency, vendor})
+	}
+	if platform := amount - vendor; platform != 0 {
+		ps = append(ps, posting{PlatformAccount, currency, platform})
+	}
+	return ps
+}

@@ -98,6 +98,7 @@ func TestLedger_Verify_tamperedPacked(t *testing.T) {
 				VALUES ('n1', 3, 1, 1, 1, 0, ?)`, []byte{1, 0x1f, 200})
 		}, []string{
 			"node n1: state is at commit 2 but the last window commit is 3",
+			"node n1: window commit 3's entries 1..1 overlap commit 2's",
 			"window commit 3 of node n1: bad seq at byte 2 of 3: the blob is truncated or corrupt",
 		}},
 		{"corrupt state", func(ctx context.Context, l *ledger.Ledger) error {
@@ -203,6 +204,57 @@ func TestLedger_CommitWindows_manyLinesRoll(t *testing.T) {
 		}
 		if r := mustVerify(t, l); r.Windows != 2*tenants*int64(len(meters)) {
 			t.Errorf("verify counted %d windows, want %d", r.Windows, 2*tenants*len(meters))
+		}
+	})
+}
+
+// A packed usage entry's postings are not rows: ledger verify derives them
+// (tenant debit, vendor and platform credits) and counts and sums them
+// with the rows, so a stored balance that drifts from them is found.
+func TestLedger_Verify_packedPostings(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		ctx := context.Background()
+		l := b.Open(t)
+		if _, err := l.TopUp(ctx, ledger.TopUp{Tenant: "shop", AmountMicro: 1000, Currency: "USD", Key: "k"}); err != nil {
+			t.Fatal(err)
+		}
+		// Entry 2: shop, 300 with a vendor share of 210 (3 postings);
+		// entry 3: blog, 70, no vendor share (2); entry 4: idle, 0 (none).
+		if err := l.CommitWindows(ctx, []ledger.Window{
+			window("n1", "shop", "syscalls", 1, 0, 10, 100, 70),
+			window("n1", "shop", "tcp_connects", 1, 0, 10, 200, 140),
+			window("n1", "blog", "syscalls", 1, 0, 7, 70, 0),
+			window("n1", "idle", "syscalls", 1, 0, 0, 0, 0),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		r := mustVerify(t, l)
+		if r.Entries != 4 || r.Postings != 2+3+2 || r.DebitsMicro["USD"] != 1000+370 || r.CreditsMicro["USD"] != 1000+370 {
+			t.Errorf("verify: %d entries, %d postings, debits %d, credits %d; want 4, 7, 1370, 1370",
+				r.Entries, r.Postings, r.DebitsMicro["USD"], r.CreditsMicro["USD"])
+		}
+		// Reversing entry 2 books rows that cancel its packed postings.
+		if _, err := l.Reverse(ctx, 2, "test"); err != nil {
+			t.Fatal(err)
+		}
+		if got := balance(t, l, "shop"); got != 1000 {
+			t.Errorf("shop balance after the reversal = %d, want 1000", got)
+		}
+		r = mustVerify(t, l)
+		if r.Postings != 7+3 || r.DebitsMicro["USD"] != 1370+300 {
+			t.Errorf("after the reversal: %d postings, debits %d; want 10, 1670", r.Postings, r.DebitsMicro["USD"])
+		}
+		if err := ledger.ExecForTest(ctx, l, `UPDATE balances SET balance_micro = balance_micro + 1 WHERE account = 'platform'`); err != nil {
+			t.Fatal(err)
+		}
+		r, err := l.Verify(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Platform: 90 (entry 2) + 70 (entry 3) - 90 (the reversal).
+		want := "balance of platform in USD is 71 but its postings sum to 70"
+		if strings.Join(r.Problems, "\n") != want {
+			t.Errorf("problems = %q, want %q", r.Problems, want)
 		}
 	})
 }

@@ -172,30 +172,30 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 	if kind == "reversal" {
 		return 0, fmt.Errorf("reverse entry %d: it is itself a reversal; book a new entry instead", id)
 	}
-	rows, err := tx.QueryContext(ctx, l.d.rebind(`SELECT account, currency, amount_micro FROM postings WHERE entry_id = ?`), id)
-	if err != nil {
+	// A usage entry written since schema version 4 has its windows and
+	// postings in a window commit; an older one has rows.
+	var packed *packedEntry
+	if kind == "usage" {
+		if packed, err = l.findPacked(ctx, tx, id, node); err != nil {
+			return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+		}
+	}
+	var orig []posting
+	if packed != nil {
+		orig = packedPostings(tenant, currency, packed.key.plugin, amount, packed.vendor)
+	} else if orig, err = postingsOf(ctx, tx, l.d, id); err != nil {
 		return 0, fmt.Errorf("reverse entry %d: read postings: %w", id, err)
 	}
 	var postings [][]any
 	deltas := map[balanceKey]balanceDelta{}
-	for rows.Next() {
-		var acct, cur string
-		var amt int64
-		if err := rows.Scan(&acct, &cur, &amt); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("reverse entry %d: read postings: %w", id, err)
+	for _, p := range orig {
+		postings = append(postings, []any{nil, p.account, p.currency, -p.amount})
+		d := deltas[balanceKey{p.account, p.currency}]
+		d.balance -= p.amount
+		if kind == "usage" && p.account == TenantAccount(tenant) {
+			d.charged += p.amount // the (negative) debit
 		}
-		postings = append(postings, []any{nil, acct, cur, -amt})
-		d := deltas[balanceKey{acct, cur}]
-		d.balance -= amt
-		if kind == "usage" && acct == TenantAccount(tenant) {
-			d.charged += amt // amt is the (negative) debit
-		}
-		deltas[balanceKey{acct, cur}] = d
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("reverse entry %d: read postings: %w", id, err)
+		deltas[balanceKey{p.account, p.currency}] = d
 	}
 	closed, err := l.closedPeriods(ctx, tx)
 	if err != nil {
@@ -231,8 +231,10 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 			GROUP BY s.meter, o.currency, o.plugin_sha256, o.late`+rollupUpsert), tenant, period, id); err != nil {
 			return 0, fmt.Errorf("reverse entry %d: update usage lines: %w", id, err)
 		}
-		if err := l.reversePacked(ctx, tx, id, node, tenant, period); err != nil {
-			return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+		if packed != nil {
+			if err := l.reversePackedLines(ctx, tx, packed, tenant, period); err != nil {
+				return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+			}
 		}
 	}
 	for _, p := range postings {
@@ -252,43 +254,87 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 	return ids[0], nil
 }
 
-// reversePacked books the negated windows of usage entry id, if they are
-// packed (schema version 4), into usage_lines under period: the commit
-// of node whose entry range holds id has them.
-func (l *Ledger) reversePacked(ctx context.Context, tx *sql.Tx, id int64, node, tenant, period string) error {
+// postingsOf reads the posting rows of entry id.
+func postingsOf(ctx context.Context, tx *sql.Tx, d dialect, id int64) ([]posting, error) {
+	rows, err := tx.QueryContext(ctx, d.rebind(`SELECT account, currency, amount_micro FROM postings WHERE entry_id = ?`), id)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ps []posting
+	for rows.Next() {
+		var p posting
+		if err := rows.Scan(&p.account, &p.currency, &p.amount); err != nil {
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, rows.Err()
+}
+
+// packedEntry is a usage entry whose windows are packed, as a reversal
+// needs it.
+type packedEntry struct {
+	node      string
+	commitSeq int64
+	// windows are the entry's windows in its commit.
+	windows []packedWindow
+	key     lineKey // period is the entry's, replaced by the reversal's
+	vendor  int64   // the sum of the windows' vendor shares
+}
+
+// findPacked returns usage entry id of node if its windows are in a
+// window commit (schema version 4): the first commit of node whose entry
+// range ends at or above id holds it if any does. nil means a legacy
+// entry, whose windows and postings are rows.
+func (l *Ledger) findPacked(ctx context.Context, tx *sql.Tx, id int64, node string) (*packedEntry, error) {
 	var seq, first int64
 	var data []byte
 	err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq, first_entry, data FROM window_commits
 		WHERE node = ? AND last_entry >= ? ORDER BY last_entry LIMIT 1`), node, id).Scan(&seq, &first, &data)
 	if isNoRows(err) || err == nil && first > id {
-		return nil // a legacy entry: its usage rows were reversed above
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("find the window commit: %w", err)
+		return nil, fmt.Errorf("find the window commit: %w", err)
 	}
 	ws, err := decodeCommit(node, seq, data)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var k lineKey
+	e := &packedEntry{node: node, commitSeq: seq}
+	for _, w := range ws {
+		if w.entry == id {
+			e.windows = append(e.windows, w)
+			e.vendor += w.vendor
+		}
+	}
+	if len(e.windows) == 0 {
+		return nil, fmt.Errorf("window commit %d of node %s holds entries %d.. but no window of entry %d (run ledger verify)", seq, node, first, id)
+	}
 	var late int
 	if err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT currency, COALESCE(plugin_sha256, ''), late FROM entries WHERE id = ?`), id).
-		Scan(&k.currency, &k.plugin, &late); err != nil {
-		return fmt.Errorf("read entry: %w", err)
+		Scan(&e.key.currency, &e.key.plugin, &late); err != nil {
+		return nil, fmt.Errorf("read entry: %w", err)
 	}
-	k.period, k.late = period, late == 1
-	names, err := l.seriesNames(ctx, tx, `WHERE node = ? AND tenant = ?`, node, tenant)
+	e.key.late = late == 1
+	return e, nil
+}
+
+// reversePackedLines books the negated windows of packed entry e into
+// usage_lines under the reversal's period, per meter.
+func (l *Ledger) reversePackedLines(ctx context.Context, tx *sql.Tx, e *packedEntry, tenant, period string) error {
+	names, err := l.seriesNames(ctx, tx, `WHERE node = ? AND tenant = ?`, e.node, tenant)
 	if err != nil {
 		return err
 	}
+	k := e.key
+	k.period = period
 	byMeter := map[string]*closedLine{}
-	for _, w := range ws {
-		if w.entry != id {
-			continue
-		}
+	for _, w := range e.windows {
 		n, ok := names[w.sid]
 		if !ok {
-			return fmt.Errorf("window commit %d of node %s: series %d of entry %d is not %s's on the node (run ledger verify)", seq, node, w.sid, id, tenant)
+			return fmt.Errorf("window commit %d of node %s: series %d is not %s's on the node (run ledger verify)", e.commitSeq, e.node, w.sid, tenant)
 		}
 		c := byMeter[n.meter]
 		if c == nil {

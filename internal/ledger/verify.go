@@ -105,10 +105,8 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 			if err := s(&cur, &d, &c); err != nil {
 				return err
 			}
+			// Compared once the packed postings are added (verifyPacked).
 			r.DebitsMicro[cur], r.CreditsMicro[cur] = d, c
-			if d != c {
-				r.problem("%s: debits %d != credits %d", cur, d, c)
-			}
 			return nil
 		}},
 		{`SELECT entry_id, currency, SUM(amount_micro) FROM postings GROUP BY entry_id, currency
@@ -123,6 +121,8 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		}},
 		{`SELECT e.id, e.amount_micro, COALESCE(SUM(p.amount_micro), 0) FROM entries e
 			LEFT JOIN postings p ON p.entry_id = e.id AND p.account = 'tenant:' || e.tenant
+			WHERE e.kind <> 'usage' OR COALESCE((SELECT c.first_entry FROM window_commits c WHERE c.node = e.node AND c.last_entry >= e.id
+				ORDER BY c.last_entry LIMIT 1), e.id + 1) > e.id
 			GROUP BY e.id, e.amount_micro
 			HAVING (MIN(e.kind) = 'topup' AND COALESCE(SUM(p.amount_micro), 0) <> e.amount_micro)
 				OR (MIN(e.kind) <> 'topup' AND COALESCE(SUM(p.amount_micro), 0) <> -e.amount_micro)
@@ -144,18 +144,6 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		{`SELECT DISTINCT u.entry_id FROM usage u JOIN entries e ON e.id = u.entry_id
 			WHERE e.kind <> 'usage' OR e.window_seq IS NULL OR e.window_seq <> u.seq ORDER BY u.entry_id`,
 			orphan("usage of entry %d is not in that entry's window (window_seq)")},
-		{`SELECT b.account, b.currency, b.balance_micro, COALESCE(p.total, 0) FROM balances b
-			LEFT JOIN (SELECT account, currency, SUM(amount_micro) AS total FROM postings GROUP BY account, currency) p
-			ON p.account = b.account AND p.currency = b.currency
-			WHERE b.balance_micro <> COALESCE(p.total, 0) ORDER BY b.account`, func(s func(...any) error) error {
-			var acct, cur string
-			var bal, sum int64
-			if err := s(&acct, &cur, &bal, &sum); err != nil {
-				return err
-			}
-			r.problem("balance of %s in %s is %d but its postings sum to %d", acct, cur, bal, sum)
-			return nil
-		}},
 	}
 	for _, st := range steps {
 		if err := q(st.query, st.scan); err != nil {

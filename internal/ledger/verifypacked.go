@@ -35,9 +35,11 @@ type verifier struct {
 	l         *Ledger
 	r         *Report
 	names     map[int64]seriesName
-	byNode    map[string][]int64 // series ids per node, ascending
+	byNode    map[string][]int64  // series ids per node, ascending
 	reversals map[int64][2]string // reversed entry -> reversal's tenant and period
 	lines     map[lineRow]*lineCheck
+	// packed sums the postings of packed usage entries per account.
+	packed map[balanceKey]int64
 }
 
 func (v *verifier) line(k lineRow) *lineCheck {
@@ -88,7 +90,7 @@ func (v *verifier) step(chains map[int64]*chainEnd, sid, seq, prev, from, to, qt
 // sum of its windows; and closed plus open usage lines equal what the
 // journal sums to.
 func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
-	v := &verifier{l: l, r: r, reversals: map[int64][2]string{}, lines: map[lineRow]*lineCheck{}}
+	v := &verifier{l: l, r: r, reversals: map[int64][2]string{}, lines: map[lineRow]*lineCheck{}, packed: map[balanceKey]int64{}}
 	var err error
 	if v.names, err = l.seriesNames(ctx, l.db, ``); err != nil {
 		return fmt.Errorf("verify ledger: %w", err)
@@ -152,6 +154,9 @@ func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
 		if err := v.node(ctx, node); err != nil {
 			return err
 		}
+	}
+	if err := v.balances(ctx); err != nil {
+		return err
 	}
 	keys := make([]lineRow, 0, len(v.lines))
 	for k, c := range v.lines {
@@ -219,6 +224,7 @@ func (v *verifier) node(ctx context.Context, node string) error {
 	}, node); err != nil {
 		return err
 	}
+	var prevLast int64
 	for i, seq := range seqs {
 		want := int64(1)
 		if i > 0 {
@@ -233,9 +239,15 @@ func (v *verifier) node(ctx context.Context, node string) error {
 		if err != nil {
 			return fmt.Errorf("verify ledger: read window commit %d of node %s: %w", seq, node, err)
 		}
-		if err := v.commit(ctx, node, c.seq, c.first, c.last, c.windows, c.data, chains); err != nil {
+		// A node's commits run one after another: their entry ranges
+		// cannot overlap, and an entry is counted in one commit only.
+		if i > 0 && c.first <= prevLast {
+			v.r.problem("node %s: window commit %d's entries %d..%d overlap commit %d's", node, c.seq, c.first, c.last, seqs[i-1])
+		}
+		if err := v.commit(ctx, node, c.seq, c.first, c.last, c.windows, c.data, chains, prevLast); err != nil {
 			return err
 		}
+		prevLast = max(prevLast, c.last)
 	}
 	var stSeq int64
 	var data []byte
@@ -297,7 +309,8 @@ func (v *verifier) node(ctx context.Context, node string) error {
 
 // commit verifies one packed commit and adds its windows to the chains
 // and the journal's lines.
-func (v *verifier) commit(ctx context.Context, node string, seq, first, last, count int64, data []byte, chains map[int64]*chainEnd) error {
+// Entries up to claimed belong to earlier commits of the node.
+func (v *verifier) commit(ctx context.Context, node string, seq, first, last, count int64, data []byte, chains map[int64]*chainEnd, claimed int64) error {
 	ws, err := decodeCommit(node, seq, data)
 	if err != nil {
 		v.r.problem("%v", err)
@@ -320,7 +333,7 @@ func (v *verifier) commit(ctx context.Context, node string, seq, first, last, co
 	}, first, last); err != nil {
 		return err
 	}
-	sums := map[int64]int64{}
+	sums, vendors := map[int64]int64{}, map[int64]int64{}
 	for _, w := range ws {
 		v.step(chains, w.sid, int64(w.seq), int64(w.prev), int64(w.from), int64(w.to), int64(w.qty), w.rebased)
 		n, ok := v.names[w.sid]
@@ -340,6 +353,7 @@ func (v *verifier) commit(ctx context.Context, node string, seq, first, last, co
 			v.r.problem("usage of entry %d is not in that entry's window (window_seq)", w.entry)
 		}
 		sums[w.entry] += w.amount
+		vendors[w.entry] += w.vendor
 		lc := v.line(lineRow{e.tenant, e.period, n.meter, e.currency, e.plugin, e.late})
 		lc.jq, lc.ja = lc.jq+int64(w.qty), lc.ja+w.amount
 		if rev, ok := v.reversals[w.entry]; ok {
@@ -349,7 +363,7 @@ func (v *verifier) commit(ctx context.Context, node string, seq, first, last, co
 	}
 	ids := make([]int64, 0, len(entries))
 	for id, e := range entries {
-		if e.kind == "usage" && e.node == node {
+		if e.kind == "usage" && e.node == node && id > claimed {
 			ids = append(ids, id)
 		}
 	}
@@ -359,6 +373,60 @@ func (v *verifier) commit(ctx context.Context, node string, seq, first, last, co
 		if sum, ok := sums[id]; !ok || sum != e.amount {
 			v.r.problem("usage entry %d: amount %d but its windows sum to %d", id, e.amount, sum)
 		}
+		// Its postings, which are not rows (see packedPostings).
+		for _, p := range packedPostings(e.tenant, e.currency, e.plugin, e.amount, vendors[id]) {
+			v.r.Postings++
+			v.packed[balanceKey{p.account, p.currency}] += p.amount
+			if p.amount < 0 {
+				v.r.DebitsMicro[p.currency] -= p.amount
+			} else {
+				v.r.CreditsMicro[p.currency] += p.amount
+			}
+		}
 	}
 	return nil
+}
+
+// balances checks, once the packed postings are summed, that debits equal
+// credits per currency and that every stored balance is the sum of its
+// account's postings, rows and packed.
+func (v *verifier) balances(ctx context.Context) error {
+	currencies := make([]string, 0, len(v.r.DebitsMicro))
+	for c := range v.r.DebitsMicro {
+		currencies = append(currencies, c)
+	}
+	for c := range v.r.CreditsMicro {
+		if _, ok := v.r.DebitsMicro[c]; !ok {
+			currencies = append(currencies, c)
+		}
+	}
+	slices.Sort(currencies)
+	for _, c := range currencies {
+		if d, cr := v.r.DebitsMicro[c], v.r.CreditsMicro[c]; d != cr {
+			v.r.problem("%s: debits %d != credits %d", c, d, cr)
+		}
+	}
+	rows := map[balanceKey]int64{}
+	if err := v.query(ctx, `SELECT account, currency, SUM(amount_micro) FROM postings GROUP BY account, currency`, func(r *sql.Rows) error {
+		var k balanceKey
+		var sum int64
+		if err := r.Scan(&k.account, &k.currency, &sum); err != nil {
+			return err
+		}
+		rows[k] = sum
+		return nil
+	}); err != nil {
+		return err
+	}
+	return v.query(ctx, `SELECT account, currency, balance_micro FROM balances ORDER BY account, currency`, func(r *sql.Rows) error {
+		var k balanceKey
+		var bal int64
+		if err := r.Scan(&k.account, &k.currency, &bal); err != nil {
+			return err
+		}
+		if sum := rows[k] + v.packed[k]; bal != sum {
+			v.r.problem("balance of %s in %s is %d but its postings sum to %d", k.account, k.currency, bal, sum)
+		}
+		return nil
+	})
 }
