@@ -45,7 +45,7 @@ func EditStateForTest(ctx context.Context, l *Ledger, node string, edit func(s *
 	if err := l.db.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM node_state WHERE node = ?`), node).Scan(&data); err != nil {
 		return err
 	}
-	ss, err := decodeState(node, data, l.lineID)
+	ss, cs, err := decodeState(node, data, l.lineID)
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,28 @@ func EditStateForTest(ctx context.Context, l *Ledger, node string, edit func(s *
 		edit(&e)
 		s.seq, s.counter, s.qty, s.amountSum = e.Seq, e.Counter, e.LineQuantity, e.LineAmount
 	}
-	if data, err = encodeState(nil, ss, l.lineKeyTable()); err != nil {
+	if data, err = encodeState(nil, ss, cs, l.lineKeyTable()); err != nil {
+		return err
+	}
+	_, err = l.db.ExecContext(ctx, l.d.rebind(`UPDATE node_state SET data = ? WHERE node = ?`), data, node)
+	return err
+}
+
+// EditChargesForTest rewrites the tenant charges in node's state with
+// edit applied to each (tenant, currency, amount).
+func EditChargesForTest(ctx context.Context, l *Ledger, node string, edit func(tenant, currency string, amount *int64)) error {
+	var data []byte
+	if err := l.db.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM node_state WHERE node = ?`), node).Scan(&data); err != nil {
+		return err
+	}
+	ss, cs, err := decodeState(node, data, l.lineID)
+	if err != nil {
+		return err
+	}
+	for i := range cs {
+		edit(cs[i].tenant, cs[i].currency, &cs[i].amount)
+	}
+	if data, err = encodeState(nil, ss, cs, l.lineKeyTable()); err != nil {
 		return err
 	}
 	_, err = l.db.ExecContext(ctx, l.d.rebind(`UPDATE node_state SET data = ? WHERE node = ?`), data, node)
@@ -248,6 +269,32 @@ func CheckpointsV3ForTest(ctx context.Context, l *Ledger, node string) ([]Checkp
 		cps = append(cps, c)
 	}
 	return cps, rows.Err()
+}
+
+// BalanceRowsForTest is Balances as schemas before version 4 answered it:
+// the tenant's balances rows alone.
+func BalanceRowsForTest(ctx context.Context, l *Ledger, tenant string) ([]Balance, error) {
+	var t Tenant
+	if err := l.db.QueryRowContext(ctx, l.d.rebind(`SELECT account_type, low_balance_micro FROM tenants WHERE name = ?`), tenant).
+		Scan(&t.Account, &t.LowBalanceMicro); err != nil {
+		return nil, err
+	}
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT currency, balance_micro, charged_micro FROM balances WHERE account = ? ORDER BY currency`),
+		TenantAccount(tenant))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	bs := []Balance{}
+	for rows.Next() {
+		b := Balance{Tenant: tenant, Account: t.Account, LowBalanceMicro: t.LowBalanceMicro}
+		if err := rows.Scan(&b.Currency, &b.BalanceMicro, &b.ChargedMicro); err != nil {
+			return nil, err
+		}
+		b.Low = t.Account == Prepaid && b.BalanceMicro < t.LowBalanceMicro
+		bs = append(bs, b)
+	}
+	return bs, rows.Err()
 }
 
 // scanLines reads (meter, currency, plugin, late, quantity, amount) rows.

@@ -1,11 +1,13 @@
 package ledger
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 )
 
 // The packed forms of schema version 4 (see docs/ledger.md): a window
@@ -365,9 +367,22 @@ type seriesState struct {
 // noLine marks a series without an open usage line.
 const noLine = math.MaxUint32
 
-// encodeState appends the state blob of series (ascending ids) to dst;
-// keys resolves their line ids.
-func encodeState(dst []byte, series []seriesState, keys []lineKey) ([]byte, error) {
+// charge is what a node's packed usage entries have charged one tenant in
+// one currency, ever: the tenant's balance is its balances row minus its
+// charges on every node (the commit does not upsert 10,000 balance rows).
+type charge struct {
+	tenant, currency string
+	amount           int64
+}
+
+func compareCharges(a, b charge) int {
+	return cmp.Or(strings.Compare(a.tenant, b.tenant), strings.Compare(a.currency, b.currency))
+}
+
+// encodeState appends the state blob of series (ascending ids) and
+// charges (ascending tenant and currency) to dst; keys resolves the
+// series' line ids.
+func encodeState(dst []byte, series []seriesState, charges []charge, keys []lineKey) ([]byte, error) {
 	dst = append(dst, stateFormat1)
 	// The blob's own line table: a node has a handful of open lines.
 	local := map[uint32]uint64{}
@@ -412,6 +427,15 @@ func encodeState(dst []byte, series []seriesState, keys []lineKey) ([]byte, erro
 		dst = binary.AppendVarint(dst, s.amountSum)
 		prevSid, prevSeq, prevEnd = s.sid, s.seq, s.endUS
 	}
+	dst = binary.AppendUvarint(dst, uint64(len(charges)))
+	for i, c := range charges {
+		if i > 0 && compareCharges(charges[i-1], c) >= 0 {
+			return nil, fmt.Errorf("pack node state: charges not in tenant order at %s %s", c.tenant, c.currency)
+		}
+		dst = appendString(dst, c.tenant)
+		dst = appendString(dst, c.currency)
+		dst = binary.AppendVarint(dst, c.amount)
+	}
 	return dst, nil
 }
 
@@ -420,18 +444,18 @@ func appendString(dst []byte, s string) []byte {
 }
 
 // decodeState reads a state blob; intern turns each line key into its id.
-func decodeState(node string, data []byte, intern func(lineKey) uint32) ([]seriesState, error) {
-	ss, err := decodeStateBlob(data, intern)
+func decodeState(node string, data []byte, intern func(lineKey) uint32) ([]seriesState, []charge, error) {
+	ss, cs, err := decodeStateBlob(data, intern)
 	if err != nil {
-		return nil, fmt.Errorf("state of node %s: %w", node, err)
+		return nil, nil, fmt.Errorf("state of node %s: %w", node, err)
 	}
-	return ss, nil
+	return ss, cs, nil
 }
 
-func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, error) {
+func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, []charge, error) {
 	r := &reader{b: data}
 	if v := r.byte("format version"); r.err == nil && v != stateFormat1 {
-		return nil, fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, stateFormat1)
+		return nil, nil, fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, stateFormat1)
 	}
 	// A line key takes at least 4 bytes.
 	ids := make([]uint32, r.count("line count", 4))
@@ -448,7 +472,7 @@ func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, e
 			r.fail("bad late flag")
 		}
 		if r.err != nil {
-			return nil, r.err
+			return nil, nil, r.err
 		}
 		ids[i] = intern(k)
 	}
@@ -476,17 +500,25 @@ func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, e
 		s.qty = r.varint("line quantity")
 		s.amountSum = r.varint("line amount")
 		if r.err != nil {
-			return nil, r.err
+			return nil, nil, r.err
 		}
 		ss[i] = s
 	}
+	// A charge takes at least 3 bytes.
+	cs := make([]charge, r.count("charge count", 3))
+	for i := range cs {
+		cs[i] = charge{tenant: r.str("charged tenant"), currency: r.str("charge currency"), amount: r.varint("charge")}
+		if r.err == nil && i > 0 && compareCharges(cs[i-1], cs[i]) >= 0 {
+			r.fail("charges not in tenant order")
+		}
+	}
 	if r.err != nil {
-		return nil, r.err
+		return nil, nil, r.err
 	}
 	if r.off != len(data) {
-		return nil, fmt.Errorf("%d bytes after the last series: the blob is corrupt", len(data)-r.off)
+		return nil, nil, fmt.Errorf("%d bytes after the last charge: the blob is corrupt", len(data)-r.off)
 	}
-	return ss, nil
+	return ss, cs, nil
 }
 
 // posting is one posting of an entry: credit positive, debit negative.

@@ -127,23 +127,25 @@ func TestPack_commitCorrupt(t *testing.T) {
 	}
 }
 
-func stateCase() ([]seriesState, []lineKey) {
+func stateCase() ([]seriesState, []charge, []lineKey) {
 	keys := []lineKey{
 		{"2026-11", "USD", strings.Repeat("ab", 32), false},
 		{"2026-12", "EUR", "", true},
 		{"2027-01", "USD", "x", false}, // not used by any series
 	}
 	return []seriesState{
-		{sid: 3, seq: 7, counter: 100, endUS: 5_000_000, line: 0, qty: 10, amountSum: 70},
-		{sid: 4, seq: 7, counter: 0, endUS: 5_000_000, line: noLine},
-		{sid: 90, seq: 2, counter: math.MaxUint64, endUS: -7, line: 1, qty: -3, amountSum: math.MinInt64},
-		{sid: 91, seq: 0, line: 0},
-	}, keys
+			{sid: 3, seq: 7, counter: 100, endUS: 5_000_000, line: 0, qty: 10, amountSum: 70},
+			{sid: 4, seq: 7, counter: 0, endUS: 5_000_000, line: noLine},
+			{sid: 90, seq: 2, counter: math.MaxUint64, endUS: -7, line: 1, qty: -3, amountSum: math.MinInt64},
+			{sid: 91, seq: 0, line: 0},
+		}, []charge{
+			{"cafe", "EUR", -5}, {"cafe", "USD", math.MaxInt64}, {"shop", "USD", 70},
+		}, keys
 }
 
 func TestPack_stateRoundTrip(t *testing.T) {
-	ss, keys := stateCase()
-	blob, err := encodeState(nil, ss, keys)
+	ss, cs, keys := stateCase()
+	blob, err := encodeState(nil, ss, cs, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,9 +155,12 @@ func TestPack_stateRoundTrip(t *testing.T) {
 		table = append(table, k)
 		return uint32(len(table) - 1)
 	}
-	got, err := decodeState("n1", blob, intern)
+	got, gotCharges, err := decodeState("n1", blob, intern)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(gotCharges, cs) {
+		t.Errorf("charges %+v, want %+v", gotCharges, cs)
 	}
 	if len(got) != len(ss) {
 		t.Fatalf("decoded %d series, want %d", len(got), len(ss))
@@ -176,18 +181,18 @@ func TestPack_stateRoundTrip(t *testing.T) {
 }
 
 func TestPack_stateCorrupt(t *testing.T) {
-	ss, keys := stateCase()
-	blob, err := encodeState(nil, ss, keys)
+	ss, cs, keys := stateCase()
+	blob, err := encodeState(nil, ss, cs, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	intern := func(lineKey) uint32 { return 0 }
 	for n := range len(blob) {
-		if _, err := decodeState("n7", blob[:n], intern); err == nil || !strings.Contains(err.Error(), "state of node n7") {
+		if _, _, err := decodeState("n7", blob[:n], intern); err == nil || !strings.Contains(err.Error(), "state of node n7") {
 			t.Fatalf("truncated to %d of %d bytes: err = %v", n, len(blob), err)
 		}
 	}
-	if _, err := decodeState("n7", []byte{2}, intern); err == nil || !strings.Contains(err.Error(), "unknown format version 2") {
+	if _, _, err := decodeState("n7", []byte{2}, intern); err == nil || !strings.Contains(err.Error(), "unknown format version 2") {
 		t.Fatalf("bad version: err = %v", err)
 	}
 }
@@ -234,14 +239,14 @@ func uniqueSorted(s []int64) []int64 {
 // FuzzDecodeState: any bytes decode to an error or to a state, never a
 // panic.
 func FuzzDecodeState(f *testing.F) {
-	ss, keys := stateCase()
-	blob, err := encodeState(nil, ss, keys)
+	ss, cs, keys := stateCase()
+	blob, err := encodeState(nil, ss, cs, keys)
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Add(blob)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var n uint32
-		_, _ = decodeState("n", data, func(lineKey) uint32 { n++; return n - 1 })
+		_, _, _ = decodeState("n", data, func(lineKey) uint32 { n++; return n - 1 })
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -255,6 +256,69 @@ func TestLedger_Verify_packedPostings(t *testing.T) {
 		want := "balance of platform in USD is 71 but its postings sum to 70"
 		if strings.Join(r.Problems, "\n") != want {
 			t.Errorf("problems = %q, want %q", r.Problems, want)
+		}
+	})
+}
+
+// A tenant's charges are kept in the state of each node that bills it,
+// not in its balances row: Balances, the top-up's balance and ledger
+// verify add them up across nodes, and verify finds a charge that drifts
+// from the node's packed entries.
+func TestLedger_chargesInNodeState(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		ctx := context.Background()
+		cfg := b.Config(t)
+		l := ledgertest.OpenConfig(t, cfg)
+		for _, node := range []string{"n1", "n2"} {
+			for seq := uint64(1); seq <= 2; seq++ {
+				amount := int64(100)
+				if node == "n2" {
+					amount = 30
+				}
+				if err := l.CommitWindows(ctx, []ledger.Window{window(node, "shop", "syscalls", seq, (seq-1)*10, 10, amount, 0)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		eur := window("n2", "shop", "tcp_connects", 1, 0, 5, 7, 0)
+		eur.Charge.Currency = "EUR"
+		if err := l.CommitWindows(ctx, []ledger.Window{eur}); err != nil {
+			t.Fatal(err)
+		}
+		res, err := l.TopUp(ctx, ledger.TopUp{Tenant: "shop", AmountMicro: 1000, Currency: "USD", Key: "k"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.BalanceMicro != 1000-260 {
+			t.Errorf("balance after the top-up = %d, want %d", res.BalanceMicro, 1000-260)
+		}
+		// A reader with no cached state sees the same.
+		fresh := ledgertest.OpenConfig(t, cfg)
+		bs, err := fresh.Balances(ctx, "shop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []ledger.Balance{
+			{Tenant: "shop", Account: ledger.Prepaid, Currency: "EUR", BalanceMicro: -7, ChargedMicro: 7, Low: true},
+			{Tenant: "shop", Account: ledger.Prepaid, Currency: "USD", BalanceMicro: 740, ChargedMicro: 260},
+		}
+		if !slices.Equal(bs, want) {
+			t.Errorf("balances = %+v\nwant %+v", bs, want)
+		}
+		mustVerify(t, fresh)
+		if err := ledger.EditChargesForTest(ctx, l, "n2", func(tenant, currency string, amount *int64) {
+			if currency == "USD" {
+				*amount += 5
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		r, err := fresh.Verify(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := strings.Join(r.Problems, "\n"), "balance of tenant:shop in USD is 735 but its postings sum to 740"; got != want {
+			t.Errorf("problems = %q, want %q", got, want)
 		}
 	})
 }

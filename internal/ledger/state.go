@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 )
@@ -19,6 +20,19 @@ type nodeState struct {
 	commitSeq int64
 	// series is in ascending series id order.
 	series []seriesState
+	// charges are the node's packed usage charges per tenant and
+	// currency, in that order (see charge).
+	charges []charge
+}
+
+// charged returns what the node's packed usage entries charged tenant in
+// currency.
+func (s *nodeState) charged(tenant, currency string) int64 {
+	i, ok := slices.BinarySearchFunc(s.charges, charge{tenant: tenant, currency: currency}, compareCharges)
+	if !ok {
+		return 0
+	}
+	return s.charges[i].amount
 }
 
 // find returns the state of series sid, if the node has it.
@@ -73,11 +87,11 @@ func (l *Ledger) loadState(ctx context.Context, q queryer, node string, lock boo
 	if err := q.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq, data FROM node_state WHERE node = ?`), node).Scan(&seq, &data); err != nil {
 		return nil, fmt.Errorf("read state of node %s: %w", node, err)
 	}
-	ss, err := decodeState(node, data, l.lineID)
+	ss, cs, err := decodeState(node, data, l.lineID)
 	if err != nil {
 		return nil, err
 	}
-	return &nodeState{exists: true, commitSeq: seq, series: ss}, nil
+	return &nodeState{exists: true, commitSeq: seq, series: ss, charges: cs}, nil
 }
 
 // cacheState keeps st as node's state after a commit. Only writers cache:
@@ -183,7 +197,7 @@ func fillNodeState(ctx context.Context, tx *sql.Tx, d dialect) error {
 	}
 	rows.Close()
 	for _, st := range states {
-		data, err := encodeState(nil, st.series, keys)
+		data, err := encodeState(nil, st.series, nil, keys)
 		if err != nil {
 			return fmt.Errorf("node %s: %w", st.node, err)
 		}
@@ -206,8 +220,9 @@ type closedLine struct {
 // returns the node's state after the commit, and the open lines the
 // commit closes (a new month, another plugin, late usage: once a month
 // per series). bySid orders ws by series id; keys[i] is window i's line
-// key id, table resolves it.
-func nextState(st *nodeState, ws []Window, sids []int64, bySid []int32, keys []uint32, table []lineKey) (*nodeState, []closedLine, error) {
+// key id, table resolves it. charged are the commit's charges, in tenant
+// and currency order, one per pair: they are added to the node's.
+func nextState(st *nodeState, ws []Window, sids []int64, bySid []int32, keys []uint32, table []lineKey, charged []charge) (*nodeState, []closedLine, error) {
 	old := st.series
 	// Usually every window's series is in the state already: room for a
 	// few new ones, not for len(ws) more (a large allocation is zeroed).
@@ -251,7 +266,25 @@ func nextState(st *nodeState, ws []Window, sids []int64, bySid []int32, keys []u
 		next = append(next, s)
 	}
 	next = append(next, old[i:]...)
-	return &nodeState{exists: true, commitSeq: st.commitSeq + 1, series: next}, closing, nil
+	// The charges: a merge of two sorted lists.
+	cs := make([]charge, 0, len(st.charges)+16)
+	j := 0
+	for _, c := range charged {
+		for j < len(st.charges) && compareCharges(st.charges[j], c) < 0 {
+			cs = append(cs, st.charges[j])
+			j++
+		}
+		if j < len(st.charges) && compareCharges(st.charges[j], c) == 0 {
+			if a := st.charges[j].amount; a > math.MaxInt64-c.amount {
+				return nil, nil, fmt.Errorf("charges of tenant %s in %s on node %s overflow int64", c.tenant, c.currency, ws[0].Node)
+			}
+			c.amount += st.charges[j].amount
+			j++
+		}
+		cs = append(cs, c)
+	}
+	cs = append(cs, st.charges[j:]...)
+	return &nodeState{exists: true, commitSeq: st.commitSeq + 1, series: next, charges: cs}, closing, nil
 }
 
 // closeLines adds closed lines to usage_lines, in key order, so that
@@ -331,7 +364,7 @@ func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeStat
 		return err
 	}
 	bufs[0] = blob
-	state, err := encodeState(bufs[1][:0], next.series, l.lineKeyTable())
+	state, err := encodeState(bufs[1][:0], next.series, next.charges, l.lineKeyTable())
 	if err != nil {
 		return err
 	}

@@ -127,6 +127,12 @@ func (l *Ledger) topUp(ctx context.Context, t TopUp) (TopUpResult, error) {
 		TenantAccount(t.Tenant), t.Currency).Scan(&after); err != nil {
 		return TopUpResult{}, fmt.Errorf("top-up: read balance: %w", err)
 	}
+	// Less the tenant's charges kept in the node states (see charge).
+	charges, err := l.tenantCharges(ctx, tx, t.Tenant)
+	if err != nil {
+		return TopUpResult{}, fmt.Errorf("top-up: read balance: %w", err)
+	}
+	after -= charges[t.Currency]
 	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO entries (id, kind, tenant, currency, amount_micro, period, created_us,
 		idem_key, body_sha256, balance_after_micro, memo) VALUES (?, 'topup', ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		ids[0], t.Tenant, t.Currency, t.AmountMicro, period, now.UnixMicro(), key, body, after, t.Memo); err != nil {

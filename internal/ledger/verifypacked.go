@@ -40,6 +40,9 @@ type verifier struct {
 	lines     map[lineRow]*lineCheck
 	// packed sums the postings of packed usage entries per account.
 	packed map[balanceKey]int64
+	// charged sums the tenant charges in the node states per account:
+	// they are not in the tenants' balances rows.
+	charged map[balanceKey]int64
 }
 
 func (v *verifier) line(k lineRow) *lineCheck {
@@ -90,7 +93,7 @@ func (v *verifier) step(chains map[int64]*chainEnd, sid, seq, prev, from, to, qt
 // sum of its windows; and closed plus open usage lines equal what the
 // journal sums to.
 func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
-	v := &verifier{l: l, r: r, reversals: map[int64][2]string{}, lines: map[lineRow]*lineCheck{}, packed: map[balanceKey]int64{}}
+	v := &verifier{l: l, r: r, reversals: map[int64][2]string{}, lines: map[lineRow]*lineCheck{}, packed: map[balanceKey]int64{}, charged: map[balanceKey]int64{}}
 	var err error
 	if v.names, err = l.seriesNames(ctx, l.db, ``); err != nil {
 		return fmt.Errorf("verify ledger: %w", err)
@@ -253,6 +256,7 @@ func (v *verifier) node(ctx context.Context, node string) error {
 	var data []byte
 	err := v.l.db.QueryRowContext(ctx, v.l.d.rebind(`SELECT commit_seq, data FROM node_state WHERE node = ?`), node).Scan(&stSeq, &data)
 	var series []seriesState
+	var charges []charge
 	stateOK := true
 	switch {
 	case isNoRows(err):
@@ -265,7 +269,7 @@ func (v *verifier) node(ctx context.Context, node string) error {
 		if n := int64(len(seqs)); n > 0 && stSeq != seqs[n-1] {
 			v.r.problem("node %s: state is at commit %d but the last window commit is %d", node, stSeq, seqs[n-1])
 		}
-		if series, err = decodeState(node, data, v.l.lineID); err != nil {
+		if series, charges, err = decodeState(node, data, v.l.lineID); err != nil {
 			v.r.problem("%v", err)
 			stateOK = false
 		}
@@ -294,6 +298,9 @@ func (v *verifier) node(ctx context.Context, node string) error {
 	}
 	if !stateOK {
 		return nil // reported above
+	}
+	for _, c := range charges {
+		v.charged[balanceKey{TenantAccount(c.tenant), c.currency}] += c.amount
 	}
 	for _, sid := range v.byNode[node] {
 		if inState[sid] {
@@ -418,15 +425,31 @@ func (v *verifier) balances(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	return v.query(ctx, `SELECT account, currency, balance_micro FROM balances ORDER BY account, currency`, func(r *sql.Rows) error {
+	// A tenant's balance is its row less its charges in the node states.
+	balances := map[balanceKey]int64{}
+	if err := v.query(ctx, `SELECT account, currency, balance_micro FROM balances`, func(r *sql.Rows) error {
 		var k balanceKey
 		var bal int64
 		if err := r.Scan(&k.account, &k.currency, &bal); err != nil {
 			return err
 		}
-		if sum := rows[k] + v.packed[k]; bal != sum {
+		balances[k] = bal
+		return nil
+	}); err != nil {
+		return err
+	}
+	for k, c := range v.charged {
+		balances[k] -= c
+	}
+	keys := make([]balanceKey, 0, len(balances))
+	for k := range balances {
+		keys = append(keys, k)
+	}
+	sortBalanceKeys(keys)
+	for _, k := range keys {
+		if bal, sum := balances[k], rows[k]+v.packed[k]; bal != sum {
 			v.r.problem("balance of %s in %s is %d but its postings sum to %d", k.account, k.currency, bal, sum)
 		}
-		return nil
-	})
+	}
+	return nil
 }

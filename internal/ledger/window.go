@@ -278,7 +278,26 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	table := l.lineKeyTable()
-	next, closing, err := nextState(st, ws, sids, bySid, keys, table)
+	// Each tenant's charges go into the node's state, not into 10,000
+	// balance rows (see charge).
+	charged := make([]charge, 0, len(order))
+	for i, g := range order {
+		if a := totals[i].amount; a != 0 {
+			charged = append(charged, charge{tenant: g.tenant, currency: table[g.line].currency, amount: a})
+		}
+	}
+	slices.SortFunc(charged, compareCharges)
+	n := 0
+	for _, c := range charged {
+		if n > 0 && compareCharges(charged[n-1], c) == 0 {
+			charged[n-1].amount += c.amount // an entry per plugin or seq
+			continue
+		}
+		charged[n] = c
+		n++
+	}
+	charged = charged[:n]
+	next, closing, err := nextState(st, ws, sids, bySid, keys, table, charged)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
@@ -332,9 +351,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			continue
 		}
 		k := &table[g.line]
-		if !usual {
-			add(TenantAccount(g.tenant), k.currency, -s.amount, s.amount)
-		}
 		if s.vendor != 0 {
 			if vendor == "" || k.plugin != vendorOf {
 				vendorOf, vendor = k.plugin, VendorAccount(k.plugin)
@@ -372,17 +388,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	// vendor credit = its windows' vendor shares, platform credit = the
 	// rest; see packedPostings). 30,000 posting rows were a quarter of a
 	// commit's CPU.
-	if usual {
-		// The entries just inserted hold each tenant's charge: their
-		// ids are ids[0]..ids[len-1] (allocIDs). In account order, as
-		// applyBalances writes them; no tenant account string is bound.
-		if _, err := tx.ExecContext(ctx, `INSERT INTO balances (account, currency, balance_micro, charged_micro)
-			SELECT ? || tenant, currency, -amount_micro, amount_micro FROM entries
-			WHERE id BETWEEN ? AND ? AND amount_micro <> 0 ORDER BY 1`+balanceUpsert,
-			tenantPrefix, ids[0], ids[len(ids)-1]); err != nil {
-			return fmt.Errorf("commit windows: update balances: %w", err)
-		}
-	}
 	if len(deltas) > 0 {
 		if err := l.applyBalances(ctx, tx, dc, deltas); err != nil {
 			return fmt.Errorf("commit windows: %w", err)
