@@ -90,8 +90,11 @@ func (d dialect) allocIDs(ctx context.Context, tx *sql.Tx, n int) ([]int64, erro
 		}
 		return ids, nil
 	}
+	// Usage entries of window commits (schema version 4) have ids but no
+	// rows: the largest id is in either table.
 	var last int64
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM entries`).Scan(&last); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT MAX(m) FROM (SELECT COALESCE(MAX(id), 0) AS m FROM entries
+		UNION ALL SELECT COALESCE(MAX(last_entry), 0) FROM window_commits) x`).Scan(&last); err != nil {
 		return nil, fmt.Errorf("allocate entry ids: %w", err)
 	}
 	for i := range n {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -23,11 +24,12 @@ func ExecArgsForTest(ctx context.Context, l *Ledger, stmt string, args ...any) e
 }
 
 // PackWindowForTest is the blob of a commit of one window w of series
-// sid, billed to entry.
-func PackWindowForTest(w Window, sid, entry int64) ([]byte, error) {
+// sid, billed to usage entry entry of w's tenant in period.
+func PackWindowForTest(w Window, sid, entry int64, period string) ([]byte, error) {
 	return encodeCommit(nil, []packedWindow{{sid: sid, seq: w.Seq, prev: w.PrevSeq, from: w.FromCounter, to: w.ToCounter,
 		qty: w.Quantity, rebased: w.Rebased, startUS: w.Start.UnixMicro(), endUS: w.End.UnixMicro(),
-		amount: w.Charge.AmountMicro, vendor: w.Charge.VendorMicro, entry: entry}}, []int64{entry})
+		amount: w.Charge.AmountMicro, vendor: w.Charge.VendorMicro, entry: entry}},
+		[]commitEntry{{id: entry, tenant: w.Tenant, key: lineKey{period, w.Charge.Currency, w.PluginSHA256, false}}})
 }
 
 // SeriesStateForTest is one series' checkpoint and open line in its
@@ -119,36 +121,31 @@ func JournalLinesForTest(ctx context.Context, l *Ledger, tenant, period string) 
 	if version < 4 {
 		return sumLines(legacy), nil
 	}
-	// Packed windows: every commit, with the entries they name.
-	type entry struct {
-		kind, tenant, period, currency, plugin string
-		late                                   bool
-		reverses                               int64
-	}
-	entries := map[int64]entry{}
-	er, err := l.db.QueryContext(ctx, `SELECT id, kind, tenant, period, currency, COALESCE(plugin_sha256, ''), late, COALESCE(reverses, 0) FROM entries`)
+	// Packed windows: every commit, with the entries it holds; a
+	// reversal names a packed entry by its key "reversal:ID".
+	type reversal struct{ tenant, period string }
+	reversedBy := map[int64]reversal{}
+	rr, err := l.db.QueryContext(ctx, `SELECT COALESCE(reverses, 0), COALESCE(idem_key, ''), tenant, period FROM entries WHERE kind = 'reversal'`)
 	if err != nil {
 		return nil, err
 	}
-	defer er.Close()
-	for er.Next() {
+	defer rr.Close()
+	for rr.Next() {
 		var id int64
-		var e entry
-		var late int
-		if err := er.Scan(&id, &e.kind, &e.tenant, &e.period, &e.currency, &e.plugin, &late, &e.reverses); err != nil {
+		var key string
+		var r reversal
+		if err := rr.Scan(&id, &key, &r.tenant, &r.period); err != nil {
 			return nil, err
 		}
-		e.late = late == 1
-		entries[id] = e
-	}
-	if err := er.Err(); err != nil {
-		return nil, err
-	}
-	reversedBy := map[int64]entry{}
-	for _, e := range entries {
-		if e.kind == "reversal" {
-			reversedBy[e.reverses] = e
+		if id == 0 {
+			if id, err = strconv.ParseInt(strings.TrimPrefix(key, "reversal:"), 10, 64); err != nil {
+				return nil, err
+			}
 		}
+		reversedBy[id] = r
+	}
+	if err := rr.Err(); err != nil {
+		return nil, err
 	}
 	names, err := l.seriesNames(ctx, l.db, ``)
 	if err != nil {
@@ -167,19 +164,23 @@ func JournalLinesForTest(ctx context.Context, l *Ledger, tenant, period string) 
 		if err := cr.Scan(&node, &seq, &data); err != nil {
 			return nil, err
 		}
-		ws, err := decodeCommit(node, seq, data)
+		ws, es, err := decodeCommit(node, seq, data)
 		if err != nil {
 			return nil, err
+		}
+		entries := map[int64]commitEntry{}
+		for _, e := range es {
+			entries[e.id] = e
 		}
 		for _, w := range ws {
 			o := entries[w.entry]
 			meter := names[w.sid].meter
-			if o.tenant == tenant && o.period == period {
-				ls = append(ls, UsageLine{Meter: meter, Currency: o.currency, PluginSHA256: o.plugin, Late: o.late,
+			if o.tenant == tenant && o.key.period == period {
+				ls = append(ls, UsageLine{Meter: meter, Currency: o.key.currency, PluginSHA256: o.key.plugin, Late: o.key.late,
 					Quantity: int64(w.qty), AmountMicro: w.amount})
 			}
 			if r, ok := reversedBy[w.entry]; ok && r.tenant == tenant && r.period == period {
-				ls = append(ls, UsageLine{Meter: meter, Currency: o.currency, PluginSHA256: o.plugin, Late: o.late,
+				ls = append(ls, UsageLine{Meter: meter, Currency: o.key.currency, PluginSHA256: o.key.plugin, Late: o.key.late,
 					Quantity: -int64(w.qty), AmountMicro: -w.amount})
 			}
 		}

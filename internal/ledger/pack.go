@@ -52,17 +52,27 @@ type packedWindow struct {
 	entry int64
 }
 
+// commitEntry is a usage entry of a packed commit: its row is in the
+// blob, not in entries. Its amount is the sum of its windows', its node,
+// time and window the commit's and its windows'.
+type commitEntry struct {
+	id     int64
+	tenant string
+	// key is the entry's period, currency, plugin and late flag.
+	key lineKey
+}
+
 // encodeCommit appends the blob of ws, which must be in ascending series
 // id order with each series once, to dst. entries are the commit's usage
-// entry ids in ascending order; each window's entry must be one of them.
-func encodeCommit(dst []byte, ws []packedWindow, entries []int64) ([]byte, error) {
+// entries in ascending id order; each window's entry must be one of them.
+func encodeCommit(dst []byte, ws []packedWindow, entries []commitEntry) ([]byte, error) {
 	return appendCommit(dst, len(ws), func(j int) packedWindow { return ws[j] }, entries)
 }
 
 // appendCommit is encodeCommit of the n windows window(0..n-1) returns:
 // a commit's windows go from the caller's own records to the blob with no
 // slice of 60,000 packedWindows between them.
-func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []int64) ([]byte, error) {
+func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []commitEntry) ([]byte, error) {
 	if n == 0 || len(entries) == 0 {
 		return nil, errors.New("pack window commit: no windows")
 	}
@@ -102,24 +112,42 @@ func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []
 	if flags&sharedEnd != 0 {
 		dst = binary.AppendVarint(dst, w0.endUS)
 	}
+	// The entries' line keys once: a commit has a handful.
+	keyIndex := map[lineKey]uint64{}
+	var keys []lineKey
+	for _, e := range entries {
+		if _, ok := keyIndex[e.key]; !ok {
+			keyIndex[e.key] = uint64(len(keys))
+			keys = append(keys, e.key)
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(keys)))
+	for _, k := range keys {
+		dst = appendString(dst, k.period)
+		dst = appendString(dst, k.currency)
+		dst = appendString(dst, k.plugin)
+		dst = append(dst, byte(b2i(k.late)))
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(entries)))
 	var last int64
-	for i, id := range entries {
-		if id <= last && i > 0 || id <= 0 {
-			return nil, fmt.Errorf("pack window commit: entry ids not ascending at %d", id)
+	for i, e := range entries {
+		if e.id <= last && i > 0 || e.id <= 0 {
+			return nil, fmt.Errorf("pack window commit: entry ids not ascending at %d", e.id)
 		}
-		dst = binary.AppendUvarint(dst, uint64(id-last))
-		last = id
+		dst = binary.AppendUvarint(dst, uint64(e.id-last))
+		dst = appendString(dst, e.tenant)
+		dst = binary.AppendUvarint(dst, keyIndex[e.key])
+		last = e.id
 	}
 	// An entry's index: its id's offset when the ids are contiguous (as
 	// SQLite allocates them), else a search.
-	first := entries[0]
+	first := entries[0].id
 	contiguous := last-first == int64(len(entries)-1)
 	index := func(id int64) (int, bool) {
 		if contiguous {
 			return int(id - first), id >= first && id <= last
 		}
-		return slices.BinarySearch(entries, id)
+		return slices.BinarySearchFunc(entries, id, func(e commitEntry, id int64) int { return cmp.Compare(e.id, id) })
 	}
 	dst = binary.AppendUvarint(dst, uint64(n))
 	var prevSid int64
@@ -253,18 +281,18 @@ func (r *reader) count(what string, min int) int {
 
 // decodeCommit reads the blob of commit commitSeq of node (named in
 // errors).
-func decodeCommit(node string, commitSeq int64, data []byte) ([]packedWindow, error) {
-	ws, err := decodeCommitBlob(data)
+func decodeCommit(node string, commitSeq int64, data []byte) ([]packedWindow, []commitEntry, error) {
+	ws, es, err := decodeCommitBlob(data)
 	if err != nil {
-		return nil, fmt.Errorf("window commit %d of node %s: %w", commitSeq, node, err)
+		return nil, nil, fmt.Errorf("window commit %d of node %s: %w", commitSeq, node, err)
 	}
-	return ws, nil
+	return ws, es, nil
 }
 
-func decodeCommitBlob(data []byte) ([]packedWindow, error) {
+func decodeCommitBlob(data []byte) ([]packedWindow, []commitEntry, error) {
 	r := &reader{b: data}
 	if v := r.byte("format version"); r.err == nil && v != commitFormat1 {
-		return nil, fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, commitFormat1)
+		return nil, nil, fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, commitFormat1)
 	}
 	flags := r.byte("flags")
 	var w0 packedWindow
@@ -281,7 +309,21 @@ func decodeCommitBlob(data []byte) ([]packedWindow, error) {
 		w0.endUS = r.varint("end")
 	}
 	w0.rebased = flags&rebasedFlag != 0
-	entries := make([]int64, r.count("entry count", 1))
+	// A line key takes at least 4 bytes.
+	keys := make([]lineKey, r.count("line key count", 4))
+	for i := range keys {
+		k := &keys[i]
+		k.period, k.currency, k.plugin = r.str("line period"), r.str("line currency"), r.str("line plugin")
+		switch r.byte("line late flag") {
+		case 0:
+		case 1:
+			k.late = true
+		default:
+			r.fail("bad late flag")
+		}
+	}
+	// An entry takes at least 3 bytes: id, tenant, key.
+	entries := make([]commitEntry, r.count("entry count", 3))
 	var last int64
 	for i := range entries {
 		d := r.int63("entry id")
@@ -289,7 +331,13 @@ func decodeCommitBlob(data []byte) ([]packedWindow, error) {
 			r.fail("entry ids not ascending")
 		}
 		last += d
-		entries[i] = last
+		entries[i].id = last
+		entries[i].tenant = r.str("entry tenant")
+		if ki := r.uvarint("entry line key"); r.err == nil && ki >= uint64(len(keys)) {
+			r.fail("entry line key out of range")
+		} else if r.err == nil {
+			entries[i].key = keys[ki]
+		}
 	}
 	// A window takes at least 7 bytes: series, 5 values, entry.
 	ws := make([]packedWindow, r.count("window count", 7))
@@ -338,18 +386,18 @@ func decodeCommitBlob(data []byte) ([]packedWindow, error) {
 			r.fail("entry index out of range")
 		}
 		if r.err != nil {
-			return nil, r.err
+			return nil, nil, r.err
 		}
-		w.entry = entries[e]
+		w.entry = entries[e].id
 		ws[i] = w
 	}
 	if r.err != nil {
-		return nil, r.err
+		return nil, nil, r.err
 	}
 	if r.off != len(data) {
-		return nil, fmt.Errorf("%d bytes after the last window: the blob is corrupt", len(data)-r.off)
+		return nil, nil, fmt.Errorf("%d bytes after the last window: the blob is corrupt", len(data)-r.off)
 	}
-	return ws, nil
+	return ws, entries, nil
 }
 
 // seriesState is one series' checkpoint and open usage line in a node's

@@ -1,19 +1,28 @@
 package ledger
 
 import (
+	"fmt"
 	"math"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 )
 
 // commitCases are commits whose windows share everything a commit
 // usually shares, some of it, or nothing.
+// ents are usage entries with the given ids, of two tenants and line keys.
+func ents(ids ...int64) []commitEntry {
+	es := make([]commitEntry, len(ids))
+	for i, id := range ids {
+		es[i] = commitEntry{id: id, tenant: fmt.Sprintf("tenant-%d", i%2), key: lineKey{"2026-11", "USD", strings.Repeat("ab", 32), i%3 == 2}}
+	}
+	return es
+}
+
 func commitCases() []struct {
 	name    string
 	ws      []packedWindow
-	entries []int64
+	entries []commitEntry
 } {
 	usual := func(sid, entry int64) packedWindow {
 		return packedWindow{sid: sid, seq: 9, prev: 8, from: 1000, to: 1010, qty: 10, startUS: 5_000_000, endUS: 10_000_000,
@@ -28,14 +37,14 @@ func commitCases() []struct {
 	return []struct {
 		name    string
 		ws      []packedWindow
-		entries []int64
+		entries []commitEntry
 	}{
-		{"one window", []packedWindow{usual(1, 1)}, []int64{1}},
-		{"usual commit", []packedWindow{usual(1, 10), usual(2, 10), usual(3, 11), usual(9, 12)}, []int64{10, 11, 12}},
-		{"all rebased", []packedWindow{rebased}, []int64{12}},
-		{"mixed seq, span and rebase", []packedWindow{usual(1, 10), rebased, other}, []int64{10, 12}},
-		{"entry ids with gaps (PostgreSQL's sequence)", []packedWindow{usual(1, 10), usual(2, 30), usual(3, 10)}, []int64{10, 30}},
-		{"largest values", []packedWindow{usual(1, 1), big}, []int64{1, 1 << 40}},
+		{"one window", []packedWindow{usual(1, 1)}, ents(1)},
+		{"usual commit", []packedWindow{usual(1, 10), usual(2, 10), usual(3, 11), usual(9, 12)}, ents(10, 11, 12)},
+		{"all rebased", []packedWindow{rebased}, ents(12)},
+		{"mixed seq, span and rebase", []packedWindow{usual(1, 10), rebased, other}, ents(10, 12)},
+		{"entry ids with gaps (PostgreSQL's sequence)", []packedWindow{usual(1, 10), usual(2, 30), usual(3, 10)}, ents(10, 30)},
+		{"largest values", []packedWindow{usual(1, 1), big}, ents(1, 1<<40)},
 	}
 }
 
@@ -49,12 +58,15 @@ func TestPack_commitRoundTrip(t *testing.T) {
 			if blob[0] != commitFormat1 {
 				t.Fatalf("first byte %d, want format version %d", blob[0], commitFormat1)
 			}
-			got, err := decodeCommit("n1", 3, blob)
+			got, gotEntries, err := decodeCommit("n1", 3, blob)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !reflect.DeepEqual(got, tt.ws) {
 				t.Fatalf("decoded %+v\nwant    %+v", got, tt.ws)
+			}
+			if !reflect.DeepEqual(gotEntries, tt.entries) {
+				t.Fatalf("decoded entries %+v\nwant            %+v", gotEntries, tt.entries)
 			}
 		})
 	}
@@ -64,21 +76,22 @@ func TestPack_commitRoundTrip(t *testing.T) {
 // few bytes, not the ~60 of a usage row.
 func TestPack_commitSize(t *testing.T) {
 	ws := make([]packedWindow, 60_000)
-	entries := make([]int64, 10_000)
+	entries := make([]commitEntry, 10_000)
 	for i := range entries {
-		entries[i] = int64(500_000 + i)
+		entries[i] = commitEntry{id: int64(500_000 + i), tenant: fmt.Sprintf("tenant-%05d", i), key: lineKey{"2026-11", "USD", strings.Repeat("ab", 32), false}}
 	}
 	for i := range ws {
 		ws[i] = packedWindow{sid: int64(i + 1), seq: 1000, prev: 999, from: 123_456_789, to: 123_457_789, qty: 1000,
-			startUS: 1_700_000_000_000_000, endUS: 1_700_000_005_000_000, amount: 10, vendor: 7, entry: entries[i/6]}
+			startUS: 1_700_000_000_000_000, endUS: 1_700_000_005_000_000, amount: 10, vendor: 7, entry: entries[i/6].id}
 	}
 	blob, err := encodeCommit(nil, ws, entries)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// sid 1 + from 4 + change 2 + quantity 2 + amount 1 + vendor 1 + entry 1.
-	if per := float64(len(blob)) / float64(len(ws)); per > 13 {
-		t.Errorf("%.1f bytes per window, want at most 13", per)
+	// sid 1 + from 4 + change 2 + quantity 2 + amount 1 + vendor 1 + entry
+	// 1, and per entry (one per 6 windows) its id, tenant and line key.
+	if per := float64(len(blob)) / float64(len(ws)); per > 16 {
+		t.Errorf("%.1f bytes per window, want at most 16", per)
 	}
 }
 
@@ -87,13 +100,13 @@ func TestPack_encodeRefuses(t *testing.T) {
 	tests := []struct {
 		name    string
 		ws      []packedWindow
-		entries []int64
+		entries []commitEntry
 		want    string
 	}{
-		{"no windows", nil, []int64{5}, "no windows"},
-		{"series twice", []packedWindow{w, w}, []int64{5}, "series ids not ascending"},
-		{"foreign entry", []packedWindow{w}, []int64{4}, "entry 5 is not one of the commit's"},
-		{"entries unsorted", []packedWindow{w}, []int64{5, 4}, "entry ids not ascending"},
+		{"no windows", nil, ents(5), "no windows"},
+		{"series twice", []packedWindow{w, w}, ents(5), "series ids not ascending"},
+		{"foreign entry", []packedWindow{w}, ents(4), "entry 5 is not one of the commit's"},
+		{"entries unsorted", []packedWindow{w}, ents(5, 4), "entry ids not ascending"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -113,16 +126,16 @@ func TestPack_commitCorrupt(t *testing.T) {
 			t.Fatal(err)
 		}
 		for n := range len(blob) {
-			if _, err := decodeCommit("n7", 42, blob[:n]); err == nil || !strings.Contains(err.Error(), "window commit 42 of node n7") {
+			if _, _, err := decodeCommit("n7", 42, blob[:n]); err == nil || !strings.Contains(err.Error(), "window commit 42 of node n7") {
 				t.Fatalf("%s: truncated to %d of %d bytes: err = %v", tt.name, n, len(blob), err)
 			}
 		}
-		if _, err := decodeCommit("n7", 42, append(blob, 0)); err == nil || !strings.Contains(err.Error(), "after the last window") {
+		if _, _, err := decodeCommit("n7", 42, append(blob, 0)); err == nil || !strings.Contains(err.Error(), "after the last window") {
 			t.Fatalf("%s: trailing byte: err = %v", tt.name, err)
 		}
 	}
 	bad := []byte{9, 0}
-	if _, err := decodeCommit("n7", 42, bad); err == nil || !strings.Contains(err.Error(), "window commit 42 of node n7: unknown format version 9") {
+	if _, _, err := decodeCommit("n7", 42, bad); err == nil || !strings.Contains(err.Error(), "window commit 42 of node n7: unknown format version 9") {
 		t.Fatalf("bad version: err = %v", err)
 	}
 }
@@ -208,32 +221,22 @@ func FuzzDecodeCommit(f *testing.F) {
 		f.Add(blob)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ws, err := decodeCommit("n", 1, data)
+		ws, entries, err := decodeCommit("n", 1, data)
 		if err != nil {
 			return
 		}
 		if len(ws) == 0 {
 			return // a valid blob with no windows; encodeCommit refuses those
 		}
-		var entries []int64
-		for _, w := range ws {
-			entries = append(entries, w.entry)
-		}
-		entries = uniqueSorted(entries)
 		blob, err := encodeCommit(nil, ws, entries)
 		if err != nil {
-			return // e.g. a vendor share the encoder checks
+			return // e.g. an entry no window names, which the encoder allows but a vendor check refuses
 		}
-		again, err := decodeCommit("n", 1, blob)
-		if err != nil || !reflect.DeepEqual(again, ws) {
-			t.Fatalf("re-encoded %+v decodes to %+v, %v", ws, again, err)
+		again, againEntries, err := decodeCommit("n", 1, blob)
+		if err != nil || !reflect.DeepEqual(again, ws) || !reflect.DeepEqual(againEntries, entries) {
+			t.Fatalf("re-encoded %+v %+v decodes to %+v %+v, %v", ws, entries, again, againEntries, err)
 		}
 	})
-}
-
-func uniqueSorted(s []int64) []int64 {
-	slices.Sort(s)
-	return slices.Compact(s)
 }
 
 // FuzzDecodeState: any bytes decode to an error or to a state, never a

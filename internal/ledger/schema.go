@@ -263,6 +263,9 @@ var packed = []string{
 		PRIMARY KEY (node, commit_seq)
 	)`,
 	`CREATE INDEX window_commits_entries ON window_commits (node, last_entry)`,
+	// A packed usage entry has no row: Reverse finds its commit by id
+	// alone, and SQLite's id allocation takes MAX(last_entry).
+	`CREATE INDEX window_commits_last_entry ON window_commits (last_entry)`,
 	`CREATE TABLE node_state (
 		node TEXT PRIMARY KEY,
 		commit_seq BIGINT NOT NULL,

@@ -343,8 +343,9 @@ func (l *Ledger) closeLines(ctx context.Context, tx *sql.Tx, ls []closedLine) er
 // writeCommit stores the commit's windows as one window_commits row and
 // replaces the node's state with next, with a compare-and-swap on the
 // commit_seq st was read at. ids are the commit's entry ids, entryOf[i]
-// window i's index in them.
-func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeState, ws []Window, sids []int64, bySid []int32, ids []int64, entryOf []int32) error {
+// window i's index in them, entries the entries themselves (in ids'
+// order; sorted here).
+func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeState, ws []Window, sids []int64, bySid []int32, ids []int64, entryOf []int32, entries []commitEntry) error {
 	node := ws[0].Node
 	window := func(j int) packedWindow {
 		wi := bySid[j]
@@ -353,8 +354,7 @@ func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeStat
 			rebased: w.Rebased, startUS: w.Start.UnixMicro(), endUS: w.End.UnixMicro(), amount: w.Charge.AmountMicro,
 			vendor: w.Charge.VendorMicro, entry: ids[entryOf[wi]]}
 	}
-	entries := slices.Clone(ids)
-	slices.Sort(entries)
+	slices.SortFunc(entries, func(a, b commitEntry) int { return cmp.Compare(a.id, b.id) })
 	// The blobs (about 1 MB each at 70,000 series) are built in reused
 	// buffers: fresh ones cost page faults and zeroing every commit.
 	bufs := l.blobs.Get().(*[2][]byte)
@@ -370,7 +370,7 @@ func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeStat
 	}
 	bufs[1] = state
 	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO window_commits (node, commit_seq, first_entry, last_entry, windows, created_us, data)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`), node, next.commitSeq, entries[0], entries[len(entries)-1], len(ws), l.now().UnixMicro(), blob); err != nil {
+		VALUES (?, ?, ?, ?, ?, ?, ?)`), node, next.commitSeq, entries[0].id, entries[len(entries)-1].id, len(ws), l.now().UnixMicro(), blob); err != nil {
 		if l.d.isUnique(err) {
 			return fmt.Errorf("%w: commit %d of node %s exists (another writer with node id %s?)", ErrDuplicateWindow, next.commitSeq, node, node)
 		}

@@ -1,12 +1,14 @@
 package ledger
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -164,27 +166,28 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 	}
 	defer tx.Rollback()
 	var (
-		kind, tenant, currency, node string
-		amount                       int64
+		kind, tenant, currency string
+		amount                 int64
 	)
-	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT kind, tenant, currency, amount_micro, COALESCE(node, '') FROM entries WHERE id = ?`), id).
-		Scan(&kind, &tenant, &currency, &amount, &node)
+	err = tx.QueryRowContext(ctx, l.d.rebind(`SELECT kind, tenant, currency, amount_micro FROM entries WHERE id = ?`), id).
+		Scan(&kind, &tenant, &currency, &amount)
+	// A usage entry written since schema version 4 is no row: it is in
+	// a window commit, with its windows and (derived) postings.
+	var packed *packedEntry
 	if errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("reverse entry %d: %w", id, ErrNotFound)
+		if packed, err = l.findPacked(ctx, tx, id); err != nil {
+			return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+		}
+		if packed == nil {
+			return 0, fmt.Errorf("reverse entry %d: %w", id, ErrNotFound)
+		}
+		kind, tenant, currency, amount = "usage", packed.tenant, packed.key.currency, packed.amount
 	}
 	if err != nil {
 		return 0, fmt.Errorf("reverse entry %d: %w", id, err)
 	}
 	if kind == "reversal" {
 		return 0, fmt.Errorf("reverse entry %d: it is itself a reversal; book a new entry instead", id)
-	}
-	// A usage entry written since schema version 4 has its windows and
-	// postings in a window commit; an older one has rows.
-	var packed *packedEntry
-	if kind == "usage" {
-		if packed, err = l.findPacked(ctx, tx, id, node); err != nil {
-			return 0, fmt.Errorf("reverse entry %d: %w", id, err)
-		}
 	}
 	var orig []posting
 	if packed != nil {
@@ -213,9 +216,15 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 	}
 	now := l.now()
 	period, _ := openPeriod(PeriodOf(now), closed)
+	// reverses references an entries row; a packed entry has none, and
+	// the reversal's idempotency key "reversal:ID" (unique) names it.
+	var reverses any = id
+	if packed != nil {
+		reverses = nil
+	}
 	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO entries (id, kind, tenant, currency, amount_micro, period, created_us,
 		idem_key, memo, reverses) VALUES (?, 'reversal', ?, ?, ?, ?, ?, ?, ?, ?)`),
-		ids[0], tenant, currency, -amount, period, now.UnixMicro(), fmt.Sprintf("reversal:%d", id), memo, id); err != nil {
+		ids[0], tenant, currency, -amount, period, now.UnixMicro(), fmt.Sprintf("reversal:%d", id), memo, reverses); err != nil {
 		if l.d.isUnique(err) {
 			return 0, fmt.Errorf("reverse entry %d: it was already reversed", id)
 		}
@@ -228,7 +237,11 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 		// as in a window commit, so the two never lock rows in opposite order.
 		// The windows are the entry's node's series of its tenant in its
 		// window: one key lookup per series, not a scan of usage.
-		if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO usage_lines (`+strings.Join(rollupCols, ", ")+`)
+		if packed != nil {
+			if err := l.reversePackedLines(ctx, tx, packed, tenant, period); err != nil {
+				return 0, fmt.Errorf("reverse entry %d: %w", id, err)
+			}
+		} else if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO usage_lines (`+strings.Join(rollupCols, ", ")+`)
 			SELECT CAST(? AS TEXT), CAST(? AS TEXT), s.meter, o.currency, COALESCE(o.plugin_sha256, ''), o.late,
 				-SUM(u.quantity), -SUM(u.amount_micro)
 			FROM entries o JOIN series s ON s.tenant = o.tenant AND s.node = o.node
@@ -236,11 +249,6 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 			WHERE o.id = ? AND u.entry_id = o.id
 			GROUP BY s.meter, o.currency, o.plugin_sha256, o.late`+rollupUpsert), tenant, period, id); err != nil {
 			return 0, fmt.Errorf("reverse entry %d: update usage lines: %w", id, err)
-		}
-		if packed != nil {
-			if err := l.reversePackedLines(ctx, tx, packed, tenant, period); err != nil {
-				return 0, fmt.Errorf("reverse entry %d: %w", id, err)
-			}
 		}
 	}
 	for _, p := range postings {
@@ -278,53 +286,86 @@ func postingsOf(ctx context.Context, tx *sql.Tx, d dialect, id int64) ([]posting
 	return ps, rows.Err()
 }
 
-// packedEntry is a usage entry whose windows are packed, as a reversal
-// needs it.
+// packedEntry is a usage entry of a window commit, as a reversal needs
+// it.
 type packedEntry struct {
 	node      string
 	commitSeq int64
+	tenant    string
 	// windows are the entry's windows in its commit.
 	windows []packedWindow
 	key     lineKey // period is the entry's, replaced by the reversal's
+	amount  int64   // the sum of the windows' amounts
 	vendor  int64   // the sum of the windows' vendor shares
 }
 
-// findPacked returns usage entry id of node if its windows are in a
-// window commit (schema version 4): the first commit of node whose entry
-// range ends at or above id holds it if any does. nil means a legacy
-// entry, whose windows and postings are rows.
-func (l *Ledger) findPacked(ctx context.Context, tx *sql.Tx, id int64, node string) (*packedEntry, error) {
-	var seq, first int64
-	var data []byte
-	err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq, first_entry, data FROM window_commits
-		WHERE node = ? AND last_entry >= ? ORDER BY last_entry LIMIT 1`), node, id).Scan(&seq, &first, &data)
-	if isNoRows(err) || err == nil && first > id {
-		return nil, nil
-	}
+// findPacked returns usage entry id if a window commit holds it, or nil.
+// The entry has no row to name its node, so each node's first commit
+// whose entry range ends at or above id is a candidate (one index lookup
+// per node, window_commits_entries): on PostgreSQL the ranges of
+// different nodes interleave (one id sequence for all).
+func (l *Ledger) findPacked(ctx context.Context, tx *sql.Tx, id int64) (*packedEntry, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT node FROM node_state ORDER BY node`)
 	if err != nil {
 		return nil, fmt.Errorf("find the window commit: %w", err)
 	}
-	ws, err := decodeCommit(node, seq, data)
-	if err != nil {
-		return nil, err
+	var nodes []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("find the window commit: %w", err)
+		}
+		nodes = append(nodes, n)
 	}
-	e := &packedEntry{node: node, commitSeq: seq}
-	for _, w := range ws {
-		if w.entry == id {
-			e.windows = append(e.windows, w)
-			e.vendor += w.vendor
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("find the window commit: %w", err)
+	}
+	type candidate struct {
+		node string
+		seq  int64
+	}
+	var cands []candidate
+	for _, n := range nodes {
+		var seq, first int64
+		err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq, first_entry FROM window_commits
+			WHERE node = ? AND last_entry >= ? ORDER BY last_entry LIMIT 1`), n, id).Scan(&seq, &first)
+		if isNoRows(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("find the window commit: %w", err)
+		}
+		if first <= id {
+			cands = append(cands, candidate{n, seq})
 		}
 	}
-	if len(e.windows) == 0 {
-		return nil, fmt.Errorf("window commit %d of node %s holds entries %d.. but no window of entry %d (run ledger verify)", seq, node, first, id)
+	for _, c := range cands {
+		var data []byte
+		if err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM window_commits WHERE node = ? AND commit_seq = ?`), c.node, c.seq).
+			Scan(&data); err != nil {
+			return nil, fmt.Errorf("read window commit %d of node %s: %w", c.seq, c.node, err)
+		}
+		ws, es, err := decodeCommit(c.node, c.seq, data)
+		if err != nil {
+			return nil, err
+		}
+		i, ok := slices.BinarySearchFunc(es, id, func(e commitEntry, id int64) int { return cmp.Compare(e.id, id) })
+		if !ok {
+			continue
+		}
+		e := &packedEntry{node: c.node, commitSeq: c.seq, tenant: es[i].tenant, key: es[i].key}
+		for _, w := range ws {
+			if w.entry == id {
+				e.windows = append(e.windows, w)
+				e.amount += w.amount
+				e.vendor += w.vendor
+			}
+		}
+		return e, nil
 	}
-	var late int
-	if err := tx.QueryRowContext(ctx, l.d.rebind(`SELECT currency, COALESCE(plugin_sha256, ''), late FROM entries WHERE id = ?`), id).
-		Scan(&e.key.currency, &e.key.plugin, &late); err != nil {
-		return nil, fmt.Errorf("read entry: %w", err)
-	}
-	e.key.late = late == 1
-	return e, nil
+	return nil, nil
 }
 
 // reversePackedLines books the negated windows of packed entry e into

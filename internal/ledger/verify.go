@@ -322,7 +322,7 @@ func (l *Ledger) Totals(ctx context.Context) ([]Total, error) {
 		if err := commits.Scan(&node, &seq, &data); err != nil {
 			return nil, fmt.Errorf("usage totals: %w", err)
 		}
-		ws, err := decodeCommit(node, seq, data)
+		ws, _, err := decodeCommit(node, seq, data)
 		if err != nil {
 			return nil, fmt.Errorf("usage totals: %w (run ledger verify)", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -43,6 +44,11 @@ type verifier struct {
 	// charged sums the tenant charges in the node states per account:
 	// they are not in the tenants' balances rows.
 	charged map[balanceKey]int64
+	// packedIDs are the usage entries of window commits; reversedPacked
+	// the reversals that name one by their key (they have no row to
+	// reference).
+	packedIDs      map[int64]bool
+	reversedPacked map[int64]int64 // reversed id -> reversal id
 }
 
 func (v *verifier) line(k lineRow) *lineCheck {
@@ -93,7 +99,8 @@ func (v *verifier) step(chains map[int64]*chainEnd, sid, seq, prev, from, to, qt
 // sum of its windows; and closed plus open usage lines equal what the
 // journal sums to.
 func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
-	v := &verifier{l: l, r: r, reversals: map[int64][2]string{}, lines: map[lineRow]*lineCheck{}, packed: map[balanceKey]int64{}, charged: map[balanceKey]int64{}}
+	v := &verifier{l: l, r: r, reversals: map[int64][2]string{}, lines: map[lineRow]*lineCheck{}, packed: map[balanceKey]int64{}, charged: map[balanceKey]int64{},
+		packedIDs: map[int64]bool{}, reversedPacked: map[int64]int64{}}
 	var err error
 	if v.names, err = l.seriesNames(ctx, l.db, ``); err != nil {
 		return fmt.Errorf("verify ledger: %w", err)
@@ -106,13 +113,27 @@ func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
 	for _, ids := range v.byNode {
 		slices.Sort(ids)
 	}
-	if err := v.query(ctx, `SELECT reverses, tenant, period FROM entries WHERE kind = 'reversal' AND reverses IS NOT NULL`, func(rows *sql.Rows) error {
+	// A reversal of a packed entry has no reverses (no row to reference):
+	// its key "reversal:ID" names the entry.
+	if err := v.query(ctx, `SELECT id, reverses, idem_key, tenant, period FROM entries WHERE kind = 'reversal'`, func(rows *sql.Rows) error {
 		var id int64
+		var reverses sql.NullInt64
+		var key sql.NullString
 		var t, p string
-		if err := rows.Scan(&id, &t, &p); err != nil {
+		if err := rows.Scan(&id, &reverses, &key, &t, &p); err != nil {
 			return err
 		}
-		v.reversals[id] = [2]string{t, p}
+		rev := reverses.Int64
+		if !reverses.Valid {
+			n, err := strconv.ParseInt(strings.TrimPrefix(key.String, "reversal:"), 10, 64)
+			if err != nil || !strings.HasPrefix(key.String, "reversal:") {
+				v.r.problem("reversal %d names no entry (key %q)", id, key.String)
+				return nil
+			}
+			rev = n
+			v.reversedPacked[rev] = id
+		}
+		v.reversals[rev] = [2]string{t, p}
 		return nil
 	}); err != nil {
 		return err
@@ -156,6 +177,16 @@ func (l *Ledger) verifyPacked(ctx context.Context, r *Report) error {
 	for _, node := range nodes {
 		if err := v.node(ctx, node); err != nil {
 			return err
+		}
+	}
+	ids := make([]int64, 0, len(v.reversedPacked))
+	for id := range v.reversedPacked {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if !v.packedIDs[id] {
+			v.r.problem("reversal %d reverses entry %d, which is in no window commit", v.reversedPacked[id], id)
 		}
 	}
 	if err := v.balances(ctx); err != nil {
@@ -247,9 +278,7 @@ func (v *verifier) node(ctx context.Context, node string) error {
 		if i > 0 && c.first <= prevLast {
 			v.r.problem("node %s: window commit %d's entries %d..%d overlap commit %d's", node, c.seq, c.first, c.last, seqs[i-1])
 		}
-		if err := v.commit(ctx, node, c.seq, c.first, c.last, c.windows, c.data, chains, prevLast); err != nil {
-			return err
-		}
+		v.commit(node, c.seq, c.first, c.last, c.windows, c.data, chains, prevLast)
 		prevLast = max(prevLast, c.last)
 	}
 	var stSeq int64
@@ -314,74 +343,72 @@ func (v *verifier) node(ctx context.Context, node string) error {
 	return nil
 }
 
-// commit verifies one packed commit and adds its windows to the chains
-// and the journal's lines.
-// Entries up to claimed belong to earlier commits of the node.
-func (v *verifier) commit(ctx context.Context, node string, seq, first, last, count int64, data []byte, chains map[int64]*chainEnd, claimed int64) error {
-	ws, err := decodeCommit(node, seq, data)
+// commit verifies one packed commit - its windows, its usage entries
+// (which are no rows) and their derived postings - and adds its windows to
+// the chains and the journal's lines. Entries up to claimed belong to
+// earlier commits of the node.
+func (v *verifier) commit(node string, seq, first, last, count int64, data []byte, chains map[int64]*chainEnd, claimed int64) {
+	ws, entries, err := decodeCommit(node, seq, data)
 	if err != nil {
 		v.r.problem("%v", err)
-		return nil
+		return
 	}
 	v.r.Windows += int64(len(ws))
 	if int64(len(ws)) != count {
 		v.r.problem("window commit %d of node %s: says %d windows but holds %d", seq, node, count, len(ws))
 	}
-	entries := map[int64]*entryInfo{}
-	if err := v.query(ctx, `SELECT id, kind, tenant, currency, period, COALESCE(plugin_sha256, ''), late, amount_micro,
-		COALESCE(window_seq, -1), COALESCE(node, '') FROM entries WHERE id BETWEEN ? AND ?`, func(rows *sql.Rows) error {
-		var id int64
-		e := &entryInfo{}
-		if err := rows.Scan(&id, &e.kind, &e.tenant, &e.currency, &e.period, &e.plugin, &e.late, &e.amount, &e.windowSeq, &e.node); err != nil {
-			return err
-		}
-		entries[id] = e
-		return nil
-	}, first, last); err != nil {
-		return err
+	if len(entries) > 0 && (entries[0].id != first || entries[len(entries)-1].id != last) {
+		v.r.problem("window commit %d of node %s: says entries %d..%d but holds %d..%d", seq, node, first, last,
+			entries[0].id, entries[len(entries)-1].id)
 	}
-	sums, vendors := map[int64]int64{}, map[int64]int64{}
+	index := make(map[int64]int, len(entries))
+	for i, e := range entries {
+		index[e.id] = i
+	}
+	type sums struct {
+		amount, vendor int64
+		seq            uint64
+		windows        int
+	}
+	per := make([]sums, len(entries))
 	for _, w := range ws {
 		v.step(chains, w.sid, int64(w.seq), int64(w.prev), int64(w.from), int64(w.to), int64(w.qty), w.rebased)
 		n, ok := v.names[w.sid]
 		if !ok || n.node != node {
 			v.r.problem("window commit %d of node %s: series %d is not a series of the node", seq, node, w.sid)
 		}
-		if w.entry < first || w.entry > last {
-			v.r.problem("window commit %d of node %s: entry %d is outside the commit's entries %d..%d", seq, node, w.entry, first, last)
-			continue
+		i := index[w.entry] // the decoder checked that it is one
+		e := &entries[i]
+		if n.tenant != e.tenant {
+			v.r.problem("usage entry %d of tenant %s has a window of %s", e.id, e.tenant, v.key(w.sid))
 		}
-		e := entries[w.entry]
-		if e == nil {
-			v.r.problem("usage of entry %d has no entry", w.entry)
-			continue
+		p := &per[i]
+		if p.windows > 0 && p.seq != w.seq {
+			v.r.problem("usage of entry %d is not in that entry's window (window_seq)", e.id)
 		}
-		if e.kind != "usage" || e.node != node || e.windowSeq != int64(w.seq) {
-			v.r.problem("usage of entry %d is not in that entry's window (window_seq)", w.entry)
-		}
-		sums[w.entry] += w.amount
-		vendors[w.entry] += w.vendor
-		lc := v.line(lineRow{e.tenant, e.period, n.meter, e.currency, e.plugin, e.late})
+		p.seq = w.seq
+		p.windows++
+		p.amount += w.amount
+		p.vendor += w.vendor
+		k := e.key
+		lc := v.line(lineRow{e.tenant, k.period, n.meter, k.currency, k.plugin, int64(b2i(k.late))})
 		lc.jq, lc.ja = lc.jq+int64(w.qty), lc.ja+w.amount
 		if rev, ok := v.reversals[w.entry]; ok {
-			lc := v.line(lineRow{rev[0], rev[1], n.meter, e.currency, e.plugin, e.late})
+			lc := v.line(lineRow{rev[0], rev[1], n.meter, k.currency, k.plugin, int64(b2i(k.late))})
 			lc.jq, lc.ja = lc.jq-int64(w.qty), lc.ja-w.amount
 		}
 	}
-	ids := make([]int64, 0, len(entries))
-	for id, e := range entries {
-		if e.kind == "usage" && e.node == node && id > claimed {
-			ids = append(ids, id)
+	for i, e := range entries {
+		if e.id <= claimed {
+			continue // reported as an overlap
 		}
-	}
-	slices.Sort(ids)
-	for _, id := range ids {
-		e := entries[id]
-		if sum, ok := sums[id]; !ok || sum != e.amount {
-			v.r.problem("usage entry %d: amount %d but its windows sum to %d", id, e.amount, sum)
+		v.r.Entries++
+		v.packedIDs[e.id] = true
+		if per[i].windows == 0 {
+			v.r.problem("usage entry %d in window commit %d of node %s has no window", e.id, seq, node)
 		}
 		// Its postings, which are not rows (see packedPostings).
-		for _, p := range packedPostings(e.tenant, e.currency, e.plugin, e.amount, vendors[id]) {
+		for _, p := range packedPostings(e.tenant, e.key.currency, e.key.plugin, per[i].amount, per[i].vendor) {
 			v.r.Postings++
 			v.packed[balanceKey{p.account, p.currency}] += p.amount
 			if p.amount < 0 {
@@ -391,7 +418,6 @@ func (v *verifier) commit(ctx context.Context, node string, seq, first, last, co
 			}
 		}
 	}
-	return nil
 }
 
 // balances checks, once the packed postings are summed, that debits equal

@@ -93,10 +93,6 @@ func (w Window) Validate() error {
 	return nil
 }
 
-var (
-	entryCols = []string{"id", "kind", "tenant", "currency", "amount_micro", "period", "late", "created_us", "node", "plugin_sha256", "window_seq"}
-)
-
 // Checkpoint is the last committed window of one series.
 type Checkpoint struct {
 	Tenant  string
@@ -163,9 +159,8 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	// The transaction runs on a dedicated connection, so that the bulk
-	// of the rows can go in on that same connection below database/sql:
-	// with COPY on PostgreSQL, with driver-level statements on SQLite.
+	// The transaction runs on a dedicated connection, so that the
+	// balance rows can go in on that same connection below database/sql.
 	conn, err := l.db.Conn(ctx)
 	if err != nil {
 		return fmt.Errorf("commit windows: connect: %w", err)
@@ -178,18 +173,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: begin: %w", err)
 	}
 	defer tx.Rollback()
-	insert := func(table string, cols []string, n int, row rowFunc) error {
-		switch {
-		case l.d == postgres && n >= 64:
-			return copyFunc(ctx, conn, table, cols, n, row)
-		case l.d == postgres:
-			return l.d.insertFunc(ctx, tx, "INSERT INTO "+table+" ("+strings.Join(cols, ", ")+")", len(cols), n, row, "")
-		}
-		tuple := "(" + strings.TrimSuffix(strings.Repeat("?,", len(cols)), ",") + ")"
-		head := "INSERT INTO " + table + " (" + strings.Join(cols, ", ") + ") VALUES "
-		query := func(k int) string { return head + strings.TrimSuffix(strings.Repeat(tuple+",", k), ",") }
-		return execBatches(ctx, tx, dc, query, nil, len(cols), n, row, nil)
-	}
 	closed, err := l.closedPeriods(ctx, tx)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
@@ -304,7 +287,11 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err := l.closeLines(ctx, tx, closing); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	if err := l.writeCommit(ctx, tx, st, next, ws, sids, bySid, ids, entryOf); err != nil {
+	entries := make([]commitEntry, len(order))
+	for i, g := range order {
+		entries[i] = commitEntry{id: ids[i], tenant: g.tenant, key: table[g.line]}
+	}
+	if err := l.writeCommit(ctx, tx, st, next, ws, sids, bySid, ids, entryOf, entries); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	tenants := make([]string, len(order))
@@ -315,25 +302,6 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	now := l.now().UnixMicro()
-	// Each value bound goes in as an any: an int64 above 255 or a string
-	// made at run time allocates when converted. Entry ids are converted
-	// once, not per row that binds them.
-	idArgs := make([]any, len(ids))
-	for i, id := range ids {
-		idArgs[i] = id
-	}
-	sameEntry := true
-	for _, g := range order {
-		if g.line != order[0].line || g.seq != order[0].seq {
-			sameEntry = false
-			break
-		}
-	}
-	// usual: on SQLite, the usual commit (one entry per tenant, all with
-	// the same line key and seq) binds what the entries share once, and
-	// takes tenant accounts and balances from the entries (see below).
-	usual := l.d == sqliteDialect && sameEntry
 	deltas := make(map[balanceKey]balanceDelta, len(order)+2)
 	add := func(account, currency string, balance, charged int64) {
 		k := balanceKey{account, currency}
@@ -361,32 +329,11 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			add(PlatformAccount, k.currency, platform, 0)
 		}
 	}
-	if usual {
-		// The usual commit: the entries differ only in tenant and amount.
-		g := &order[0]
-		k := &table[g.line]
-		shared := []any{now, node, int64(g.seq), k.currency, k.period, k.plugin, b2i(k.late)}
-		query := func(k int) string {
-			return `INSERT INTO entries (kind, created_us, node, window_seq, currency, period, plugin_sha256, late, id, tenant, amount_micro)
-				SELECT 'usage', ?1, ?2, ?3, ?4, ?5, ?6, ?7, * FROM (VALUES ` + tuples(3, k) + `)`
-		}
-		err = execBatches(ctx, tx, dc, query, shared, 3, len(order), func(i int, dst []any) []any {
-			return append(dst, idArgs[i], order[i].tenant, totals[i].amount)
-		}, nil)
-	} else {
-		err = insert("entries", entryCols, len(order), func(i int, dst []any) []any {
-			g := &order[i]
-			k := &table[g.line]
-			return append(dst, idArgs[i], "usage", g.tenant, k.currency, totals[i].amount, k.period, b2i(k.late), now, node, k.plugin, int64(g.seq))
-		})
-	}
-	if err != nil {
-		return fmt.Errorf("commit windows: insert entries: %w", err)
-	}
-	// The entries' postings are not rows: they follow from each entry and
-	// its windows in the commit blob (tenant debit = the entry's amount,
-	// vendor credit = its windows' vendor shares, platform credit = the
-	// rest; see packedPostings). 30,000 posting rows were a quarter of a
+	// The entries and their postings are not rows: they are in the
+	// commit blob (see commitEntry), the postings follow from each entry
+	// and its windows (tenant debit = the sum of its windows' amounts,
+	// vendor credit = their vendor shares, platform credit = the rest; see
+	// packedPostings). 10,000 entry and 30,000 posting rows were half of a
 	// commit's CPU.
 	if len(deltas) > 0 {
 		if err := l.applyBalances(ctx, tx, dc, deltas); err != nil {
