@@ -306,6 +306,19 @@ func TestLedger_chargesInNodeState(t *testing.T) {
 			t.Errorf("balances = %+v\nwant %+v", bs, want)
 		}
 		mustVerify(t, fresh)
+		// Entry 3 is n2's first window (1 and 2 are n1's): a packed
+		// entry found on another node than the first one looked at.
+		if _, err := fresh.Reverse(ctx, 3, "n2 double billed"); err != nil {
+			t.Fatal(err)
+		}
+		bs, err = fresh.Balances(ctx, "shop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bs[1].BalanceMicro != 740+30 || bs[1].ChargedMicro != 260-30 {
+			t.Errorf("USD after reversing n2's entry = %+v, want balance %d charged %d", bs[1], 770, 230)
+		}
+		mustVerify(t, fresh)
 		if err := ledger.EditChargesForTest(ctx, l, "n2", func(tenant, currency string, amount *int64) {
 			if currency == "USD" {
 				*amount += 5
@@ -317,7 +330,7 @@ func TestLedger_chargesInNodeState(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := strings.Join(r.Problems, "\n"), "balance of tenant:shop in USD is 735 but its postings sum to 740"; got != want {
+		if got, want := strings.Join(r.Problems, "\n"), "balance of tenant:shop in USD is 765 but its postings sum to 770"; got != want {
 			t.Errorf("problems = %q, want %q", got, want)
 		}
 	})
