@@ -138,8 +138,10 @@ type Ledger struct {
 	// states caches the state of the nodes this ledger commits windows
 	// of, as of their last commit (see node_state in schema.go).
 	states map[string]*nodeState
-	// blobs holds *[2][]byte buffers for a commit's two blobs.
-	blobs sync.Pool
+	// blobBufs are the buffers of a commit's two blobs, kept between
+	// commits (a sync.Pool loses them at every GC); nil while a commit
+	// uses them.
+	blobBufs *[2][]byte
 	// lineKeys interns line keys: lineIDs[k] is k's index in lineKeys.
 	// A node has a handful (a month's period per currency and plugin),
 	// so lines and each commit hold a small id per series, not four
@@ -166,7 +168,6 @@ func open(ctx context.Context, cfg Config, version int) (*Ledger, error) {
 	if l.now == nil {
 		l.now = time.Now
 	}
-	l.blobs.New = func() any { return new([2][]byte) }
 	var err error
 	if cfg.PostgresURL != "" {
 		l.d = postgres

@@ -357,8 +357,18 @@ func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeStat
 	slices.SortFunc(entries, func(a, b commitEntry) int { return cmp.Compare(a.id, b.id) })
 	// The blobs (about 1 MB each at 70,000 series) are built in reused
 	// buffers: fresh ones cost page faults and zeroing every commit.
-	bufs := l.blobs.Get().(*[2][]byte)
-	defer l.blobs.Put(bufs)
+	l.mu.Lock()
+	bufs := l.blobBufs
+	l.blobBufs = nil
+	l.mu.Unlock()
+	if bufs == nil {
+		bufs = new([2][]byte)
+	}
+	defer func() {
+		l.mu.Lock()
+		l.blobBufs = bufs
+		l.mu.Unlock()
+	}()
 	blob, err := appendCommit(bufs[0][:0], len(ws), window, entries)
 	if err != nil {
 		return err

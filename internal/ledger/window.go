@@ -200,7 +200,11 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	for i := range bySid {
 		bySid[i] = int32(i)
 	}
-	slices.SortFunc(bySid, func(a, b int32) int { return cmp.Compare(sids[a], sids[b]) })
+	// Usually already so: the biller sends a node's series in one order,
+	// the one they were created in.
+	if !slices.IsSorted(sids) {
+		slices.SortFunc(bySid, func(a, b int32) int { return cmp.Compare(sids[a], sids[b]) })
+	}
 	if i, ok := twoOfOneSeries(sids, bySid); ok {
 		w := ws[i]
 		return fmt.Errorf("commit windows: two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter)
@@ -269,7 +273,9 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 			charged = append(charged, charge{tenant: g.tenant, currency: table[g.line].currency, amount: a})
 		}
 	}
-	slices.SortFunc(charged, compareCharges)
+	if !slices.IsSortedFunc(charged, compareCharges) {
+		slices.SortFunc(charged, compareCharges)
+	}
 	n := 0
 	for _, c := range charged {
 		if n > 0 && compareCharges(charged[n-1], c) == 0 {
