@@ -135,6 +135,8 @@ type Ledger struct {
 	// committed ones. One string per series, not three: the cache of a
 	// 70,000-series node is a few MB of the agent's live heap.
 	series map[string]map[string]int64
+	// orders holds each node's last series order (see seriesIDs).
+	orders map[string]*seriesOrder
 	// states caches the state of the nodes this ledger commits windows
 	// of, as of their last commit (see node_state in schema.go).
 	states map[string]*nodeState
@@ -163,7 +165,7 @@ func open(ctx context.Context, cfg Config, version int) (*Ledger, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("ledger config: %w", err)
 	}
-	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[string]map[string]int64{},
+	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[string]map[string]int64{}, orders: map[string]*seriesOrder{},
 		states: map[string]*nodeState{}, lineIDs: map[lineKey]uint32{}}
 	if l.now == nil {
 		l.now = time.Now

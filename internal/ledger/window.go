@@ -388,6 +388,24 @@ func seriesCacheKey[T string | []byte](dst []byte, tenant, meter T) []byte {
 // inside tx, creating the missing series, and the node's ids (by
 // [seriesCacheKey]) to cache once tx commits.
 func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int64, map[string]int64, error) {
+	// The biller sends a node's series in the same order every window:
+	// comparing names with the last commit's costs a fraction of hashing
+	// 70,000 of them.
+	l.mu.Lock()
+	o := l.orders[ws[0].Node]
+	l.mu.Unlock()
+	if o != nil && len(o.ids) == len(ws) {
+		same := true
+		for i := range ws {
+			if ws[i].Tenant != o.tenants[i] || ws[i].Meter != o.meters[i] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return slices.Clone(o.ids), nil, nil
+		}
+	}
 	ids := make([]int64, len(ws))
 	var missing []int // indexes into ws
 	var key []byte
@@ -405,6 +423,14 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int6
 	}
 	l.mu.Unlock()
 	if len(missing) == 0 {
+		// All committed series: the order is safe to keep.
+		o := &seriesOrder{tenants: make([]string, len(ws)), meters: make([]string, len(ws)), ids: slices.Clone(ids)}
+		for i := range ws {
+			o.tenants[i], o.meters[i] = ws[i].Tenant, ws[i].Meter
+		}
+		l.mu.Lock()
+		l.orders[ws[0].Node] = o
+		l.mu.Unlock()
 		return ids, nil, nil
 	}
 	rows := make([][]any, len(missing))
@@ -445,6 +471,13 @@ func (l *Ledger) seriesIDs(ctx context.Context, tx *sql.Tx, ws []Window) ([]int6
 		ids[i] = id
 	}
 	return ids, fresh, nil
+}
+
+// seriesOrder is the (tenant, meter) order of a node's last commit with
+// its series ids.
+type seriesOrder struct {
+	tenants, meters []string
+	ids             []int64
 }
 
 func (l *Ledger) rememberSeries(node string, m map[string]int64) {
