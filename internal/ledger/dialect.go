@@ -9,9 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/stdlib"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
@@ -333,31 +331,4 @@ func execDriver(ctx context.Context, dc any, buf *driverConn, query func(k int) 
 		return run(stmt, full*per, n)
 	}
 	return nil
-}
-
-// copyFunc streams n rows made by row into table with PostgreSQL's COPY,
-// inside the transaction open on conn: for a window of 60,000 series it
-// is several times faster than any INSERT. One row buffer is reused.
-func copyFunc(ctx context.Context, conn *sql.Conn, table string, cols []string, n int, row rowFunc) error {
-	return conn.Raw(func(dc any) error {
-		c, ok := dc.(*stdlib.Conn)
-		if !ok {
-			return fmt.Errorf("copy into %s: driver connection is %T, not pgx", table, dc)
-		}
-		buf := make([]any, 0, len(cols))
-		i := 0
-		src := pgx.CopyFromFunc(func() ([]any, error) {
-			if i == n {
-				return nil, nil
-			}
-			buf = row(i, buf[:0])
-			i++
-			if len(buf) != len(cols) {
-				return nil, fmt.Errorf("copy into %s: row with %d values for %d columns", table, len(buf), len(cols))
-			}
-			return buf, nil
-		})
-		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{table}, cols, src)
-		return err
-	})
 }

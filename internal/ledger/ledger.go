@@ -5,7 +5,10 @@
 // account and credits the platform and, for its share, the plugin's
 // vendor; a top-up credits the tenant and debits the funding account.
 // Entries and postings are never updated or deleted (triggers refuse it);
-// a correction is a reversal entry.
+// a correction is a reversal entry. A window commit is two rows (schema
+// version 4): its windows and usage entries packed into window_commits,
+// and the node's checkpoints, open invoice lines and tenant charges into
+// node_state; the entries' postings follow from them.
 //
 // Two stores share one schema and one set of queries: SQLite
 // (modernc.org/sqlite, no cgo; WAL, synchronous=FULL) for one node, and
