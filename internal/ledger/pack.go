@@ -11,10 +11,10 @@ import (
 )
 
 // The packed forms of schema version 4 (see docs/ledger.md): a window
-// commit's windows are one window_commits row, and a node's checkpoints
-// and open usage lines are one node_state row. Rows, not bytes, are what
-// a commit costs SQLite (about 1 us per row bound and stepped), so 60,000
-// usage rows and 60,000 checkpoint updates became two.
+// commit's windows and usage entries are one window_commits row, and a
+// node's checkpoints, open usage lines and tenant charges are one
+// node_state row. Rows, not bytes, are what a commit costs SQLite (about
+// 1 us per row bound and stepped), so some 180,000 rows became two.
 //
 // Both blobs start with a format version byte and are otherwise varints
 // (encoding/binary): unsigned for what cannot be negative, zigzag

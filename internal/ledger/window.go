@@ -178,8 +178,8 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	// A usage entry's windows share their seq (normally all windows of
-	// a commit do): Reverse finds them by it (see schema version 3). line
-	// is the id of the entry's line key (period, currency, plugin, late).
+	// a commit do): it is the entry's window_seq. line is the id of the
+	// entry's line key (period, currency, plugin, late).
 	type group struct {
 		tenant string
 		line   uint32
