@@ -4,11 +4,16 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"net/http/httptest"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kmeter/kmeter/internal/exposition"
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
 	"github.com/kmeter/kmeter/internal/pricing"
@@ -222,6 +227,10 @@ func BenchmarkReaders(b *testing.B) {
 			}
 			// A reader that has not committed: no cached state.
 			r := ledgertest.OpenConfig(b, cfg)
+			scrape, err := exposition.NewHandler(prometheus.NewRegistry(), []exposition.Source{r.Families()}, exposition.HandlerOpts{})
+			if err != nil {
+				b.Fatal(err)
+			}
 			for _, rd := range []struct {
 				name string
 				read func() error
@@ -246,6 +255,16 @@ func BenchmarkReaders(b *testing.B) {
 						err = fmt.Errorf("%d totals", len(ts))
 					}
 					return err
+				}},
+				// A /metrics scrape of the ledger's families: every
+				// tenant's balance, charges and low flag.
+				{"Scrape", func() error {
+					rec := httptest.NewRecorder()
+					scrape.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+					if n := strings.Count(rec.Body.String(), "\nkmeter_balance_micro{"); rec.Code != 200 || n != tenants {
+						return fmt.Errorf("scrape: status %d, %d balances", rec.Code, n)
+					}
+					return nil
 				}},
 				{"Verify", func() error {
 					rep, err := r.Verify(ctx)
