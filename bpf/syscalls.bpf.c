@@ -32,18 +32,26 @@
  * Syscall numbers 0..SYS_NR_SLOTS-1 get their own counter (x86-64 and
  * ia32 numbers end below 470 in 6.18); anything else (x32's bit 30, the
  * -1 of a syscall skipped by ptrace) goes to the last slot and is
- * reported as SYS_NR_OTHER. 488 + 1 counters keep one storage element
- * (128-byte header + value + allocator header) within a 4 KiB slab;
- * store_totals needs SYS_NR_SLOTS to be a multiple of 8.
+ * reported as SYS_NR_OTHER. The counters and the touched bitmap
+ * (SYS_NR_SLOTS + 1 + 8 words) keep one storage element (128-byte header
+ * + value + allocator header) within a 4 KiB slab; store_totals needs
+ * SYS_NR_SLOTS to be a multiple of 8.
  * Keep in sync with NumberSlots and OtherNumber in
  * internal/meter/syscalls/syscalls.go.
  */
-#define SYS_NR_SLOTS 488
+#define SYS_NR_SLOTS 472
 #define SYS_NR_OTHER 0xffffffffu
+#define SYS_TOUCHED_WORDS ((SYS_NR_SLOTS + 1 + 63) / 64)
 
-/* One cgroup's counters, in its cgroup local storage. */
+/*
+ * One cgroup's counters, in its cgroup local storage. touched has bit
+ * slot set once by_nr[slot] has counted: a cgroup uses a handful of the
+ * numbers, and the walk reads its 64-byte bitmap instead of 3.8 KiB of
+ * mostly-zero counters (10,000 cgroups: 38 MiB of memory per read).
+ */
 struct sys_nrs {
 	__u64 by_nr[SYS_NR_SLOTS + 1];
+	__u64 touched[SYS_TOUCHED_WORDS];
 };
 
 /*
@@ -147,6 +155,11 @@ static __always_inline void count_storage(long nr)
 		count_hash(nr);
 		return;
 	}
+	/* The bit goes first, so a walk that sees a count sees its bit
+	 * (or finds it on its next read). Tested before the atomic OR: set
+	 * after a cgroup's first few syscalls, it is only read after that. */
+	if (!(s->touched[slot / 64] & (1ULL << (slot % 64))))
+		__sync_fetch_and_or(&s->touched[slot / 64], 1ULL << (slot % 64));
 	/* Atomic: threads of one cgroup on other CPUs add to the same
 	 * counters. */
 	__sync_fetch_and_add(&s->by_nr[slot], 1);
@@ -164,7 +177,8 @@ static __always_inline __u64 store_total(struct kmeter_key *key, __u64 n)
 		return 0;
 	v = bpf_map_lookup_elem(&sys_totals, key);
 	if (v) {
-		*v = n;
+		if (*v != n) /* most cgroups did not move: keep their lines clean */
+			*v = n;
 		return 0;
 	}
 	return bpf_map_update_elem(&sys_totals, key, &n, BPF_NOEXIST) ? n : 0;
@@ -175,12 +189,13 @@ static __always_inline __u64 store_totals(__u64 id, struct sys_nrs *s)
 	struct kmeter_key key = { .cgroup_id = id };
 	__u64 dropped = 0;
 
-	/* Most of a cgroup's counters are 0: test 8 at a time, so a walk
-	 * over thousands of cgroups is not spent on zeros. */
+	/* Most of a cgroup's counters were never used: skip them 8 at a
+	 * time by their touched bits, so a walk over thousands of cgroups
+	 * reads their bitmaps, not their zeros. */
 	for (__u32 g = 0; g < SYS_NR_SLOTS; g += 8) {
 		__u64 *c = &s->by_nr[g];
 
-		if (!(c[0] | c[1] | c[2] | c[3] | c[4] | c[5] | c[6] | c[7]))
+		if (!((s->touched[g / 64] >> (g % 64)) & 0xff))
 			continue;
 #pragma unroll
 		for (__u32 j = 0; j < 8; j++) {

@@ -342,9 +342,10 @@ type feeder struct {
 	perRoundSys, perRoundNet [2]uint64
 	// With cgroup storage: the storage map, one open fd per tenant
 	// cgroup (its key) and the value written.
-	store    *ebpf.Map
-	cgFDs    []int
-	storeVal []uint64
+	store       *ebpf.Map
+	cgFDs       []int
+	storeVal    []byte   // one cgroup's storage value, rewritten each round
+	storeCounts []uint64 // its counts by syscall number
 }
 
 // Per-round growth of each counter; different per counter so a swapped
@@ -435,8 +436,12 @@ func openFeeder(pinDir string, ts *tenants, nrs int) (*feeder, error) {
 // openCgroups opens every tenant's cgroup dir: its fd is the key of the
 // syscalls meter's cgroup storage.
 func (f *feeder) openCgroups() error {
-	if want := uint32(8 * (syscalls.NumberSlots + 1)); f.store.KeySize() != 4 || f.store.ValueSize() != want {
-		return fmt.Errorf("pinned map syscalls/sys_store has key/value sizes %d/%d, this bench writes 4/%d: update it to syscalls.NumberSlots",
+	probe, err := syscalls.StorageValue(nil)
+	if err != nil {
+		return err
+	}
+	if want := uint32(len(probe)); f.store.KeySize() != 4 || f.store.ValueSize() != want {
+		return fmt.Errorf("pinned map syscalls/sys_store has key/value sizes %d/%d, this bench writes 4/%d: rebuild it with the kmeter it runs",
 			f.store.KeySize(), f.store.ValueSize(), want)
 	}
 	if f.nrs > syscalls.NumberSlots {
@@ -450,7 +455,7 @@ func (f *feeder) openCgroups() error {
 		}
 		f.cgFDs = append(f.cgFDs, fd)
 	}
-	f.storeVal = make([]uint64, syscalls.NumberSlots+1)
+	f.storeCounts = make([]uint64, f.nrs)
 	return nil
 }
 
@@ -475,7 +480,11 @@ func (f *feeder) round() error {
 		// Cgroup storage holds one count per number, summed over CPUs
 		// (the kernel adds atomically); the same total as the hash.
 		for nr := range f.nrs {
-			f.storeVal[nr] = f.rounds * incSyscall * uint64(f.cpus*(f.cpus+1)/2)
+			f.storeCounts[nr] = f.rounds * incSyscall * uint64(f.cpus*(f.cpus+1)/2)
+		}
+		var err error
+		if f.storeVal, err = syscalls.StorageValue(f.storeCounts); err != nil {
+			return err
 		}
 		for _, fd := range f.cgFDs {
 			if err := f.store.Update(int32(fd), f.storeVal, ebpf.UpdateAny); err != nil {

@@ -27,8 +27,9 @@ type syscallsSysDropped struct {
 }
 
 type syscallsSysNrs struct {
-	_    structs.HostLayout
-	ByNr [489]uint64
+	_       structs.HostLayout
+	ByNr    [473]uint64
+	Touched [8]uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -527,9 +527,13 @@ func BenchmarkMeter_ReadByNumber(b *testing.B) {
 				b.Fatal(err)
 			}
 			var keys []syscallsKmeterKey
-			val := make([]uint64, NumberSlots+1)
+			counts := make([]uint64, nrs)
 			for nr := range nrs {
-				val[nr] = 7
+				counts[nr] = 7
+			}
+			val, err := StorageValue(counts)
+			if err != nil {
+				b.Fatal(err)
 			}
 			store, err := ebpf.LoadPinnedMap(filepath.Join(m.dir, mapStore), nil)
 			if err != nil {
