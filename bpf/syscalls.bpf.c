@@ -10,9 +10,10 @@
  *   storage, created on its first syscall. The hot path is one storage
  *   lookup (a per-cgroup cache slot, no hashing) and one atomic add.
  *   Storage has no keys to iterate, so user space reads it through the
- *   cgroup iterator kmeter_cgs_walk, which copies every cgroup's non-zero
- *   counters into sys_totals; kmeter_cgs_rmdir copies a cgroup's final
- *   counters there when it is removed, before its storage is freed.
+ *   cgroup iterator kmeter_cgs_walk, which writes every live cgroup's
+ *   used counters as records into sys_walk, an array user space maps;
+ *   kmeter_cgs_rmdir copies a cgroup's final counters into sys_totals
+ *   when it is removed, before its storage is freed.
  * - per-CPU hash (fallback, older kernels): {cgroup id, syscall nr} ->
  *   count in sys_counts, incremented in place. The storage path counts
  *   here too when a cgroup's storage cannot be created.
@@ -56,7 +57,7 @@ struct sys_nrs {
 
 /*
  * A walk record, written by kmeter_cgs_walk only for a cgroup some of
- * whose counters did not fit in sys_totals: dropped syscalls of cgroup_id
+ * whose counters did not fit in sys_walk: dropped syscalls of cgroup_id
  * are then not visible to the reader.
  */
 struct sys_dropped {
@@ -66,6 +67,14 @@ struct sys_dropped {
 
 /* Puts struct sys_dropped in the BTF, for bpf2go -type. */
 const struct sys_dropped *unused_sys_dropped __attribute__((unused));
+
+/* One live cgroup's count of one syscall number, as a walk saw it. */
+struct sys_rec {
+	__u64 cgroup_id;
+	__u32 nr;
+	__u32 pad;
+	__u64 count;
+};
 
 /* {cgroup id, syscall nr} -> count, per CPU: the hash hot path. */
 struct {
@@ -119,6 +128,27 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sys_totals SEC(".maps");
+
+/*
+ * What the latest walk saw: records 0 to n-1 and, at n, a record with
+ * cgroup id 0 ending them. User space maps it (BPF_F_MMAPABLE) and reads
+ * it in place, where copying the counts into sys_totals and reading them
+ * back in batches cost a hash update and a copy per counter. Not pinned:
+ * each loaded walk (each agent) has its own. One slot more than records,
+ * for the end mark. Keep in sync with walkRecords in
+ * internal/meter/syscalls/syscalls.go.
+ */
+#define SYS_WALK_RECS SYSCALLS_MAX_ENTRIES
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SYS_WALK_RECS + 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct sys_rec);
+} sys_walk SEC(".maps");
+
+/* Records written so far by the running walk. */
+__u32 walk_len;
 
 static __always_inline void add_overflow(__u64 n)
 {
@@ -207,6 +237,59 @@ static __always_inline __u64 store_totals(__u64 id, struct sys_nrs *s)
 	return dropped + store_total(&key, s->by_nr[SYS_NR_SLOTS]);
 }
 
+/* emit_rec appends one record to sys_walk; it returns n if it did not fit. */
+static __always_inline __u64 emit_rec(__u64 id, __u32 nr, __u64 n)
+{
+	__u32 i = walk_len;
+	struct sys_rec *r;
+
+	if (!n)
+		return 0;
+	if (i >= SYS_WALK_RECS)
+		return n;
+	r = bpf_map_lookup_elem(&sys_walk, &i);
+	if (!r)
+		return n;
+	r->cgroup_id = id;
+	r->nr = nr;
+	r->count = n;
+	walk_len = i + 1;
+	return 0;
+}
+
+/* end_recs marks the end of the records written so far. */
+static __always_inline void end_recs(void)
+{
+	__u32 i = walk_len;
+	struct sys_rec *r = bpf_map_lookup_elem(&sys_walk, &i);
+
+	if (r)
+		r->cgroup_id = 0;
+}
+
+/*
+ * emit_recs writes a record for each used counter of s (cgroup id) and
+ * returns the sum of those that did not fit.
+ */
+static __always_inline __u64 emit_recs(__u64 id, struct sys_nrs *s)
+{
+	__u64 dropped = 0;
+
+	/* Skip never-used counters 8 at a time by their touched bits. */
+	for (__u32 g = 0; g < SYS_NR_SLOTS; g += 8) {
+		__u64 *c = &s->by_nr[g];
+
+		if (!((s->touched[g / 64] >> (g % 64)) & 0xff))
+			continue;
+#pragma unroll
+		for (__u32 j = 0; j < 8; j++)
+			dropped += emit_rec(id, g + j, c[j]);
+	}
+	dropped += emit_rec(id, SYS_NR_OTHER, s->by_nr[SYS_NR_SLOTS]);
+	end_recs();
+	return dropped;
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(kmeter_cgs_btf, struct pt_regs *regs, long id)
 {
@@ -249,7 +332,12 @@ int BPF_PROG(kmeter_cgs_rmdir, struct cgroup *cgrp, const char *path)
 	return 0;
 }
 
-/* Read side: refresh sys_totals from every live cgroup's storage. */
+/*
+ * Read side: write every live cgroup's counters into sys_walk. The walk
+ * runs under cgroup_mutex, like kmeter_cgs_rmdir, and skips dead
+ * cgroups: a cgroup is in the walk or (removed before it) in sys_totals,
+ * or (removed after it) in both, which the reader tells by its id.
+ */
 SEC("iter/cgroup")
 int kmeter_cgs_walk(struct bpf_iter__cgroup *ctx)
 {
@@ -259,11 +347,16 @@ int kmeter_cgs_walk(struct bpf_iter__cgroup *ctx)
 
 	if (!cgrp)
 		return 0;
+	if (ctx->meta->seq_num == 0) {
+		/* The first cgroup of a walk (the root): start afresh. */
+		walk_len = 0;
+		end_recs();
+	}
 	s = bpf_cgrp_storage_get(&sys_store, cgrp, 0, 0);
 	if (!s)
 		return 0;
 	rec.cgroup_id = cgrp->kn->id;
-	rec.dropped = store_totals(rec.cgroup_id, s);
+	rec.dropped = emit_recs(rec.cgroup_id, s);
 	if (rec.dropped)
 		bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;

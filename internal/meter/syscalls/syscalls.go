@@ -8,10 +8,11 @@
 // Where the counters live:
 //   - cgroup storage (kernel 6.2+, preferred): each cgroup holds an array of
 //     counters indexed by syscall number in BPF cgroup local storage, so the
-//     hot path finds them without hashing. Reading runs a cgroup iterator
-//     that copies every cgroup's non-zero counters into a hash map, and a
-//     program on tp_btf/cgroup_rmdir keeps the final counts of removed
-//     cgroups there.
+//     hot path finds them without hashing, and a bitmap of the numbers the
+//     cgroup used. Reading runs a cgroup iterator that writes each live
+//     cgroup's used counters as records into an array this process maps
+//     and reads in place, and a program on tp_btf/cgroup_rmdir keeps the
+//     final counts of removed cgroups in a hash map.
 //   - a per-CPU hash keyed by {cgroup id, syscall number} (the fallback on
 //     kernels without cgroup storage).
 //
@@ -35,10 +36,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/kmeter/kmeter/internal/hostfs"
 	"github.com/kmeter/kmeter/internal/meter"
@@ -125,7 +128,12 @@ const (
 	progWalk      = "kmeter_cgs_walk"
 	mapStore      = "sys_store"
 	mapTotals     = "sys_totals"
+	mapWalk       = "sys_walk"
 )
+
+// walkRecords is how many records one walk can write into sys_walk.
+// Keep in sync with SYS_WALK_RECS in bpf/syscalls.bpf.c.
+const walkRecords = MaxEntries
 
 // Meter is the loaded and attached syscalls meter. Its methods are safe
 // to call from one goroutine at a time.
@@ -138,6 +146,15 @@ type Meter struct {
 	totals *ebpf.Map
 	rmdir  link.Link
 	walk   *link.Iter
+	// walkMap is the walk's record array and walkMem its mapping, where
+	// a read finds the records in place.
+	walkMap *ebpf.Map
+	walkMem []byte
+	// walked is how many records the latest walk wrote.
+	walked int
+	// seen holds the cgroups of the latest walk, filled only when
+	// sys_totals has counts (of removed cgroups) to tell apart from them.
+	seen map[uint64]struct{}
 	// unseen is what the latest walk could not copy to totals.
 	unseen uint64
 	// keys and vals are readHash's batch buffers, kept across reads
@@ -230,12 +247,21 @@ func (m *Meter) openStorage(spec *ebpf.CollectionSpec) error {
 	if err != nil {
 		return fmt.Errorf("attach tp_btf/cgroup_rmdir: %w", err)
 	}
+	walkMap := coll.DetachMap(mapWalk)
+	mem, err := unix.Mmap(walkMap.FD(), 0, int(walkMap.ValueSize())*int(walkMap.MaxEntries()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		walkMap.Close()
+		l.Close()
+		return fmt.Errorf("map %s: %w", mapWalk, err)
+	}
 	walk, err := attachCgroupIter(coll.Programs[progWalk])
 	if err != nil {
+		unix.Munmap(mem)
+		walkMap.Close()
 		l.Close()
 		return fmt.Errorf("attach iter/cgroup: %w", err)
 	}
-	m.rmdir, m.walk, m.totals = l, walk, coll.DetachMap(mapTotals)
+	m.rmdir, m.walk, m.totals, m.walkMap, m.walkMem = l, walk, coll.DetachMap(mapTotals), walkMap, mem
 	return nil
 }
 
@@ -250,7 +276,13 @@ func (m *Meter) closeStorage() error {
 	if m.totals != nil {
 		errs = append(errs, m.totals.Close())
 	}
-	m.walk, m.rmdir, m.totals = nil, nil, nil
+	if m.walkMem != nil {
+		errs = append(errs, unix.Munmap(m.walkMem))
+	}
+	if m.walkMap != nil {
+		errs = append(errs, m.walkMap.Close())
+	}
+	m.walk, m.rmdir, m.totals, m.walkMap, m.walkMem = nil, nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -259,6 +291,7 @@ func (m *Meter) closeStorage() error {
 func withoutStorage(spec *ebpf.CollectionSpec) {
 	delete(spec.Maps, mapStore)
 	delete(spec.Maps, mapTotals)
+	delete(spec.Maps, mapWalk)
 	for _, h := range storageHooks() {
 		delete(spec.Programs, h.Program)
 	}
@@ -378,9 +411,9 @@ func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
 	return out, nil
 }
 
-// read calls fn for every counter: cgroup storage first (refreshed by a
-// walk), then the per-CPU hash. A cgroup can be in both after a switch of
-// storage; its counts add up.
+// read calls fn for every counter: cgroup storage first (live cgroups
+// from a walk, removed ones from sys_totals), then the per-CPU hash. A
+// cgroup can be in both after a switch of storage; its counts add up.
 func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
 	if m.walk != nil {
 		dropped, err := readWalk(m.walk)
@@ -391,15 +424,52 @@ func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
 		for _, d := range dropped {
 			m.unseen += d.Dropped
 		}
+		recs := m.walkRecs()
+		m.walked = len(recs)
+		for i := range recs {
+			fn(recs[i].CgroupId, recs[i].Nr, recs[i].Count)
+		}
 		if m.keys == nil {
 			m.keys = make([]syscallsKmeterKey, hashBatch)
 			m.vals = make([]uint64, hashBatch)
 		}
-		if err := readHash(m.totals, m.keys, m.vals, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) }); err != nil {
+		// A cgroup removed after the walk saw it alive has its final
+		// counts in sys_totals too: this read keeps the walk's, the next
+		// (without it in the walk) the final ones, so counts never go
+		// back nor count twice.
+		seenBuilt := false
+		err = readHash(m.totals, m.keys, m.vals, func(k syscallsKmeterKey, n uint64) {
+			if !seenBuilt {
+				seenBuilt = true
+				if m.seen == nil {
+					m.seen = make(map[uint64]struct{})
+				}
+				clear(m.seen)
+				for i := range recs {
+					m.seen[recs[i].CgroupId] = struct{}{}
+				}
+			}
+			if _, alive := m.seen[k.CgroupId]; !alive {
+				fn(k.CgroupId, k.Kind, n)
+			}
+		})
+		if err != nil {
 			return fmt.Errorf("read syscalls meter: %w", err)
 		}
 	}
 	return meter.SumPerCPU(m.counts, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) })
+}
+
+// walkRecs returns the records the latest walk wrote into sys_walk, in
+// place: they are valid until the next walk.
+func (m *Meter) walkRecs() []syscallsSysRec {
+	all := unsafe.Slice((*syscallsSysRec)(unsafe.Pointer(unsafe.SliceData(m.walkMem))), walkRecords+1)
+	for i := range all {
+		if all[i].CgroupId == 0 {
+			return all[:i]
+		}
+	}
+	return all[:walkRecords]
 }
 
 // readWalk runs the cgroup iterator once, which refreshes sys_totals from
@@ -474,9 +544,10 @@ func (m *Meter) Overflow() (uint64, error) {
 }
 
 // Stats reports how full the map the hot path fills is: with cgroup
-// storage, the hash of copied counts; otherwise the counter hash. Entries
-// counts {cgroup, syscall number} keys; Overflow is keyed by
-// [meter.Syscalls].
+// storage, the fuller of the hash of removed cgroups' counts and the
+// latest walk's records of live ones (each holds [MaxEntries]); otherwise
+// the counter hash. Entries counts {cgroup, syscall number} keys;
+// Overflow is keyed by [meter.Syscalls].
 func (m *Meter) Stats() (meter.MapStats, error) {
 	if m.att == nil {
 		return meter.MapStats{}, meter.ErrClosed
@@ -488,6 +559,9 @@ func (m *Meter) Stats() (meter.MapStats, error) {
 	n, err := meter.CountKeys(full)
 	if err != nil {
 		return meter.MapStats{}, err
+	}
+	if m.status.Storage == StoreCgroup {
+		n = max(n, m.walked)
 	}
 	of, err := m.Overflow()
 	if err != nil {

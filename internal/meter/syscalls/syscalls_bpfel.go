@@ -32,6 +32,14 @@ type syscallsSysNrs struct {
 	Touched [8]uint64
 }
 
+type syscallsSysRec struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Nr       uint32
+	Pad      uint32
+	Count    uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -40,6 +48,7 @@ const (
 	syscallsMapSysOverflow      = "sys_overflow"
 	syscallsMapSysStore         = "sys_store"
 	syscallsMapSysTotals        = "sys_totals"
+	syscallsMapSysWalk          = "sys_walk"
 	syscallsProgKmeterCgsBtf    = "kmeter_cgs_btf"
 	syscallsProgKmeterCgsRmdir  = "kmeter_cgs_rmdir"
 	syscallsProgKmeterCgsTp     = "kmeter_cgs_tp"
@@ -47,6 +56,7 @@ const (
 	syscallsProgKmeterSysBtf    = "kmeter_sys_btf"
 	syscallsProgKmeterSysTp     = "kmeter_sys_tp"
 	syscallsVarUnusedSysDropped = "unused_sys_dropped"
+	syscallsVarWalkLen          = "walk_len"
 )
 
 // loadSyscalls returns the embedded CollectionSpec for syscalls.
@@ -107,6 +117,7 @@ type syscallsMapSpecs struct {
 	SysOverflow *ebpf.MapSpec `ebpf:"sys_overflow"`
 	SysStore    *ebpf.MapSpec `ebpf:"sys_store"`
 	SysTotals   *ebpf.MapSpec `ebpf:"sys_totals"`
+	SysWalk     *ebpf.MapSpec `ebpf:"sys_walk"`
 }
 
 // syscallsVariableSpecs contains global variables before they are loaded into the kernel.
@@ -114,6 +125,7 @@ type syscallsMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type syscallsVariableSpecs struct {
 	UnusedSysDropped *ebpf.VariableSpec `ebpf:"unused_sys_dropped"`
+	WalkLen          *ebpf.VariableSpec `ebpf:"walk_len"`
 }
 
 // syscallsObjects contains all objects after they have been loaded into the kernel.
@@ -140,6 +152,7 @@ type syscallsMaps struct {
 	SysOverflow *ebpf.Map `ebpf:"sys_overflow"`
 	SysStore    *ebpf.Map `ebpf:"sys_store"`
 	SysTotals   *ebpf.Map `ebpf:"sys_totals"`
+	SysWalk     *ebpf.Map `ebpf:"sys_walk"`
 }
 
 func (m *syscallsMaps) Close() error {
@@ -148,6 +161,7 @@ func (m *syscallsMaps) Close() error {
 		m.SysOverflow,
 		m.SysStore,
 		m.SysTotals,
+		m.SysWalk,
 	)
 }
 
@@ -156,6 +170,7 @@ func (m *syscallsMaps) Close() error {
 // It can be passed to loadSyscallsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type syscallsVariables struct {
 	UnusedSysDropped *ebpf.Variable `ebpf:"unused_sys_dropped"`
+	WalkLen          *ebpf.Variable `ebpf:"walk_len"`
 }
 
 // syscallsPrograms contains all programs after they have been loaded into the kernel.

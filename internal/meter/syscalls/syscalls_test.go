@@ -343,9 +343,10 @@ func TestMeter_fullHashCountsOverflow(t *testing.T) {
 	}
 }
 
-// With cgroup storage the map that can fill is sys_totals, where reads
-// copy live counts and removed cgroups leave theirs: what does not fit is
-// reported as overflow, while the cgroup lives and after it is removed.
+// With cgroup storage the map that can fill is sys_totals, where removed
+// cgroups leave their final counts: a live cgroup is still counted (a
+// read finds its counts in the walk's records), and what a removed one
+// cannot store there is reported as overflow.
 func TestMeter_fullTotalsCountsOverflow(t *testing.T) {
 	const k = 200
 	m := openWith(t, testutil.PinDir(t), Options{Storage: StorageCgroup})
@@ -367,21 +368,21 @@ func TestMeter_fullTotalsCountsOverflow(t *testing.T) {
 		}
 	}
 	runGetppid(t, cg, k)
-	if got := getppidCount(t, m, cg); got != 0 {
-		t.Errorf("cgroup counted %d in a full map, want 0", got)
+	if got := getppidCount(t, m, cg); got != k {
+		t.Errorf("live cgroup counted %d beside a full sys_totals, want %d", got, k)
 	}
 	live, err := m.Overflow()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if live < k {
-		t.Errorf("overflow while the cgroup lives = %d, want >= %d", live, k)
+	if live != 0 {
+		t.Errorf("overflow while the cgroup lives = %d, want 0", live)
 	}
 	if err := os.Remove(cg.Path); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.ReadByNumber(); err != nil {
-		t.Fatal(err)
+	if got := getppidCount(t, m, cg); got != 0 {
+		t.Errorf("removed cgroup counted %d with a full sys_totals, want 0", got)
 	}
 	stats, err := m.Stats()
 	if err != nil {
@@ -389,6 +390,33 @@ func TestMeter_fullTotalsCountsOverflow(t *testing.T) {
 	}
 	if stats.Entries != MaxEntries || stats.Overflow[meter.Syscalls] < k {
 		t.Errorf("stats after removing the cgroup = %+v, want %d entries and overflow >= %d", stats, MaxEntries, k)
+	}
+}
+
+// A cgroup removed after a read's walk saw it has its counts both in the
+// walk's records and (final) in sys_totals: the read counts them once,
+// and the next read, which no longer walks it, finds the same count.
+func TestMeter_removedAfterWalkCountsOnce(t *testing.T) {
+	const k = 300
+	m := openWith(t, testutil.PinDir(t), Options{Storage: StorageCgroup})
+	cg := testutil.NewCgroup(t, "a")
+	runGetppid(t, cg, k)
+	if got := getppidCount(t, m, cg); got != k {
+		t.Fatalf("counted %d, want %d", got, k)
+	}
+	// What kmeter_cgs_rmdir writes when the cgroup goes between a walk
+	// and the read of sys_totals, made while the cgroup still lives.
+	if err := m.totals.Put(syscallsKmeterKey{CgroupId: cg.ID, Kind: nrGetppid}, uint64(k)); err != nil {
+		t.Fatal(err)
+	}
+	if got := getppidCount(t, m, cg); got != k {
+		t.Errorf("counted %d with the final counts in sys_totals too, want %d", got, k)
+	}
+	if err := os.Remove(cg.Path); err != nil {
+		t.Fatal(err)
+	}
+	if got := getppidCount(t, m, cg); got != k {
+		t.Errorf("counted %d after the cgroup was removed, want %d", got, k)
 	}
 }
 
