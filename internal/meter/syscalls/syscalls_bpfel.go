@@ -28,8 +28,8 @@ type syscallsSysDropped struct {
 
 type syscallsSysNrs struct {
 	_       structs.HostLayout
-	ByNr    [473]uint64
 	Touched [8]uint64
+	ByNr    [473]uint64
 }
 
 type syscallsSysRec struct {
