@@ -179,19 +179,12 @@ func (a *Agent) read() (meter.Counts, map[uint64]map[uint32]uint64, error) {
 			}
 			continue
 		}
-		nrs, err := bn.ReadByNumber()
+		nrs, err := bn.ReadByNumberInto(c)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("read %s: %w", m.Status().Meter, err))
 			continue
 		}
 		byNr = nrs
-		for id, counts := range nrs {
-			var sum uint64
-			for _, v := range counts {
-				sum += v
-			}
-			c.Add(id, meter.Syscalls, sum)
-		}
 	}
 	return c, byNr, errors.Join(errs...)
 }

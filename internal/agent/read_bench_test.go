@@ -41,15 +41,18 @@ func (f *fakeMeter) ReadInto(c meter.Counts) error {
 // fakeSyscalls is a fakeMeter that is also a BySyscallNumber.
 type fakeSyscalls struct{ fakeMeter }
 
-func (f *fakeSyscalls) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
+func (f *fakeSyscalls) ReadByNumberInto(c meter.Counts) (map[uint64]map[uint32]uint64, error) {
 	f.reads++
 	out := map[uint64]map[uint32]uint64{}
 	for i, id := range f.ids {
 		byNr := map[uint32]uint64{}
+		var sum uint64
 		for nr := range f.byNumber {
 			byNr[uint32(nr)] = f.reads * uint64(i+nr+1)
+			sum += f.reads * uint64(i+nr+1)
 		}
 		out[id] = byNr
+		c.Add(id, meter.Syscalls, sum)
 	}
 	return out, nil
 }

@@ -390,23 +390,47 @@ func (m *Meter) ReadInto(c meter.Counts) error {
 // ReadByNumber returns the cumulative counts as cgroup id -> syscall
 // number -> count.
 func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
+	return m.ReadByNumberInto(nil)
+}
+
+// ReadByNumberInto returns the cumulative counts as cgroup id -> syscall
+// number -> count, and adds each cgroup's total (all numbers) to c, if c
+// is not nil, as [meter.Syscalls]: one read for both.
+func (m *Meter) ReadByNumberInto(c meter.Counts) (map[uint64]map[uint32]uint64, error) {
 	if m.att == nil {
 		return nil, meter.ErrClosed
 	}
 	// Made the size of the last read's: grown from empty, a map of
 	// 10,000 cgroups is rehashed a dozen times per read.
 	out := make(map[uint64]map[uint32]uint64, m.lastCgroups)
-	err := m.read(func(cgroup uint64, nr uint32, n uint64) {
-		byNr := out[cgroup]
-		if byNr == nil {
-			byNr = make(map[uint32]uint64)
-			out[cgroup] = byNr
+	// A walk writes a cgroup's counters one after the other: while the
+	// cgroup stays the same, its map is at hand and its total adds up.
+	var (
+		run    map[uint32]uint64
+		runID  uint64
+		runSum uint64
+	)
+	flush := func() {
+		if run != nil && c != nil {
+			c.Add(runID, meter.Syscalls, runSum)
 		}
-		byNr[nr] += n
+	}
+	err := m.read(func(cgroup uint64, nr uint32, n uint64) {
+		if run == nil || cgroup != runID {
+			flush()
+			runID, runSum = cgroup, 0
+			if run = out[cgroup]; run == nil {
+				run = make(map[uint32]uint64)
+				out[cgroup] = run
+			}
+		}
+		run[nr] += n
+		runSum += n
 	})
 	if err != nil {
 		return nil, err
 	}
+	flush()
 	m.lastCgroups = len(out)
 	return out, nil
 }

@@ -600,3 +600,37 @@ func BenchmarkMeter_ReadByNumber(b *testing.B) {
 		})
 	}
 }
+
+// ReadByNumberInto reads both views at once: each cgroup's total in c
+// is the sum of its numbers, on both storages.
+func TestMeter_ReadByNumberInto_totals(t *testing.T) {
+	const k = 150
+	for _, tc := range []struct {
+		name    string
+		storage Storage
+	}{{"cgroup storage", StorageCgroup}, {"per-CPU hash", StorageHash}} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := openWith(t, testutil.PinDir(t), Options{Storage: tc.storage})
+			cg := testutil.NewCgroup(t, "a")
+			runGetppid(t, cg, k)
+			c := meter.Counts{}
+			byNr, err := m.ReadByNumberInto(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := byNr[cg.ID][nrGetppid]; got != k {
+				t.Errorf("getppid counted %d, want %d", got, k)
+			}
+			var sum uint64
+			for _, n := range byNr[cg.ID] {
+				sum += n
+			}
+			if got := c[cg.ID][meter.Syscalls]; got != sum || got < k {
+				t.Errorf("total %d, want the sum of the numbers %d (>= %d)", got, sum, k)
+			}
+			if len(c) != len(byNr) {
+				t.Errorf("totals for %d cgroups, numbers for %d", len(c), len(byNr))
+			}
+		})
+	}
+}
