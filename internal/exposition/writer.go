@@ -176,7 +176,49 @@ func appendValue(b []byte, v float64) []byte {
 	case math.IsInf(v, -1):
 		return append(b, "-Inf"...)
 	}
+	// Counters are whole numbers: formatting them as integers skips the
+	// shortest-float search, most of the cost of a sample.
+	if v >= -maxExact && v <= maxExact {
+		if i := int64(v); float64(i) == v {
+			return appendInt(b, i)
+		}
+	}
 	return strconv.AppendFloat(b, v, 'g', -1, 64)
+}
+
+// maxExact is 2^53: every integer of at most this magnitude is a float64,
+// and no shorter decimal reads back as the same float64, so its digits
+// without trailing zeros are exactly what the shortest 'g' format picks.
+const maxExact = 1 << 53
+
+// appendInt appends the integer i as strconv.AppendFloat(b, float64(i),
+// 'g', -1, 64) does: plainly below 1e6 in magnitude, and from 1e6 on in
+// exponent form such as 1.234567e+06 or 1e+15, as 'g' switches to %e
+// when the exponent reaches 6 for the shortest precision.
+func appendInt(b []byte, i int64) []byte {
+	if i > -1e6 && i < 1e6 {
+		return strconv.AppendInt(b, i, 10)
+	}
+	if i < 0 {
+		b = append(b, '-')
+		i = -i
+	}
+	var d [20]byte
+	digits := strconv.AppendUint(d[:0], uint64(i), 10)
+	exp := len(digits) - 1
+	for digits[len(digits)-1] == '0' {
+		digits = digits[:len(digits)-1]
+	}
+	b = append(b, digits[0])
+	if len(digits) > 1 {
+		b = append(b, '.')
+		b = append(b, digits[1:]...)
+	}
+	b = append(b, 'e', '+')
+	if exp < 10 {
+		b = append(b, '0')
+	}
+	return strconv.AppendInt(b, int64(exp), 10)
 }
 
 // appendEscaped appends s escaped as the text format requires: backslash

@@ -3,6 +3,8 @@ package exposition
 import (
 	"bytes"
 	"math"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -222,3 +224,33 @@ func BenchmarkWriter_Sample(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestAppendValue_matchesAppendFloat checks the integer fast path writes
+// what expfmt's strconv.AppendFloat 'g' writes: around the switch to
+// exponent form at 1e6, around 2^53 where it stops, for negative values,
+// powers of ten and a spread of counters of every magnitude.
+func TestAppendValue_matchesAppendFloat(t *testing.T) {
+	values := []float64{1, -1, 9, 10, 99999, 100000, 999999, -999999, 1e6, -1e6, 1e6 + 1, 1234567, 1.5e6, 10e6,
+		123456789, 1e15, 1e15 + 1, 1 << 52, 1<<53 - 1, 1 << 53, -(1 << 53), 1<<53 + 2, -(1<<53 + 2), 1e16, 9.007199254740993e15,
+		0.5, -0.5, 1e6 + 0.5, 2.5e15 + 0.5, math.MaxInt64, math.MinInt64, math.SmallestNonzeroFloat64}
+	for p := 1.0; p < 1e20; p *= 10 {
+		values = append(values, p, p-1, p+1, -p, 3*p, 1.25*p)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 100000 {
+		v := float64(r.Int64N(1<<53) >> r.IntN(53))
+		if r.IntN(2) == 0 {
+			v = -v
+		}
+		values = append(values, v, math.Trunc(v/1000)*1000)
+	}
+	for _, v := range values {
+		if v == 0 {
+			continue // expfmt writes -0 as 0, unlike AppendFloat: TestWriter_matchesExpfmt checks it
+		}
+		want := strconv.AppendFloat(nil, v, 'g', -1, 64)
+		if got := appendValue(nil, v); string(got) != string(want) {
+			t.Errorf("appendValue(%v) = %s, AppendFloat writes %s", v, got, want)
+		}
+	}
+}
