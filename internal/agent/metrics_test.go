@@ -260,6 +260,28 @@ kmeter_syscalls_by_number_total{nr="1",tenant="acme"} 2
 `,
 		},
 		{
+			// The sorted tenants are kept between scrapes while the set
+			// of names stays the same: a tenant replaced by another (as
+			// many tenants) or added must be written, in order.
+			name: "tenants replaced and added between scrapes",
+			snaps: []*Snapshot{
+				{Time: at, Tenants: map[string]map[string]uint64{"b": {"syscalls": 1}, "d": {"syscalls": 2}}, SyscallsByNumber: map[string]map[uint32]uint64{"b": {1: 1}}},
+				{Time: at, Tenants: map[string]map[string]uint64{"b": {"syscalls": 3}, "d": {"syscalls": 4}}, SyscallsByNumber: map[string]map[uint32]uint64{"b": {1: 2}}},
+				{Time: at, Tenants: map[string]map[string]uint64{"c": {"syscalls": 5}, "d": {"syscalls": 6}}, SyscallsByNumber: map[string]map[uint32]uint64{"a": {1: 3}}},
+				{Time: at, Tenants: map[string]map[string]uint64{"a": {"syscalls": 7}, "c": {"syscalls": 8}, "d": {"syscalls": 9}}, SyscallsByNumber: map[string]map[uint32]uint64{"a": {1: 4}, "e": {2: 5}}},
+			},
+			want: `# HELP kmeter_usage_total Cumulative kernel usage per tenant and meter, counted in the kernel.
+# TYPE kmeter_usage_total counter
+kmeter_usage_total{meter="syscalls",tenant="a"} 7
+kmeter_usage_total{meter="syscalls",tenant="c"} 8
+kmeter_usage_total{meter="syscalls",tenant="d"} 9
+# HELP kmeter_syscalls_by_number_total Cumulative syscalls per tenant and syscall number.
+# TYPE kmeter_syscalls_by_number_total counter
+kmeter_syscalls_by_number_total{nr="1",tenant="a"} 4
+kmeter_syscalls_by_number_total{nr="2",tenant="e"} 5
+`,
+		},
+		{
 			name:  "label values escaped",
 			snaps: []*Snapshot{{Time: at, Tenants: map[string]map[string]uint64{"a\"b\\c\nd": {"syscalls": 1}}}},
 			want: `# HELP kmeter_usage_total Cumulative kernel usage per tenant and meter, counted in the kernel.
@@ -301,9 +323,22 @@ func TestUsageFamilies_invalidTenantName(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			resp, body := get(metricsHandler(t, agentWith(tt.snap)), "/metrics", nil)
+			// A valid read scraped first: its tenants, kept for the next
+			// scrape, must not spare the next read's names the check.
+			valid := &Snapshot{Time: time.Unix(1, 0), Tenants: map[string]map[string]uint64{"ok": {"syscalls": 1}}, SyscallsByNumber: map[string]map[uint32]uint64{"ok": {1: 1}}}
+			a := agentWith(valid)
+			h := metricsHandler(t, a)
+			if resp, body := get(h, "/metrics", nil); resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /metrics of a valid read: %s %q", resp.Status, body)
+			}
+			a.snap.Store(tt.snap)
+			resp, body := get(h, "/metrics", nil)
 			if resp.StatusCode != http.StatusInternalServerError || !strings.Contains(string(body), "not valid UTF-8") {
 				t.Fatalf("GET /metrics: %s %q, want 500 about invalid UTF-8", resp.Status, body)
+			}
+			a.snap.Store(valid)
+			if resp, body := get(h, "/metrics", nil); resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET /metrics of a valid read again: %s %q", resp.Status, body)
 			}
 		})
 	}

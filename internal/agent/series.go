@@ -28,12 +28,20 @@ const (
 type usageFamilies struct {
 	a       *Agent
 	scratch sync.Pool // *seriesScratch
+
+	// The sorted tenant names of the last snapshot scraped, for each
+	// family, reused while the set of tenants stays the same: it changes
+	// rarely, and sorting 10,000 names was a fifth of a scrape. The
+	// slices are never modified once stored, so a scrape may keep
+	// writing from one while another scrape replaces it.
+	mu         sync.Mutex
+	usageOrder []string
+	nrOrder    []string
 }
 
 // seriesScratch is what one scrape needs to write the series in order,
 // kept between scrapes so that a scrape allocates nothing per series.
 type seriesScratch struct {
-	tenants []string
 	meters  []string
 	nrs     []uint32
 	nrNames map[uint32]string // "39" for 39: syscall numbers are few
@@ -70,33 +78,68 @@ func (u *usageFamilies) Scrape() (func(*exposition.Writer), error) {
 	if s == nil {
 		return func(*exposition.Writer) {}, nil
 	}
-	for t := range s.Tenants {
-		if !utf8.ValidString(t) {
-			return nil, fmt.Errorf("tenant %q: label value is not valid UTF-8", t)
-		}
-	}
-	for t := range s.SyscallsByNumber {
-		if !utf8.ValidString(t) {
-			return nil, fmt.Errorf("tenant %q: label value is not valid UTF-8", t)
-		}
+	usage, nr, err := u.order(s)
+	if err != nil {
+		return nil, err
 	}
 	return func(w *exposition.Writer) {
 		sc := u.scratch.Get().(*seriesScratch)
 		defer u.scratch.Put(sc)
-		sc.write(w, s)
+		sc.write(w, s, usage, nr)
 	}, nil
 }
 
-func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot) {
+// order returns the tenants of s sorted, for each family, remembering
+// them for the next scrape.
+func (u *usageFamilies) order(s *Snapshot) (usage, nr []string, err error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if usage, err = sortedTenants(u.usageOrder, s.Tenants); err != nil {
+		return nil, nil, err
+	}
+	u.usageOrder = usage
+	if nr, err = sortedTenants(u.nrOrder, s.SyscallsByNumber); err != nil {
+		return nil, nil, err
+	}
+	u.nrOrder = nr
+	return usage, nr, nil
+}
+
+// sortedTenants returns the keys of byTenant sorted, which is last when
+// it holds the same names: as many, and each of them a key. The names
+// in last were checked when it was made; new ones are checked here, as
+// a name that is not valid UTF-8 cannot be a label value.
+func sortedTenants[V any](last []string, byTenant map[string]V) ([]string, error) {
+	if len(last) == len(byTenant) {
+		same := true
+		for _, t := range last {
+			if _, ok := byTenant[t]; !ok {
+				same = false
+				break
+			}
+		}
+		if same {
+			return last, nil
+		}
+	}
+	for t := range byTenant {
+		if !utf8.ValidString(t) {
+			return nil, fmt.Errorf("tenant %q: label value is not valid UTF-8", t)
+		}
+	}
+	return slices.Sorted(maps.Keys(byTenant)), nil
+}
+
+// write writes the families of s, its tenants in the order given by
+// usage (for s.Tenants) and nr (for s.SyscallsByNumber).
+func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot, usage, nr []string) {
 	w.Family(lastReadName, "When the kernel counters were last read.", prometheus.GaugeValue)
 	w.Sample(float64(s.Time.UnixNano()) / 1e9)
 	w.Family(tenantsName, "Tenants with usage in the latest read.", prometheus.GaugeValue)
 	w.Sample(float64(len(s.Tenants)))
 
 	w.Family(usageName, "Cumulative kernel usage per tenant and meter, counted in the kernel.", prometheus.CounterValue, "meter", "tenant")
-	sc.tenants = slices.AppendSeq(sc.tenants[:0], maps.Keys(s.Tenants))
-	slices.Sort(sc.tenants)
-	for _, t := range sc.tenants {
+	for _, t := range usage {
 		byMeter := s.Tenants[t]
 		sc.meters = slices.AppendSeq(sc.meters[:0], maps.Keys(byMeter))
 		slices.Sort(sc.meters)
@@ -106,9 +149,7 @@ func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot) {
 	}
 
 	w.Family(byNrName, "Cumulative syscalls per tenant and syscall number.", prometheus.CounterValue, "nr", "tenant")
-	sc.tenants = slices.AppendSeq(sc.tenants[:0], maps.Keys(s.SyscallsByNumber))
-	slices.Sort(sc.tenants)
-	for _, t := range sc.tenants {
+	for _, t := range nr {
 		byNr := s.SyscallsByNumber[t]
 		sc.nrs = slices.AppendSeq(sc.nrs[:0], maps.Keys(byNr))
 		slices.Sort(sc.nrs)
@@ -116,8 +157,7 @@ func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot) {
 			w.Sample(float64(byNr[nr]), sc.nrName(nr), t)
 		}
 	}
-	clear(sc.tenants) // hold no tenant names between scrapes
-	clear(sc.meters)
+	clear(sc.meters) // hold no names between scrapes
 }
 
 // nrName returns nr in decimal, made once per syscall number.
