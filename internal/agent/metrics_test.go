@@ -261,20 +261,22 @@ kmeter_syscalls_by_number_total{nr="1",tenant="acme"} 2
 		},
 		{
 			// The sorted tenants are kept between scrapes while the set
-			// of names stays the same: a tenant replaced by another (as
-			// many tenants) or added must be written, in order.
+			// of names stays the same, and a tenant's sorted meters for
+			// the next tenant: a tenant (or meter, or syscall number)
+			// replaced by another, as many, or added must be written, in
+			// order.
 			name: "tenants replaced and added between scrapes",
 			snaps: []*Snapshot{
 				{Time: at, Tenants: map[string]map[string]uint64{"b": {"syscalls": 1}, "d": {"syscalls": 2}}, SyscallsByNumber: map[string]map[uint32]uint64{"b": {1: 1}}},
 				{Time: at, Tenants: map[string]map[string]uint64{"b": {"syscalls": 3}, "d": {"syscalls": 4}}, SyscallsByNumber: map[string]map[uint32]uint64{"b": {1: 2}}},
 				{Time: at, Tenants: map[string]map[string]uint64{"c": {"syscalls": 5}, "d": {"syscalls": 6}}, SyscallsByNumber: map[string]map[uint32]uint64{"a": {1: 3}}},
-				{Time: at, Tenants: map[string]map[string]uint64{"a": {"syscalls": 7}, "c": {"syscalls": 8}, "d": {"syscalls": 9}}, SyscallsByNumber: map[string]map[uint32]uint64{"a": {1: 4}, "e": {2: 5}}},
+				{Time: at, Tenants: map[string]map[string]uint64{"a": {"syscalls": 7}, "c": {"syscalls": 8}, "d": {"connects": 9}}, SyscallsByNumber: map[string]map[uint32]uint64{"a": {1: 4}, "e": {2: 5}}},
 			},
 			want: `# HELP kmeter_usage_total Cumulative kernel usage per tenant and meter, counted in the kernel.
 # TYPE kmeter_usage_total counter
 kmeter_usage_total{meter="syscalls",tenant="a"} 7
 kmeter_usage_total{meter="syscalls",tenant="c"} 8
-kmeter_usage_total{meter="syscalls",tenant="d"} 9
+kmeter_usage_total{meter="connects",tenant="d"} 9
 # HELP kmeter_syscalls_by_number_total Cumulative syscalls per tenant and syscall number.
 # TYPE kmeter_syscalls_by_number_total counter
 kmeter_syscalls_by_number_total{nr="1",tenant="a"} 4

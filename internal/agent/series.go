@@ -141,8 +141,10 @@ func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot, usage, nr []st
 	w.Family(usageName, "Cumulative kernel usage per tenant and meter, counted in the kernel.", prometheus.CounterValue, "meter", "tenant")
 	for _, t := range usage {
 		byMeter := s.Tenants[t]
-		sc.meters = slices.AppendSeq(sc.meters[:0], maps.Keys(byMeter))
-		slices.Sort(sc.meters)
+		if !sameKeys(sc.meters, byMeter) {
+			sc.meters = slices.AppendSeq(sc.meters[:0], maps.Keys(byMeter))
+			slices.Sort(sc.meters)
+		}
 		for _, m := range sc.meters {
 			w.Sample(float64(byMeter[m]), m, t)
 		}
@@ -151,13 +153,31 @@ func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot, usage, nr []st
 	w.Family(byNrName, "Cumulative syscalls per tenant and syscall number.", prometheus.CounterValue, "nr", "tenant")
 	for _, t := range nr {
 		byNr := s.SyscallsByNumber[t]
-		sc.nrs = slices.AppendSeq(sc.nrs[:0], maps.Keys(byNr))
-		slices.Sort(sc.nrs)
+		if !sameKeys(sc.nrs, byNr) {
+			sc.nrs = slices.AppendSeq(sc.nrs[:0], maps.Keys(byNr))
+			slices.Sort(sc.nrs)
+		}
 		for _, nr := range sc.nrs {
 			w.Sample(float64(byNr[nr]), sc.nrName(nr), t)
 		}
 	}
 	clear(sc.meters) // hold no names between scrapes
+	sc.meters, sc.nrs = sc.meters[:0], sc.nrs[:0]
+}
+
+// sameKeys reports whether the distinct keys sorted are exactly the keys
+// of m: most tenants have the same meters as the tenant before them, and
+// a few lookups cost less than listing and sorting the keys again.
+func sameKeys[K comparable, V any](sorted []K, m map[K]V) bool {
+	if len(sorted) != len(m) {
+		return false
+	}
+	for _, k := range sorted {
+		if _, ok := m[k]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // nrName returns nr in decimal, made once per syscall number.
