@@ -328,18 +328,17 @@ type tlsCounts struct {
 // feeder raises every tenant's counters in the agent's pinned maps, the
 // way the kernel programs do.
 type feeder struct {
-	ts                       *tenants
-	sys, sock, net, tls      *ebpf.Map
-	nrs                      int
-	both                     int // tenants fed with both kinds in sockstate and netbytes
-	cpus                     int
-	rounds                   uint64
-	missing                  []string
-	sysKeys, sockKeys        []counterKey
-	tlsKeys                  []uint64
-	sysVals, sockVals        []uint64
-	tlsVals                  []tlsCounts
-	perRoundSys, perRoundNet [2]uint64
+	ts                  *tenants
+	sys, sock, net, tls *ebpf.Map
+	nrs                 int
+	both                int // tenants fed with both kinds in sockstate and netbytes
+	cpus                int
+	rounds              uint64
+	missing             []string
+	sysKeys, sockKeys   []counterKey
+	tlsKeys             []uint64
+	sysVals, sockVals   []uint64
+	tlsVals             []tlsCounts
 	// With cgroup storage: the storage map, one open fd per tenant
 	// cgroup (its key) and the value written.
 	store       *ebpf.Map

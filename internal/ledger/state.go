@@ -25,16 +25,6 @@ type nodeState struct {
 	charges []charge
 }
 
-// charged returns what the node's packed usage entries charged tenant in
-// currency.
-func (s *nodeState) charged(tenant, currency string) int64 {
-	i, ok := slices.BinarySearchFunc(s.charges, charge{tenant: tenant, currency: currency}, compareCharges)
-	if !ok {
-		return 0
-	}
-	return s.charges[i].amount
-}
-
 // find returns the state of series sid, if the node has it.
 func (s *nodeState) find(sid int64) (*seriesState, bool) {
 	i, ok := slices.BinarySearchFunc(s.series, sid, func(x seriesState, id int64) int {
@@ -103,13 +93,6 @@ func (l *Ledger) cacheState(node string, st *nodeState) {
 	if c := l.states[node]; c == nil || c.commitSeq < st.commitSeq {
 		l.states[node] = st
 	}
-}
-
-// forgetState drops node's cached state.
-func (l *Ledger) forgetState(node string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.states, node)
 }
 
 // readTx begins a read-only transaction: one snapshot for reads that

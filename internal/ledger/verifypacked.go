@@ -23,12 +23,6 @@ type lineCheck struct{ jq, ja, rq, ra int64 }
 // chainEnd is where a series' chain of windows has got to.
 type chainEnd struct{ seq, to int64 }
 
-// entryInfo is what verify needs of an entry a packed window names.
-type entryInfo struct {
-	kind, tenant, currency, period, plugin, node string
-	late, amount, windowSeq                      int64
-}
-
 // verifier is the state of the parts of [Ledger.Verify] that read
 // packed rows, node by node: chains, node states, packed windows and their
 // entries, and the usage lines (closed and open) against the journal.
