@@ -371,13 +371,9 @@ func TestMeter_fullTotalsCountsOverflow(t *testing.T) {
 	if got := getppidCount(t, m, cg); got != k {
 		t.Errorf("live cgroup counted %d beside a full sys_totals, want %d", got, k)
 	}
-	live, err := m.Overflow()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if live != 0 {
-		t.Errorf("overflow while the cgroup lives = %d, want 0", live)
-	}
+	// Overflow is not asserted to be 0 here: it is host-wide, and any
+	// cgroup removed meanwhile (other test packages run in parallel) finds
+	// sys_totals full. The live cgroup's exact count above is the point.
 	if err := os.Remove(cg.Path); err != nil {
 		t.Fatal(err)
 	}
