@@ -29,11 +29,7 @@ func BenchmarkCommitWindows(b *testing.B) {
 			cfg := be.Config(b)
 			l := ledgertest.OpenConfig(b, cfg)
 			ctx := context.Background()
-			names := make([]string, tenants)
-			for i := range names {
-				names[i] = fmt.Sprintf("tenant-%05d", i)
-			}
-			meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+			names, meterNames := benchTenants(tenants), benchMeters()
 			ws := make([]ledger.Window, 0, tenants*meters)
 			// Window 1 creates the 60,000 series (once per series in a
 			// ledger's life); the benchmark times the steady state after it.
@@ -45,17 +41,7 @@ func BenchmarkCommitWindows(b *testing.B) {
 					cpu0 = cpuTime()
 				}
 				b.StopTimer()
-				ws = ws[:0]
-				end := t0.Add(time.Duration(seq) * 5 * time.Second)
-				for _, tn := range names {
-					for _, m := range meterNames {
-						ws = append(ws, ledger.Window{Node: "n1", Tenant: tn, Meter: m, Seq: seq, PrevSeq: seq - 1,
-							FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10,
-							Start: end.Add(-5 * time.Second), End: end,
-							Charge:       pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7},
-							PluginSHA256: plugin})
-					}
-				}
+				ws = appendWindows(ws[:0], names, meterNames, seq, t0.Add(time.Duration(seq)*5*time.Second))
 				b.StartTimer()
 				if err := l.CommitWindows(ctx, ws); err != nil {
 					b.Fatal(err)
@@ -90,17 +76,9 @@ func BenchmarkCommitWindows(b *testing.B) {
 // window first, untimed.
 func BenchmarkCommitWindows_monthsFirst(b *testing.B) {
 	const tenants = 10_000
-	meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+	names, meterNames := benchTenants(tenants), benchMeters()
 	windows := func(seq uint64, end time.Time) []ledger.Window {
-		ws := make([]ledger.Window, 0, tenants*len(meterNames))
-		for i := range tenants {
-			for _, m := range meterNames {
-				ws = append(ws, ledger.Window{Node: "n1", Tenant: fmt.Sprintf("tenant-%05d", i), Meter: m, Seq: seq, PrevSeq: seq - 1,
-					FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
-					Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
-			}
-		}
-		return ws
+		return appendWindows(nil, names, meterNames, seq, end)
 	}
 	nov, dec := windows(1, t0), windows(2, t0.Add(time.Hour)) // t0 is 23:59 on 30 November
 	for _, be := range ledgertest.Backends() {
@@ -162,7 +140,7 @@ func fileSize(b *testing.B, cfg ledger.Config) int64 {
 // not grow with the ledger.
 func BenchmarkReverse(b *testing.B) {
 	const tenants = 2000
-	meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+	names, meterNames := benchTenants(tenants), benchMeters()
 	for _, be := range ledgertest.Backends() {
 		for _, history := range []uint64{1, 20} {
 			b.Run(fmt.Sprintf("%s/windows=%d", be.Name, history), func(b *testing.B) {
@@ -171,17 +149,9 @@ func BenchmarkReverse(b *testing.B) {
 				}
 				l := be.Open(b)
 				ctx := context.Background()
-				ws := make([]ledger.Window, 0, tenants*len(meterNames))
+				var ws []ledger.Window
 				for seq := uint64(1); seq <= history; seq++ {
-					ws = ws[:0]
-					end := t0.Add(time.Duration(seq) * 5 * time.Second)
-					for i := range tenants {
-						for _, m := range meterNames {
-							ws = append(ws, ledger.Window{Node: "n1", Tenant: fmt.Sprintf("tenant-%05d", i), Meter: m, Seq: seq, PrevSeq: seq - 1,
-								FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
-								Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
-						}
-					}
+					ws = appendWindows(ws[:0], names, meterNames, seq, t0.Add(time.Duration(seq)*5*time.Second))
 					if err := l.CommitWindows(ctx, ws); err != nil {
 						b.Fatal(err)
 					}
@@ -204,23 +174,15 @@ func BenchmarkReverse(b *testing.B) {
 // verify, each of which decodes node states or commit blobs.
 func BenchmarkReaders(b *testing.B) {
 	const tenants, windows = 10_000, 10
-	meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+	names, meterNames := benchTenants(tenants), benchMeters()
 	for _, be := range ledgertest.Backends() {
 		b.Run(be.Name, func(b *testing.B) {
 			cfg := be.Config(b)
 			l := ledgertest.OpenConfig(b, cfg)
 			ctx := context.Background()
-			ws := make([]ledger.Window, 0, tenants*len(meterNames))
+			var ws []ledger.Window
 			for seq := uint64(1); seq <= windows; seq++ {
-				ws = ws[:0]
-				end := t0.Add(time.Duration(seq) * 5 * time.Second)
-				for i := range tenants {
-					for _, m := range meterNames {
-						ws = append(ws, ledger.Window{Node: "n1", Tenant: fmt.Sprintf("tenant-%05d", i), Meter: m, Seq: seq, PrevSeq: seq - 1,
-							FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
-							Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
-					}
-				}
+				ws = appendWindows(ws[:0], names, meterNames, seq, t0.Add(time.Duration(seq)*5*time.Second))
 				if err := l.CommitWindows(ctx, ws); err != nil {
 					b.Fatal(err)
 				}
@@ -315,10 +277,7 @@ func maxRSS() int64 {
 func BenchmarkLedgerLiveHeap(b *testing.B) {
 	const tenants = 10_000
 	meterNames := []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes", "tls_client_handshakes"}
-	names := make([]string, tenants)
-	for i := range names {
-		names[i] = fmt.Sprintf("tenant-%05d", i)
-	}
+	names := benchTenants(tenants)
 	for _, be := range ledgertest.Backends() {
 		b.Run(be.Name, func(b *testing.B) {
 			ctx := context.Background()
@@ -360,4 +319,32 @@ func liveHeap() int64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapAlloc)
+}
+
+// benchTenants names n tenants.
+func benchTenants(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("tenant-%05d", i)
+	}
+	return names
+}
+
+// benchMeters are the six meters the benchmarks bill per tenant.
+func benchMeters() []string {
+	return []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes", "tls_server_handshakes"}
+}
+
+// appendWindows appends to dst window seq, ending at end, of every
+// (tenant, meter) of node n1: 10 units each, priced 10 micro-USD with 7
+// to the plugin's vendor.
+func appendWindows(dst []ledger.Window, tenants, meters []string, seq uint64, end time.Time) []ledger.Window {
+	for _, tn := range tenants {
+		for _, m := range meters {
+			dst = append(dst, ledger.Window{Node: "n1", Tenant: tn, Meter: m, Seq: seq, PrevSeq: seq - 1,
+				FromCounter: (seq - 1) * 10, ToCounter: seq * 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
+				Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
+		}
+	}
+	return dst
 }
