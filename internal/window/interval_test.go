@@ -19,9 +19,9 @@ type countingStore struct {
 	commits atomic.Int64
 }
 
-func (s *countingStore) CommitWindows(ctx context.Context, ws []ledger.Window) error {
+func (s *countingStore) Commit(ctx context.Context, ws ledger.WindowSource) error {
 	s.commits.Add(1)
-	return s.Ledger.CommitWindows(ctx, ws)
+	return s.Ledger.Commit(ctx, ws)
 }
 
 // TestBiller_Run_longerWindows: a biller with windows ten times longer

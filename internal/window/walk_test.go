@@ -43,9 +43,13 @@ type recordingStore struct {
 	commits [][]ledger.Window
 }
 
-func (s *recordingStore) CommitWindows(ctx context.Context, ws []ledger.Window) error {
-	s.commits = append(s.commits, slices.Clone(ws))
-	return s.Ledger.CommitWindows(ctx, ws)
+func (s *recordingStore) Commit(ctx context.Context, src ledger.WindowSource) error {
+	ws := make([]ledger.Window, src.Len())
+	for i := range ws {
+		ws[i] = src.Window(i)
+	}
+	s.commits = append(s.commits, ws)
+	return s.Ledger.Commit(ctx, src)
 }
 
 // TestBiller_walkerBillsLikeTheMap: a Walker source produces the very

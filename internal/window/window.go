@@ -92,7 +92,7 @@ func (f TenantsFunc) Walk(ctx context.Context, fn func(tenant, meter string, cou
 // implements it.
 type Store interface {
 	Checkpoints(ctx context.Context, node string) ([]ledger.Checkpoint, error)
-	CommitWindows(ctx context.Context, ws []ledger.Window) error
+	Commit(ctx context.Context, ws ledger.WindowSource) error
 }
 
 // Route is the pricer chosen for a series. Name identifies it (the
@@ -400,7 +400,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	}
 	if len(ws) > 0 {
 		start := time.Now()
-		err := b.cfg.Ledger.CommitWindows(ctx, ws)
+		err := b.cfg.Ledger.Commit(ctx, ledger.Windows(ws))
 		b.write.Observe(time.Since(start).Seconds())
 		if err != nil {
 			// The commit may have landed (a lost reply) or not: ask the
