@@ -186,14 +186,16 @@ func open(ctx context.Context, cfg Config, version int) (*Ledger, error) {
 		// synchronous=FULL makes a committed window survive power loss;
 		// immediate transactions take the write lock up front, so id
 		// allocation and period checks inside a transaction are safe.
-		// The page cache (per connection, outside the Go heap) is 16 MiB:
-		// 64 MiB made the agent's RSS about 90 MiB larger for 0-20 %
-		// less commit CPU (docs/benchmarks/ledger.md).
+		// The page cache (per connection, outside the Go heap) is 4 MiB:
+		// since schema version 4 a commit writes two blobs and touches
+		// few other pages, and 16 MiB of cache (filled by those blobs'
+		// pages, never read again) made a commit's peak RSS 17-20 MiB
+		// larger for the same CPU (docs/benchmarks/ledger.md).
 		if err := createSQLite(ctx, cfg.Path); err != nil {
 			return nil, err
 		}
 		dsn := "file:" + cfg.Path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)" +
-			"&_pragma=busy_timeout(30000)&_pragma=foreign_keys(1)&_pragma=cache_size(-16384)&_txlock=immediate"
+			"&_pragma=busy_timeout(30000)&_pragma=foreign_keys(1)&_pragma=cache_size(-4096)&_txlock=immediate"
 		l.db, err = sql.Open("sqlite", dsn)
 	}
 	if err != nil {
