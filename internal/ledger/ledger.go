@@ -134,19 +134,15 @@ type Ledger struct {
 	// known holds tenants already in the tenants table, so that a window
 	// commit inserts only new ones.
 	known map[string]bool
-	// series caches series ids per node, by [seriesCacheKey]; only
-	// committed ones. One string per series, not three: the cache of a
-	// 70,000-series node is a few MB of the agent's live heap.
-	series map[string]map[string]int64
-	// orders holds each node's last series order (see seriesIDs).
-	orders map[string]*seriesOrder
+	// tables holds each node's committed series ids (see seriesTable).
+	tables map[string]*seriesTable
 	// states caches the state of the nodes this ledger commits windows
 	// of, as of their last commit (see node_state in schema.go).
 	states map[string]*nodeState
-	// blobBufs are the buffers of a commit's two blobs, kept between
+	// scratch is a commit's working memory and blob buffers, kept between
 	// commits (a sync.Pool loses them at every GC); nil while a commit
-	// uses them.
-	blobBufs *[2][]byte
+	// uses it.
+	scratch *commitScratch
 	// lineKeys interns line keys: lineIDs[k] is k's index in lineKeys.
 	// A node has a handful (a month's period per currency and plugin),
 	// so lines and each commit hold a small id per series, not four
@@ -168,7 +164,7 @@ func open(ctx context.Context, cfg Config, version int) (*Ledger, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("ledger config: %w", err)
 	}
-	l := &Ledger{now: cfg.Now, known: map[string]bool{}, series: map[string]map[string]int64{}, orders: map[string]*seriesOrder{},
+	l := &Ledger{now: cfg.Now, known: map[string]bool{}, tables: map[string]*seriesTable{},
 		states: map[string]*nodeState{}, lineIDs: map[lineKey]uint32{}}
 	if l.now == nil {
 		l.now = time.Now

@@ -76,29 +76,85 @@ func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []
 	if n == 0 || len(entries) == 0 {
 		return nil, errors.New("pack window commit: no windows")
 	}
-	w0 := window(0)
-	flags := byte(sharedSeq | sharedPrev | sharedStart | sharedEnd | sharedRebased)
+	var sh sharedValues
 	for j := range n {
 		w := window(j)
-		if w.seq != w0.seq {
-			flags &^= sharedSeq
-		}
-		if w.prev != w0.prev {
-			flags &^= sharedPrev
-		}
-		if w.startUS != w0.startUS {
-			flags &^= sharedStart
-		}
-		if w.endUS != w0.endUS {
-			flags &^= sharedEnd
-		}
-		if w.rebased != w0.rebased {
-			flags &^= sharedRebased
+		sh.add(&w)
+	}
+	var cw commitWriter
+	cw.begin(dst, &sh, n, entries)
+	for j := range n {
+		w := window(j)
+		if err := cw.add(&w); err != nil {
+			return nil, err
 		}
 	}
+	return cw.finish()
+}
+
+// sharedValues finds which values all windows of a commit share (see
+// the shared* flags), one window at a time.
+type sharedValues struct {
+	w0    packedWindow
+	flags byte
+	n     int
+}
+
+// add takes w into account; only its seq, prev, start, end and rebase
+// flag are looked at.
+func (sh *sharedValues) add(w *packedWindow) {
+	if sh.n == 0 {
+		sh.w0 = *w
+		sh.flags = sharedSeq | sharedPrev | sharedStart | sharedEnd | sharedRebased
+	}
+	sh.n++
+	w0 := &sh.w0
+	if w.seq != w0.seq {
+		sh.flags &^= sharedSeq
+	}
+	if w.prev != w0.prev {
+		sh.flags &^= sharedPrev
+	}
+	if w.startUS != w0.startUS {
+		sh.flags &^= sharedStart
+	}
+	if w.endUS != w0.endUS {
+		sh.flags &^= sharedEnd
+	}
+	if w.rebased != w0.rebased {
+		sh.flags &^= sharedRebased
+	}
+}
+
+// commitWriter writes a commit blob window by window: begin, add each
+// window in ascending series id order, finish.
+type commitWriter struct {
+	dst       []byte
+	flags     byte
+	n, added  int
+	prevSid   int64
+	prevEntry int
+	entries   []commitEntry
+	// first and last are the entries' ids; contiguous when they are
+	// first..last with no gap (as SQLite allocates them).
+	first, last int64
+	contiguous  bool
+	err         error
+}
+
+// begin starts the blob of n windows, whose shared values sh has seen,
+// billed to entries (ascending ids), at the end of dst.
+func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n int, entries []commitEntry) {
+	*cw = commitWriter{n: n, entries: entries}
+	if n == 0 || len(entries) == 0 {
+		cw.err = errors.New("pack window commit: no windows")
+		return
+	}
+	flags, w0 := sh.flags, &sh.w0
 	if flags&sharedRebased != 0 && w0.rebased {
 		flags |= rebasedFlag
 	}
+	cw.flags = flags
 	dst = append(dst, commitFormat1, flags)
 	if flags&sharedSeq != 0 {
 		dst = binary.AppendUvarint(dst, w0.seq)
@@ -112,14 +168,21 @@ func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []
 	if flags&sharedEnd != 0 {
 		dst = binary.AppendVarint(dst, w0.endUS)
 	}
-	// The entries' line keys once: a commit has a handful.
-	keyIndex := map[lineKey]uint64{}
+	// The entries' line keys once: a commit has a handful. Neighbouring
+	// entries mostly share theirs (the same strings), which is checked
+	// before hashing the key.
 	var keys []lineKey
-	for _, e := range entries {
-		if _, ok := keyIndex[e.key]; !ok {
-			keyIndex[e.key] = uint64(len(keys))
-			keys = append(keys, e.key)
+	indexOf := func(k lineKey) uint64 {
+		for i := len(keys) - 1; i >= 0; i-- {
+			if keys[i] == k {
+				return uint64(i)
+			}
 		}
+		keys = append(keys, k)
+		return uint64(len(keys) - 1)
+	}
+	for i := range entries {
+		indexOf(entries[i].key)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(keys)))
 	for _, k := range keys {
@@ -130,66 +193,95 @@ func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(entries)))
 	var last int64
-	for i, e := range entries {
+	ki := uint64(0)
+	for i := range entries {
+		e := &entries[i]
 		if e.id <= last && i > 0 || e.id <= 0 {
-			return nil, fmt.Errorf("pack window commit: entry ids not ascending at %d", e.id)
+			cw.err = fmt.Errorf("pack window commit: entry ids not ascending at %d", e.id)
+			return
 		}
 		dst = binary.AppendUvarint(dst, uint64(e.id-last))
 		dst = appendString(dst, e.tenant)
-		dst = binary.AppendUvarint(dst, keyIndex[e.key])
+		if keys[ki] != e.key {
+			ki = indexOf(e.key)
+		}
+		dst = binary.AppendUvarint(dst, ki)
 		last = e.id
 	}
-	// An entry's index: its id's offset when the ids are contiguous (as
-	// SQLite allocates them), else a search.
-	first := entries[0].id
-	contiguous := last-first == int64(len(entries)-1)
-	index := func(id int64) (int, bool) {
-		if contiguous {
-			return int(id - first), id >= first && id <= last
-		}
-		return slices.BinarySearchFunc(entries, id, func(e commitEntry, id int64) int { return cmp.Compare(e.id, id) })
+	cw.first, cw.last = entries[0].id, last
+	cw.contiguous = last-cw.first == int64(len(entries)-1)
+	cw.dst = binary.AppendUvarint(dst, uint64(n))
+}
+
+// index is the index in entries of the entry with id id.
+func (cw *commitWriter) index(id int64) (int, bool) {
+	if cw.contiguous {
+		return int(id - cw.first), id >= cw.first && id <= cw.last
 	}
-	dst = binary.AppendUvarint(dst, uint64(n))
-	var prevSid int64
-	prevEntry := 0
-	for j := range n {
-		w := window(j)
-		if w.sid <= prevSid {
-			return nil, fmt.Errorf("pack window commit: series ids not ascending at %d", w.sid)
-		}
-		if w.amount < 0 || w.vendor < 0 || w.from > math.MaxInt64 || w.to > math.MaxInt64 {
-			return nil, fmt.Errorf("pack window commit: series %d: negative amount or counter out of range", w.sid)
-		}
-		e, ok := index(w.entry)
-		if !ok {
-			return nil, fmt.Errorf("pack window commit: series %d: entry %d is not one of the commit's", w.sid, w.entry)
-		}
-		dst = binary.AppendUvarint(dst, uint64(w.sid-prevSid))
-		prevSid = w.sid
-		if flags&sharedSeq == 0 {
-			dst = binary.AppendUvarint(dst, w.seq)
-		}
-		if flags&sharedPrev == 0 {
-			dst = binary.AppendUvarint(dst, w.prev)
-		}
-		if flags&sharedStart == 0 {
-			dst = binary.AppendVarint(dst, w.startUS)
-		}
-		if flags&sharedEnd == 0 {
-			dst = binary.AppendVarint(dst, w.endUS)
-		}
-		if flags&sharedRebased == 0 {
-			dst = append(dst, byte(b2i(w.rebased)))
-		}
-		dst = binary.AppendUvarint(dst, w.from)
-		dst = binary.AppendVarint(dst, int64(w.to)-int64(w.from))
-		dst = binary.AppendUvarint(dst, w.qty)
-		dst = binary.AppendUvarint(dst, uint64(w.amount))
-		dst = binary.AppendUvarint(dst, uint64(w.vendor))
-		dst = binary.AppendVarint(dst, int64(e-prevEntry))
-		prevEntry = e
+	return slices.BinarySearchFunc(cw.entries, id, func(e commitEntry, id int64) int { return cmp.Compare(e.id, id) })
+}
+
+// add appends window w, the next in ascending series id order.
+func (cw *commitWriter) add(w *packedWindow) error {
+	if cw.err != nil {
+		return cw.err
 	}
-	return dst, nil
+	if cw.added == cw.n {
+		cw.err = fmt.Errorf("pack window commit: more than the %d windows announced", cw.n)
+		return cw.err
+	}
+	if w.sid <= cw.prevSid {
+		cw.err = fmt.Errorf("pack window commit: series ids not ascending at %d", w.sid)
+		return cw.err
+	}
+	if w.amount < 0 || w.vendor < 0 || w.from > math.MaxInt64 || w.to > math.MaxInt64 {
+		cw.err = fmt.Errorf("pack window commit: series %d: negative amount or counter out of range", w.sid)
+		return cw.err
+	}
+	e, ok := cw.index(w.entry)
+	if !ok {
+		cw.err = fmt.Errorf("pack window commit: series %d: entry %d is not one of the commit's", w.sid, w.entry)
+		return cw.err
+	}
+	flags, dst := cw.flags, cw.dst
+	dst = binary.AppendUvarint(dst, uint64(w.sid-cw.prevSid))
+	cw.prevSid = w.sid
+	if flags&sharedSeq == 0 {
+		dst = binary.AppendUvarint(dst, w.seq)
+	}
+	if flags&sharedPrev == 0 {
+		dst = binary.AppendUvarint(dst, w.prev)
+	}
+	if flags&sharedStart == 0 {
+		dst = binary.AppendVarint(dst, w.startUS)
+	}
+	if flags&sharedEnd == 0 {
+		dst = binary.AppendVarint(dst, w.endUS)
+	}
+	if flags&sharedRebased == 0 {
+		dst = append(dst, byte(b2i(w.rebased)))
+	}
+	dst = binary.AppendUvarint(dst, w.from)
+	dst = binary.AppendVarint(dst, int64(w.to)-int64(w.from))
+	dst = binary.AppendUvarint(dst, w.qty)
+	dst = binary.AppendUvarint(dst, uint64(w.amount))
+	dst = binary.AppendUvarint(dst, uint64(w.vendor))
+	dst = binary.AppendVarint(dst, int64(e-cw.prevEntry))
+	cw.prevEntry = e
+	cw.dst = dst
+	cw.added++
+	return nil
+}
+
+// finish returns the blob, or why it cannot be made.
+func (cw *commitWriter) finish() ([]byte, error) {
+	if cw.err == nil && cw.added != cw.n {
+		cw.err = fmt.Errorf("pack window commit: %d windows announced, %d added", cw.n, cw.added)
+	}
+	if cw.err != nil {
+		return nil, cw.err
+	}
+	return cw.dst, nil
 }
 
 // reader reads varints from a blob, remembering the first error.
@@ -431,50 +523,105 @@ func compareCharges(a, b charge) int {
 // charges (ascending tenant and currency) to dst; keys resolves the
 // series' line ids.
 func encodeState(dst []byte, series []seriesState, charges []charge, keys []lineKey) ([]byte, error) {
-	dst = append(dst, stateFormat1)
-	// The blob's own line table: a node has a handful of open lines.
-	local := map[uint32]uint64{}
-	var order []uint32
+	var sw stateWriter
+	sw.begin(dst, keys)
 	for i := range series {
-		if id := series[i].line; id != noLine {
-			if _, ok := local[id]; !ok {
-				if int(id) >= len(keys) {
-					return nil, fmt.Errorf("pack node state: unknown line key id %d", id)
+		if err := sw.add(&series[i]); err != nil {
+			return nil, err
+		}
+	}
+	return sw.finish(charges)
+}
+
+// stateWriter writes a state blob series by series (begin, add in
+// ascending series id order, finish with the charges): a commit streams
+// the node's next state from the last one and its windows, with no
+// second copy of 70,000 decoded series.
+type stateWriter struct {
+	dst  []byte
+	keys []lineKey
+	// start is where the series begin in dst: the line table and series
+	// count go before them once they are known (finish).
+	start int
+	// order are the line ids of the blob's line table: a node has a
+	// handful, in the order the series first use them.
+	order            []uint32
+	lastID           uint32
+	lastLocal        uint64
+	n                int
+	prevSid, prevEnd int64
+	prevSeq          uint64
+	head             []byte
+}
+
+// begin starts a blob at the end of dst; keys resolves line ids.
+func (sw *stateWriter) begin(dst []byte, keys []lineKey) {
+	sw.dst, sw.keys, sw.start = dst, keys, len(dst)
+	sw.order, sw.lastID, sw.lastLocal, sw.n = sw.order[:0], noLine, 0, 0
+	sw.prevSid, sw.prevEnd, sw.prevSeq = 0, 0, 0
+}
+
+// add appends series s, whose id must be above the last one's.
+func (sw *stateWriter) add(s *seriesState) error {
+	if s.sid <= sw.prevSid {
+		return fmt.Errorf("pack node state: series ids not ascending at %d", s.sid)
+	}
+	var li uint64
+	if s.line != noLine {
+		if s.line == sw.lastID {
+			li = sw.lastLocal
+		} else {
+			for j, id := range sw.order {
+				if id == s.line {
+					li = uint64(j) + 1
+					break
 				}
-				local[id] = uint64(len(order)) + 1
-				order = append(order, id)
 			}
+			if li == 0 {
+				if int(s.line) >= len(sw.keys) {
+					return fmt.Errorf("pack node state: unknown line key id %d", s.line)
+				}
+				sw.order = append(sw.order, s.line)
+				li = uint64(len(sw.order))
+			}
+			sw.lastID, sw.lastLocal = s.line, li
 		}
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(order)))
-	for _, id := range order {
-		k := &keys[id]
-		dst = appendString(dst, k.period)
-		dst = appendString(dst, k.currency)
-		dst = appendString(dst, k.plugin)
-		dst = append(dst, byte(b2i(k.late)))
+	dst := sw.dst
+	dst = binary.AppendUvarint(dst, uint64(s.sid-sw.prevSid))
+	dst = binary.AppendVarint(dst, int64(s.seq-sw.prevSeq))
+	dst = binary.AppendUvarint(dst, s.counter)
+	dst = binary.AppendVarint(dst, s.endUS-sw.prevEnd)
+	dst = binary.AppendUvarint(dst, li)
+	dst = binary.AppendVarint(dst, s.qty)
+	dst = binary.AppendVarint(dst, s.amountSum)
+	sw.dst = dst
+	sw.prevSid, sw.prevSeq, sw.prevEnd = s.sid, s.seq, s.endUS
+	sw.n++
+	return nil
+}
+
+// finish puts the format version, line table and series count before the
+// series, appends charges (ascending tenant and currency) and returns the
+// blob.
+func (sw *stateWriter) finish(charges []charge) ([]byte, error) {
+	head := append(sw.head[:0], stateFormat1)
+	head = binary.AppendUvarint(head, uint64(len(sw.order)))
+	for _, id := range sw.order {
+		k := &sw.keys[id]
+		head = appendString(head, k.period)
+		head = appendString(head, k.currency)
+		head = appendString(head, k.plugin)
+		head = append(head, byte(b2i(k.late)))
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(series)))
-	var prevSid, prevEnd int64
-	var prevSeq uint64
-	for i := range series {
-		s := &series[i]
-		if s.sid <= prevSid {
-			return nil, fmt.Errorf("pack node state: series ids not ascending at %d", s.sid)
-		}
-		dst = binary.AppendUvarint(dst, uint64(s.sid-prevSid))
-		dst = binary.AppendVarint(dst, int64(s.seq-prevSeq))
-		dst = binary.AppendUvarint(dst, s.counter)
-		dst = binary.AppendVarint(dst, s.endUS-prevEnd)
-		var li uint64
-		if s.line != noLine {
-			li = local[s.line]
-		}
-		dst = binary.AppendUvarint(dst, li)
-		dst = binary.AppendVarint(dst, s.qty)
-		dst = binary.AppendVarint(dst, s.amountSum)
-		prevSid, prevSeq, prevEnd = s.sid, s.seq, s.endUS
-	}
+	head = binary.AppendUvarint(head, uint64(sw.n))
+	sw.head = head
+	// The series move up by the head's few bytes (a memmove of about
+	// 1 MB at 70,000 series).
+	end := len(sw.dst)
+	dst := append(sw.dst, head...)
+	copy(dst[sw.start+len(head):], dst[sw.start:end])
+	copy(dst[sw.start:], head)
 	dst = binary.AppendUvarint(dst, uint64(len(charges)))
 	for i, c := range charges {
 		if i > 0 && compareCharges(charges[i-1], c) >= 0 {
@@ -484,6 +631,7 @@ func encodeState(dst []byte, series []seriesState, charges []charge, keys []line
 		dst = appendString(dst, c.currency)
 		dst = binary.AppendVarint(dst, c.amount)
 	}
+	sw.dst = dst
 	return dst, nil
 }
 
@@ -501,13 +649,45 @@ func decodeState(node string, data []byte, intern func(lineKey) uint32) ([]serie
 }
 
 func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, []charge, error) {
-	r := &reader{b: data}
+	var sr stateReader
+	if err := sr.begin(data, intern); err != nil {
+		return nil, nil, err
+	}
+	ss := make([]seriesState, sr.n)
+	for i := range ss {
+		if !sr.next(&ss[i]) {
+			return nil, nil, sr.r.err
+		}
+	}
+	cs, err := sr.charges()
+	if err != nil {
+		return nil, nil, err
+	}
+	return ss, cs, nil
+}
+
+// stateReader reads a state blob series by series: begin, next until it
+// returns false, then charges (which also checks the blob's end).
+type stateReader struct {
+	r   reader
+	ids []uint32
+	// n is the number of series, i how many next has returned.
+	n, i     int
+	sid, end int64
+	seq      uint64
+}
+
+// begin reads the blob's version, line table (intern turns each line key
+// into its id) and series count.
+func (sr *stateReader) begin(data []byte, intern func(lineKey) uint32) error {
+	*sr = stateReader{r: reader{b: data}, ids: sr.ids[:0]}
+	r := &sr.r
 	if v := r.byte("format version"); r.err == nil && v != stateFormat1 {
-		return nil, nil, fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, stateFormat1)
+		return fmt.Errorf("unknown format version %d (this kmeter reads %d): upgrade kmeter", v, stateFormat1)
 	}
 	// A line key takes at least 4 bytes.
-	ids := make([]uint32, r.count("line count", 4))
-	for i := range ids {
+	n := r.count("line count", 4)
+	for range n {
 		var k lineKey
 		k.period = r.str("line period")
 		k.currency = r.str("line currency")
@@ -520,37 +700,55 @@ func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, [
 			r.fail("bad late flag")
 		}
 		if r.err != nil {
-			return nil, nil, r.err
+			return r.err
 		}
-		ids[i] = intern(k)
+		sr.ids = append(sr.ids, intern(k))
 	}
-	ss := make([]seriesState, r.count("series count", 7))
-	var sid, end int64
-	var seq uint64
-	for i := range ss {
-		d := r.int63("series id")
-		if r.err == nil && (d == 0 || sid > math.MaxInt64-d) {
-			r.fail("series ids not ascending")
+	sr.n = r.count("series count", 7)
+	return r.err
+}
+
+// next reads the next series into s; false at the end or on an error
+// (then in sr.r.err).
+func (sr *stateReader) next(s *seriesState) bool {
+	r := &sr.r
+	if sr.i >= sr.n || r.err != nil {
+		return false
+	}
+	d := r.int63("series id")
+	if r.err == nil && (d == 0 || sr.sid > math.MaxInt64-d) {
+		r.fail("series ids not ascending")
+	}
+	sr.sid += d
+	sr.seq += uint64(r.varint("seq"))
+	*s = seriesState{sid: sr.sid, seq: sr.seq, counter: r.uvarint("counter")}
+	sr.end += r.varint("end")
+	s.endUS = sr.end
+	s.line = noLine
+	if li := r.uvarint("line"); li > 0 {
+		if r.err == nil && li > uint64(len(sr.ids)) {
+			r.fail("line out of range")
+		} else if r.err == nil {
+			s.line = sr.ids[li-1]
 		}
-		sid += d
-		seq += uint64(r.varint("seq"))
-		s := seriesState{sid: sid, seq: seq, counter: r.uvarint("counter")}
-		end += r.varint("end")
-		s.endUS = end
-		s.line = noLine
-		if li := r.uvarint("line"); li > 0 {
-			if r.err == nil && li > uint64(len(ids)) {
-				r.fail("line out of range")
-			} else if r.err == nil {
-				s.line = ids[li-1]
-			}
-		}
-		s.qty = r.varint("line quantity")
-		s.amountSum = r.varint("line amount")
-		if r.err != nil {
-			return nil, nil, r.err
-		}
-		ss[i] = s
+	}
+	s.qty = r.varint("line quantity")
+	s.amountSum = r.varint("line amount")
+	if r.err != nil {
+		return false
+	}
+	sr.i++
+	return true
+}
+
+// charges skips the series next has not read and reads the charges.
+func (sr *stateReader) charges() ([]charge, error) {
+	var s seriesState
+	for sr.next(&s) {
+	}
+	r := &sr.r
+	if r.err != nil {
+		return nil, r.err
 	}
 	// A charge takes at least 3 bytes.
 	cs := make([]charge, r.count("charge count", 3))
@@ -561,12 +759,12 @@ func decodeStateBlob(data []byte, intern func(lineKey) uint32) ([]seriesState, [
 		}
 	}
 	if r.err != nil {
-		return nil, nil, r.err
+		return nil, r.err
 	}
-	if r.off != len(data) {
-		return nil, nil, fmt.Errorf("%d bytes after the last charge: the blob is corrupt", len(data)-r.off)
+	if r.off != len(r.b) {
+		return nil, fmt.Errorf("%d bytes after the last charge: the blob is corrupt", len(r.b)-r.off)
 	}
-	return ss, cs, nil
+	return cs, nil
 }
 
 // posting is one posting of an entry: credit positive, debit negative.

@@ -1,7 +1,5 @@
 package ledger
 
-import "context"
-
 // WindowSource is a commit's windows, read by index. A biller implements
 // it over its own table of series, so that a commit of 70,000 windows
 // needs no slice of [Window] values (some 14 MB) kept between commits.
@@ -21,15 +19,3 @@ func (ws Windows) Len() int { return len(ws) }
 
 // Window implements [WindowSource].
 func (ws Windows) Window(i int) Window { return ws[i] }
-
-// Commit is [Ledger.CommitWindows] for windows read through src.
-func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
-	if ws, ok := src.(Windows); ok {
-		return l.CommitWindows(ctx, ws)
-	}
-	ws := make([]Window, src.Len())
-	for i := range ws {
-		ws[i] = src.Window(i)
-	}
-	return l.CommitWindows(ctx, ws)
-}

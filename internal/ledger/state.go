@@ -5,41 +5,38 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 )
 
-// nodeState is a node's node_state row, decoded: every series'
-// checkpoint and open usage line (see schema version 4). It is never
-// changed once made: a commit builds the next one, so a cached state can
-// be shared by readers.
+// nodeState is a node's node_state row: every series' checkpoint and
+// open usage line (see schema version 4), kept encoded, and its tenant
+// charges decoded. It is never changed once made: a commit streams the
+// next one from it, so a cached state can be shared by readers of its
+// charges.
 type nodeState struct {
 	// exists is false before the node's first commit (no row yet).
 	exists    bool
 	commitSeq int64
-	// series is in ascending series id order.
-	series []seriesState
+	// blob is the row's data. Only commits read the blob of a cached
+	// state: once replaced, it is the next commit's buffer (readers of
+	// series decode the stored row, see loadSeries).
+	blob []byte
+	// owned is set when blob was read for this state alone, not cached.
+	owned bool
 	// charges are the node's packed usage charges per tenant and
 	// currency, in that order (see charge).
 	charges []charge
 }
 
-// find returns the state of series sid, if the node has it.
-func (s *nodeState) find(sid int64) (*seriesState, bool) {
-	i, ok := slices.BinarySearchFunc(s.series, sid, func(x seriesState, id int64) int {
-		switch {
-		case x.sid < id:
-			return -1
-		case x.sid > id:
-			return 1
-		}
-		return 0
-	})
+// findSeries returns the state of series sid in ss (ascending ids), if
+// it is there.
+func findSeries(ss []seriesState, sid int64) (*seriesState, bool) {
+	i, ok := slices.BinarySearchFunc(ss, sid, func(x seriesState, id int64) int { return cmp.Compare(x.sid, id) })
 	if !ok {
 		return nil, false
 	}
-	return &s.series[i], true
+	return &ss[i], true
 }
 
 // queryer is a transaction or the database.
@@ -77,22 +74,33 @@ func (l *Ledger) loadState(ctx context.Context, q queryer, node string, lock boo
 	if err := q.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq, data FROM node_state WHERE node = ?`), node).Scan(&seq, &data); err != nil {
 		return nil, fmt.Errorf("read state of node %s: %w", node, err)
 	}
-	ss, cs, err := decodeState(node, data, l.lineID)
-	if err != nil {
-		return nil, err
+	var sr stateReader
+	err = sr.begin(data, l.lineID)
+	var cs []charge
+	if err == nil {
+		cs, err = sr.charges()
 	}
-	return &nodeState{exists: true, commitSeq: seq, series: ss, charges: cs}, nil
+	if err != nil {
+		return nil, fmt.Errorf("state of node %s: %w", node, err)
+	}
+	return &nodeState{exists: true, commitSeq: seq, blob: data, owned: true, charges: cs}, nil
 }
 
-// cacheState keeps st as node's state after a commit. Only writers cache:
-// a reader (an API server showing invoices of a fleet) would otherwise
-// hold every node's state.
-func (l *Ledger) cacheState(node string, st *nodeState) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if c := l.states[node]; c == nil || c.commitSeq < st.commitSeq {
-		l.states[node] = st
+// loadSeries reads the checkpoints and open lines of node's series in q,
+// in ascending id order (none before the node's first commit). It decodes
+// the stored row, never a cached state's blob, which the node's next
+// commit reuses.
+func (l *Ledger) loadSeries(ctx context.Context, q queryer, node string) ([]seriesState, error) {
+	var data []byte
+	err := q.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM node_state WHERE node = ?`), node).Scan(&data)
+	if isNoRows(err) {
+		return nil, nil
 	}
+	if err != nil {
+		return nil, fmt.Errorf("read state of node %s: %w", node, err)
+	}
+	ss, _, err := decodeState(node, data, l.lineID)
+	return ss, err
 }
 
 // readTx begins a read-only transaction: one snapshot for reads that
@@ -199,77 +207,6 @@ type closedLine struct {
 	qty, amount   int64
 }
 
-// nextState checks each window against its series' checkpoint in st and
-// returns the node's state after the commit, and the open lines the
-// commit closes (a new month, another plugin, late usage: once a month
-// per series). bySid orders ws by series id; keys[i] is window i's line
-// key id, table resolves it. charged are the commit's charges, in tenant
-// and currency order, one per pair: they are added to the node's.
-func nextState(st *nodeState, ws []Window, sids []int64, bySid []int32, keys []uint32, table []lineKey, charged []charge) (*nodeState, []closedLine, error) {
-	old := st.series
-	// Usually every window's series is in the state already: room for a
-	// few new ones, not for len(ws) more (a large allocation is zeroed).
-	n := len(old) + len(ws)
-	if len(old) >= len(ws) {
-		n = len(old) + 64
-	}
-	next := make([]seriesState, 0, n)
-	var closing []closedLine
-	i := 0
-	for _, wi := range bySid {
-		w := &ws[wi]
-		sid := sids[wi]
-		for i < len(old) && old[i].sid < sid {
-			next = append(next, old[i])
-			i++
-		}
-		s := seriesState{sid: sid, line: noLine}
-		if i < len(old) && old[i].sid == sid {
-			s = old[i]
-			i++
-		}
-		if w.PrevSeq != s.seq {
-			// The window's seq is above PrevSeq, so above the series'
-			// last window whenever this holds: (node, tenant, meter, seq)
-			// is never billed twice.
-			return nil, nil, fmt.Errorf("%w: series %s/%s/%s is at window %d, not at the window's starting checkpoint %d (another writer with node id %s?)",
-				ErrDuplicateWindow, w.Node, w.Tenant, w.Meter, s.seq, w.PrevSeq, w.Node)
-		}
-		q, a := int64(w.Quantity), w.Charge.AmountMicro
-		if s.line == keys[wi] {
-			s.qty += q
-			s.amountSum += a
-		} else {
-			if s.line != noLine {
-				closing = append(closing, closedLine{tenant: w.Tenant, meter: w.Meter, key: table[s.line], qty: s.qty, amount: s.amountSum})
-			}
-			s.line, s.qty, s.amountSum = keys[wi], q, a
-		}
-		s.seq, s.counter, s.endUS = w.Seq, w.ToCounter, w.End.UnixMicro()
-		next = append(next, s)
-	}
-	next = append(next, old[i:]...)
-	// The charges: a merge of two sorted lists.
-	cs := make([]charge, 0, len(st.charges)+16)
-	j := 0
-	for _, c := range charged {
-		for j < len(st.charges) && compareCharges(st.charges[j], c) < 0 {
-			cs = append(cs, st.charges[j])
-			j++
-		}
-		if j < len(st.charges) && compareCharges(st.charges[j], c) == 0 {
-			if a := st.charges[j].amount; a > math.MaxInt64-c.amount {
-				return nil, nil, fmt.Errorf("charges of tenant %s in %s on node %s overflow int64", c.tenant, c.currency, ws[0].Node)
-			}
-			c.amount += st.charges[j].amount
-			j++
-		}
-		cs = append(cs, c)
-	}
-	cs = append(cs, st.charges[j:]...)
-	return &nodeState{exists: true, commitSeq: st.commitSeq + 1, series: next, charges: cs}, closing, nil
-}
-
 // closeLines adds closed lines to usage_lines, in key order, so that
 // concurrent writers on PostgreSQL lock rows in the same order.
 func (l *Ledger) closeLines(ctx context.Context, tx *sql.Tx, ls []closedLine) error {
@@ -323,54 +260,20 @@ func (l *Ledger) closeLines(ctx context.Context, tx *sql.Tx, ls []closedLine) er
 	return nil
 }
 
-// writeCommit stores the commit's windows as one window_commits row and
-// replaces the node's state with next, with a compare-and-swap on the
-// commit_seq st was read at. ids are the commit's entry ids, entryOf[i]
-// window i's index in them, entries the entries themselves (in ids'
-// order; sorted here).
-func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeState, ws []Window, sids []int64, bySid []int32, ids []int64, entryOf []int32, entries []commitEntry) error {
-	node := ws[0].Node
-	window := func(j int) packedWindow {
-		wi := bySid[j]
-		w := &ws[wi]
-		return packedWindow{sid: sids[wi], seq: w.Seq, prev: w.PrevSeq, from: w.FromCounter, to: w.ToCounter, qty: w.Quantity,
-			rebased: w.Rebased, startUS: w.Start.UnixMicro(), endUS: w.End.UnixMicro(), amount: w.Charge.AmountMicro,
-			vendor: w.Charge.VendorMicro, entry: ids[entryOf[wi]]}
-	}
-	slices.SortFunc(entries, func(a, b commitEntry) int { return cmp.Compare(a.id, b.id) })
-	// The blobs (about 1 MB each at 70,000 series) are built in reused
-	// buffers: fresh ones cost page faults and zeroing every commit.
-	l.mu.Lock()
-	bufs := l.blobBufs
-	l.blobBufs = nil
-	l.mu.Unlock()
-	if bufs == nil {
-		bufs = new([2][]byte)
-	}
-	defer func() {
-		l.mu.Lock()
-		l.blobBufs = bufs
-		l.mu.Unlock()
-	}()
-	blob, err := appendCommit(bufs[0][:0], len(ws), window, entries)
-	if err != nil {
-		return err
-	}
-	bufs[0] = blob
-	state, err := encodeState(bufs[1][:0], next.series, next.charges, l.lineKeyTable())
-	if err != nil {
-		return err
-	}
-	bufs[1] = state
+// writeCommit stores a commit's windows (blob, n of them, billed to
+// entries in ascending id order) as one window_commits row and replaces
+// the node's state st with next, with a compare-and-swap on the
+// commit_seq st was read at.
+func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, node string, st, next *nodeState, n int, entries []commitEntry, blob []byte) error {
 	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO window_commits (node, commit_seq, first_entry, last_entry, windows, created_us, data)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`), node, next.commitSeq, entries[0].id, entries[len(entries)-1].id, len(ws), l.now().UnixMicro(), blob); err != nil {
+		VALUES (?, ?, ?, ?, ?, ?, ?)`), node, next.commitSeq, entries[0].id, entries[len(entries)-1].id, n, l.now().UnixMicro(), blob); err != nil {
 		if l.d.isUnique(err) {
 			return fmt.Errorf("%w: commit %d of node %s exists (another writer with node id %s?)", ErrDuplicateWindow, next.commitSeq, node, node)
 		}
 		return fmt.Errorf("insert window commit: %w", err)
 	}
 	if !st.exists {
-		if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO node_state (node, commit_seq, data) VALUES (?, ?, ?)`), node, next.commitSeq, state); err != nil {
+		if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO node_state (node, commit_seq, data) VALUES (?, ?, ?)`), node, next.commitSeq, next.blob); err != nil {
 			if l.d.isUnique(err) {
 				return fmt.Errorf("%w: node %s was billed meanwhile (another writer with node id %s?)", ErrDuplicateWindow, node, node)
 			}
@@ -379,7 +282,7 @@ func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, st, next *nodeStat
 		return nil
 	}
 	res, err := tx.ExecContext(ctx, l.d.rebind(`UPDATE node_state SET commit_seq = ?, data = ? WHERE node = ? AND commit_seq = ?`),
-		next.commitSeq, state, node, st.commitSeq)
+		next.commitSeq, next.blob, node, st.commitSeq)
 	if err != nil {
 		return fmt.Errorf("write state of node %s: %w", node, err)
 	}

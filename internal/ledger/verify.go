@@ -223,20 +223,20 @@ func (l *Ledger) UsageLines(ctx context.Context, tenant, period string) ([]Usage
 	if err != nil {
 		return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
 	}
-	nodes := map[string]*nodeState{}
+	nodes := map[string][]seriesState{}
 	for _, n := range names {
-		if nodes[n.node] != nil {
+		if _, ok := nodes[n.node]; ok {
 			continue
 		}
-		st, err := l.loadState(ctx, tx, n.node, false)
+		ss, err := l.loadSeries(ctx, tx, n.node)
 		if err != nil {
 			return nil, fmt.Errorf("usage of %s in %s: %w", tenant, period, err)
 		}
-		nodes[n.node] = st
+		nodes[n.node] = ss
 	}
 	table := l.lineKeyTable()
 	for sid, n := range names {
-		s, ok := nodes[n.node].find(sid)
+		s, ok := findSeries(nodes[n.node], sid)
 		if !ok || s.line == noLine {
 			continue
 		}
