@@ -63,11 +63,6 @@ func (l *Ledger) SyncTenants(ctx context.Context, ts []Tenant) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("sync tenants: %w", err)
 	}
-	names := make([]string, len(ts))
-	for i, t := range ts {
-		names[i] = t.Name
-	}
-	l.remember(names)
 	return nil
 }
 

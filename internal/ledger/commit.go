@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"math"
 	"slices"
 	"time"
@@ -35,13 +36,14 @@ type commitScratch struct {
 	fresh   []newSeries
 	order   []commitGroup
 	totals  []groupSums
-	charged []charge
-	entries []commitEntry
 	groups  map[commitGroup]int32
-	// commitBuf and stateBuf hold the blobs a commit builds. stateBuf's
-	// blob becomes the node's cached state; the one it replaces comes back
-	// as the next commit's stateBuf.
-	commitBuf, stateBuf []byte
+	// stateBuf holds the node state a commit builds, which becomes the
+	// node's cached state; the one it replaces comes back as the next
+	// commit's stateBuf. The commit blob's buffer is made anew, sized
+	// by commitSize (the last one's): kept, it would be 1 MB of the live
+	// heap for a moment's use every window.
+	stateBuf   []byte
+	commitSize int
 	state               stateWriter
 	old                 stateReader
 }
@@ -221,11 +223,21 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 		entryOf[i] = e
 	}
 	sc.missing, sc.order, sc.totals = missing, order, totals
+	if len(groups) > 1024 {
+		sc.groups = nil // only windows out of tenant order need it
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	fresh, err := l.newSeriesIDs(ctx, tx, src, node, missing, sc.fresh[:0])
-	sc.fresh = fresh
+	// A node's first commit (or the agent's) creates 70,000 series: the
+	// scratch does not keep room for that many.
+	if cap(fresh) <= 1024 {
+		sc.fresh = fresh
+	}
+	if cap(missing) > 1024 {
+		sc.missing = nil
+	}
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
@@ -276,37 +288,15 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 	table := l.lineKeyTable()
 	// Each tenant's charges go into the node's state, not into 10,000
 	// balance rows (see charge).
-	charged := sc.charged[:0]
-	for i, g := range order {
-		if a := totals[i].amount; a != 0 {
-			charged = append(charged, charge{tenant: g.tenant, currency: table[g.line].currency, amount: a})
-		}
-	}
-	if !slices.IsSortedFunc(charged, compareCharges) {
-		slices.SortFunc(charged, compareCharges)
-	}
-	k := 0
-	for _, c := range charged {
-		if k > 0 && compareCharges(charged[k-1], c) == 0 {
-			charged[k-1].amount += c.amount // an entry per plugin or seq
-			continue
-		}
-		charged[k] = c
-		k++
-	}
-	charged = charged[:k]
-	sc.charged = charged
-	charges, err := mergeCharges(st.charges, charged, node)
+	charges, err := mergeCharges(st.charges, commitCharges(order, totals, table), node)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	entries := resize(sc.entries, len(order))
-	sc.entries = entries
-	for i, g := range order {
-		entries[i] = commitEntry{id: ids[i], tenant: g.tenant, key: table[g.line]}
-	}
-	if !slices.IsSortedFunc(entries, func(a, b commitEntry) int { return cmp.Compare(a.id, b.id) }) {
-		slices.SortFunc(entries, func(a, b commitEntry) int { return cmp.Compare(a.id, b.id) })
+	// Entry k is order[k] with the k-th id: ascending, as the blob wants
+	// them.
+	slices.Sort(ids)
+	entry := func(k int) commitEntry {
+		return commitEntry{id: ids[k], tenant: order[k].tenant, key: table[order[k].line]}
 	}
 
 	// Pass 2, in series id order: check each window against its series'
@@ -314,7 +304,7 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 	// streamed from the last one. The cached state is not touched: it is
 	// still the node's if the transaction fails.
 	var cw commitWriter
-	cw.begin(sc.commitBuf[:0], &sh, n, entries)
+	cw.begin(make([]byte, 0, sc.commitSize+sc.commitSize/8), &sh, n, len(order), entry)
 	sw := &sc.state
 	sw.begin(sc.stateBuf[:0], table)
 	old := &sc.old
@@ -384,7 +374,7 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	sc.commitBuf = commitBlob
+	sc.commitSize = len(commitBlob)
 	stateBlob, err := sw.finish(charges)
 	if err != nil {
 		return fmt.Errorf("commit windows: %w", err)
@@ -394,7 +384,7 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	next := &nodeState{exists: true, commitSeq: st.commitSeq + 1, blob: stateBlob, charges: charges}
-	if err := l.writeCommit(ctx, tx, node, st, next, n, entries, commitBlob); err != nil {
+	if err := l.writeCommit(ctx, tx, node, st, next, n, ids[0], ids[len(ids)-1], commitBlob); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	// Tenants of series the node has committed before are in the
@@ -403,8 +393,7 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 	for _, s := range fresh {
 		tenants = append(tenants, s.tenant)
 	}
-	freshTenants, err := l.ensureTenants(ctx, tx, tenants)
-	if err != nil {
+	if err := l.ensureTenants(ctx, tx, tenants); err != nil {
 		return fmt.Errorf("commit windows: %w", err)
 	}
 	deltas := make(map[balanceKey]balanceDelta, 4)
@@ -451,7 +440,6 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 		}
 		return fmt.Errorf("commit windows: %w", err)
 	}
-	l.remember(freshTenants)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(fresh) > 0 {
@@ -479,13 +467,63 @@ func (l *Ledger) CommitWindows(ctx context.Context, ws []Window) error {
 	return l.Commit(ctx, Windows(ws))
 }
 
+// commitCharges returns what the entries order (with their totals)
+// charge each tenant per currency, in tenant and currency order, one per
+// pair, as a sequence. Entries in tenant order with one currency per
+// tenant (the biller's) are that already; others are sorted into a slice.
+func commitCharges(order []commitGroup, totals []groupSums, table []lineKey) iter.Seq[charge] {
+	at := func(i int) charge {
+		return charge{tenant: order[i].tenant, currency: table[order[i].line].currency, amount: totals[i].amount}
+	}
+	sorted := true
+	var prev charge
+	first := true
+	for i := range order {
+		if totals[i].amount == 0 {
+			continue
+		}
+		c := at(i)
+		if !first && compareCharges(prev, c) >= 0 {
+			sorted = false
+			break
+		}
+		prev, first = c, false
+	}
+	if sorted {
+		return func(yield func(charge) bool) {
+			for i := range order {
+				if totals[i].amount != 0 && !yield(at(i)) {
+					return
+				}
+			}
+		}
+	}
+	var charged []charge
+	for i := range order {
+		if totals[i].amount != 0 {
+			charged = append(charged, at(i))
+		}
+	}
+	slices.SortFunc(charged, compareCharges)
+	k := 0
+	for _, c := range charged {
+		if k > 0 && compareCharges(charged[k-1], c) == 0 {
+			charged[k-1].amount += c.amount // an entry per plugin or seq
+			continue
+		}
+		charged[k] = c
+		k++
+	}
+	return slices.Values(charged[:k])
+}
+
 // mergeCharges returns the node's charges old plus a commit's charged
 // (both in tenant and currency order, one per pair), as a new slice:
 // readers may hold old.
-func mergeCharges(old, charged []charge, node string) ([]charge, error) {
-	cs := make([]charge, 0, len(old)+min(len(charged), 16))
+func mergeCharges(old []charge, charged iter.Seq[charge], node string) ([]charge, error) {
+	cs := make([]charge, 0, len(old)+16)
 	j := 0
-	for _, c := range charged {
+	for c := range charged {
 		for j < len(old) && compareCharges(old[j], c) < 0 {
 			cs = append(cs, old[j])
 			j++

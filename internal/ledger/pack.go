@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strings"
 )
 
@@ -82,7 +81,7 @@ func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []
 		sh.add(&w)
 	}
 	var cw commitWriter
-	cw.begin(dst, &sh, n, entries)
+	cw.begin(dst, &sh, n, len(entries), func(k int) commitEntry { return entries[k] })
 	for j := range n {
 		w := window(j)
 		if err := cw.add(&w); err != nil {
@@ -134,7 +133,9 @@ type commitWriter struct {
 	n, added  int
 	prevSid   int64
 	prevEntry int
-	entries   []commitEntry
+	// entry(k) is entry k of ne, in ascending id order.
+	ne    int
+	entry func(k int) commitEntry
 	// first and last are the entries' ids; contiguous when they are
 	// first..last with no gap (as SQLite allocates them).
 	first, last int64
@@ -143,10 +144,11 @@ type commitWriter struct {
 }
 
 // begin starts the blob of n windows, whose shared values sh has seen,
-// billed to entries (ascending ids), at the end of dst.
-func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n int, entries []commitEntry) {
-	*cw = commitWriter{n: n, entries: entries}
-	if n == 0 || len(entries) == 0 {
+// billed to the ne entries entry(0..ne-1) returns (ascending ids), at
+// the end of dst.
+func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n, ne int, entry func(k int) commitEntry) {
+	*cw = commitWriter{n: n, ne: ne, entry: entry}
+	if n == 0 || ne == 0 {
 		cw.err = errors.New("pack window commit: no windows")
 		return
 	}
@@ -181,8 +183,9 @@ func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n int, entries []com
 		keys = append(keys, k)
 		return uint64(len(keys) - 1)
 	}
-	for i := range entries {
-		indexOf(entries[i].key)
+	for i := range ne {
+		e := entry(i)
+		indexOf(e.key)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(keys)))
 	for _, k := range keys {
@@ -191,11 +194,14 @@ func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n int, entries []com
 		dst = appendString(dst, k.plugin)
 		dst = append(dst, byte(b2i(k.late)))
 	}
-	dst = binary.AppendUvarint(dst, uint64(len(entries)))
-	var last int64
+	dst = binary.AppendUvarint(dst, uint64(ne))
+	var last, first int64
 	ki := uint64(0)
-	for i := range entries {
-		e := &entries[i]
+	for i := range ne {
+		e := entry(i)
+		if i == 0 {
+			first = e.id
+		}
 		if e.id <= last && i > 0 || e.id <= 0 {
 			cw.err = fmt.Errorf("pack window commit: entry ids not ascending at %d", e.id)
 			return
@@ -208,17 +214,26 @@ func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n int, entries []com
 		dst = binary.AppendUvarint(dst, ki)
 		last = e.id
 	}
-	cw.first, cw.last = entries[0].id, last
-	cw.contiguous = last-cw.first == int64(len(entries)-1)
+	cw.first, cw.last = first, last
+	cw.contiguous = last-cw.first == int64(ne-1)
 	cw.dst = binary.AppendUvarint(dst, uint64(n))
 }
 
-// index is the index in entries of the entry with id id.
+// index is the index of the entry with id id.
 func (cw *commitWriter) index(id int64) (int, bool) {
 	if cw.contiguous {
 		return int(id - cw.first), id >= cw.first && id <= cw.last
 	}
-	return slices.BinarySearchFunc(cw.entries, id, func(e commitEntry, id int64) int { return cmp.Compare(e.id, id) })
+	lo, hi := 0, cw.ne
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if cw.entry(m).id < id {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	return lo, lo < cw.ne && cw.entry(lo).id == id
 }
 
 // add appends window w, the next in ascending series id order.

@@ -261,12 +261,12 @@ func (l *Ledger) closeLines(ctx context.Context, tx *sql.Tx, ls []closedLine) er
 }
 
 // writeCommit stores a commit's windows (blob, n of them, billed to
-// entries in ascending id order) as one window_commits row and replaces
+// entries firstEntry..lastEntry) as one window_commits row and replaces
 // the node's state st with next, with a compare-and-swap on the
 // commit_seq st was read at.
-func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, node string, st, next *nodeState, n int, entries []commitEntry, blob []byte) error {
+func (l *Ledger) writeCommit(ctx context.Context, tx *sql.Tx, node string, st, next *nodeState, n int, firstEntry, lastEntry int64, blob []byte) error {
 	if _, err := tx.ExecContext(ctx, l.d.rebind(`INSERT INTO window_commits (node, commit_seq, first_entry, last_entry, windows, created_us, data)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`), node, next.commitSeq, entries[0].id, entries[len(entries)-1].id, n, l.now().UnixMicro(), blob); err != nil {
+		VALUES (?, ?, ?, ?, ?, ?, ?)`), node, next.commitSeq, firstEntry, lastEntry, n, l.now().UnixMicro(), blob); err != nil {
 		if l.d.isUnique(err) {
 			return fmt.Errorf("%w: commit %d of node %s exists (another writer with node id %s?)", ErrDuplicateWindow, next.commitSeq, node, node)
 		}

@@ -112,8 +112,7 @@ func (l *Ledger) topUp(ctx context.Context, t TopUp) (TopUpResult, error) {
 	if err != nil {
 		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
 	}
-	fresh, err := l.ensureTenants(ctx, tx, []string{t.Tenant})
-	if err != nil {
+	if err := l.ensureTenants(ctx, tx, []string{t.Tenant}); err != nil {
 		return TopUpResult{}, fmt.Errorf("top-up: %w", err)
 	}
 	now := l.now()
@@ -149,7 +148,6 @@ func (l *Ledger) topUp(ctx context.Context, t TopUp) (TopUpResult, error) {
 	if err := tx.Commit(); err != nil {
 		return TopUpResult{}, fmt.Errorf("top-up: commit: %w", err)
 	}
-	l.remember(fresh)
 	return TopUpResult{EntryID: ids[0], Tenant: t.Tenant, AmountMicro: t.AmountMicro, Currency: t.Currency,
 		Memo: t.Memo, Created: time.UnixMicro(now.UnixMicro()).UTC(), BalanceMicro: after}, nil
 }

@@ -210,7 +210,6 @@ func sortBalanceKeys(keys []balanceKey) {
 	})
 }
 
-func sortStrings(s []string) { slices.Sort(s) }
 
 var rollupCols = []string{"tenant", "period", "meter", "currency", "plugin_sha256", "late", "quantity", "amount_micro"}
 
