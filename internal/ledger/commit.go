@@ -44,8 +44,8 @@ type commitScratch struct {
 	// heap for a moment's use every window.
 	stateBuf   []byte
 	commitSize int
-	state               stateWriter
-	old                 stateReader
+	state      stateWriter
+	old        stateReader
 }
 
 // takeScratch returns the ledger's scratch, or a new one while another

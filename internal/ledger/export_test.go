@@ -316,3 +316,41 @@ func scanLines(rows *sql.Rows, err error) ([]UsageLine, error) {
 	}
 	return ls, rows.Err()
 }
+
+// CachedStateForTest returns node's state as l cached it after its last
+// commit: the state itself (to compare identity), its commit_seq and a
+// copy of its blob; ok is false when l caches none.
+func CachedStateForTest(l *Ledger, node string) (state any, commitSeq int64, blob []byte, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.states[node]
+	if st == nil {
+		return nil, 0, nil, false
+	}
+	return st, st.commitSeq, slices.Clone(st.blob), true
+}
+
+// StoredStateForTest returns node's node_state row.
+func StoredStateForTest(ctx context.Context, l *Ledger, node string) (commitSeq int64, blob []byte, err error) {
+	err = l.db.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq, data FROM node_state WHERE node = ?`), node).Scan(&commitSeq, &blob)
+	return commitSeq, blob, err
+}
+
+// CommitBlobsForTest returns the blobs of node's window commits, in
+// commit order.
+func CommitBlobsForTest(ctx context.Context, l *Ledger, node string) ([][]byte, error) {
+	rows, err := l.db.QueryContext(ctx, l.d.rebind(`SELECT data FROM window_commits WHERE node = ? ORDER BY commit_seq`), node)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var blobs [][]byte
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		blobs = append(blobs, b)
+	}
+	return blobs, rows.Err()
+}

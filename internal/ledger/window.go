@@ -210,7 +210,6 @@ func sortBalanceKeys(keys []balanceKey) {
 	})
 }
 
-
 var rollupCols = []string{"tenant", "period", "meter", "currency", "plugin_sha256", "late", "quantity", "amount_micro"}
 
 const rollupUpsert = ` ON CONFLICT (tenant, period, meter, currency, plugin_sha256, late) DO UPDATE SET
