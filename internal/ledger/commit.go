@@ -446,10 +446,9 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 		// Copied: the table keeps no part of the scratch.
 		l.tables[node] = l.tables[node].with(slices.Clone(fresh))
 	}
-	// The state this commit replaced is only ever read by commits (readers
-	// of series decode the stored row, see loadSeries), and the next one
-	// of the node waits for this one in the database: its blob is the
-	// next commit's buffer.
+	// The state this commit replaced is read by commits, which wait for
+	// this one in the database, and by readers holding the mutex while it
+	// is cached (see loadSeries): its blob is the next commit's buffer.
 	sc.stateBuf = nil
 	if c := l.states[node]; c == nil || c.commitSeq < next.commitSeq {
 		l.states[node] = next

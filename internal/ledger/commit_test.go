@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -299,6 +300,70 @@ func TestLedger_Commit_sourceSameAsSlice(t *testing.T) {
 			if x, y := balance(t, bySlice, tn), balance(t, bySource, tn); x != y {
 				t.Fatalf("balance of %s: %d by slice, %d by source", tn, x, y)
 			}
+		}
+	})
+}
+
+// Readers of a node's series (checkpoints, invoice lines) run beside its
+// commits and each sees one commit whole, though they decode the cached
+// state whose blob becomes a commit's buffer once replaced.
+func TestLedger_Commit_readersBesideCommits(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		l := b.Open(t)
+		ctx := context.Background()
+		m := seriesModel{}
+		// Enough series that a decode takes a while.
+		tenants := []string{"t1", "t2"}
+		for i := range 200 {
+			tenants = append(tenants, fmt.Sprintf("u%03d", i))
+		}
+		all := pairs(tenants, []string{"m1", "m2", "m3", "m4"})
+		const commits = 30
+		done := make(chan error, 1)
+		go func() {
+			for seq := uint64(1); seq <= commits; seq++ {
+				ws := m.windows(seq, all)
+				if err := l.CommitWindows(ctx, ws); err != nil {
+					done <- err
+					return
+				}
+				m.apply(ws)
+			}
+			done <- nil
+		}()
+		reads := 0
+		for {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+				if reads == 0 {
+					t.Log("no read ran beside a commit")
+				}
+				return
+			default:
+			}
+			cps, err := l.Checkpoints(ctx, "n1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range cps {
+				if len(cps) != len(all) || c.Seq != cps[0].Seq {
+					t.Fatalf("checkpoints of two commits at once: %+v", cps)
+				}
+			}
+			lines, err := l.UsageLines(ctx, "t2", "2026-12")
+			if err != nil {
+				t.Fatal(err)
+			}
+			// t2's windows are 14..17 units, by meter, every commit.
+			for j, ln := range lines {
+				if k := lines[0].Quantity / 14; ln.Quantity != k*int64(14+j) {
+					t.Fatalf("lines of two commits at once: %+v", lines)
+				}
+			}
+			reads++
 		}
 	})
 }

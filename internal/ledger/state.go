@@ -18,9 +18,9 @@ type nodeState struct {
 	// exists is false before the node's first commit (no row yet).
 	exists    bool
 	commitSeq int64
-	// blob is the row's data. Only commits read the blob of a cached
-	// state: once replaced, it is the next commit's buffer (readers of
-	// series decode the stored row, see loadSeries).
+	// blob is the row's data. Once a cached state is replaced, its blob
+	// is the next commit's buffer: other readers of a cached blob hold
+	// the ledger's mutex and check it is still cached (see loadSeries).
 	blob []byte
 	// owned is set when blob was read for this state alone, not cached.
 	owned bool
@@ -87,16 +87,26 @@ func (l *Ledger) loadState(ctx context.Context, q queryer, node string, lock boo
 }
 
 // loadSeries reads the checkpoints and open lines of node's series in q,
-// in ascending id order (none before the node's first commit). It decodes
-// the stored row, never a cached state's blob, which the node's next
-// commit reuses.
+// in ascending id order (none before the node's first commit).
 func (l *Ledger) loadSeries(ctx context.Context, q queryer, node string) ([]seriesState, error) {
-	var data []byte
-	err := q.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM node_state WHERE node = ?`), node).Scan(&data)
-	if isNoRows(err) {
-		return nil, nil
+	st, err := l.loadState(ctx, q, node, false)
+	if err != nil || !st.exists {
+		return nil, err
 	}
-	if err != nil {
+	if !st.owned {
+		// The cached state's blob is decoded under the mutex while it is
+		// still the cached one: once replaced it is the next commit's
+		// buffer (see Ledger.Commit).
+		l.mu.Lock()
+		if l.states[node] == st {
+			ss, _, err := decodeState(node, st.blob, l.lineIDLocked)
+			l.mu.Unlock()
+			return ss, err
+		}
+		l.mu.Unlock()
+	}
+	var data []byte
+	if err := q.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM node_state WHERE node = ?`), node).Scan(&data); err != nil {
 		return nil, fmt.Errorf("read state of node %s: %w", node, err)
 	}
 	ss, _, err := decodeState(node, data, l.lineID)

@@ -227,6 +227,11 @@ type lineKey struct {
 func (l *Ledger) lineID(k lineKey) uint32 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.lineIDLocked(k)
+}
+
+// lineIDLocked is lineID with l.mu held.
+func (l *Ledger) lineIDLocked(k lineKey) uint32 {
 	id, ok := l.lineIDs[k]
 	if !ok {
 		id = uint32(len(l.lineKeys))
