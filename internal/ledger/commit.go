@@ -62,6 +62,9 @@ func (l *Ledger) takeScratch() *commitScratch {
 }
 
 func (l *Ledger) putScratch(sc *commitScratch) {
+	// The blobs the readers and writers were last at are not the
+	// scratch's to keep alive.
+	sc.old.r, sc.state.dst = reader{}, nil
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.scratch = sc
