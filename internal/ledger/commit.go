@@ -23,9 +23,9 @@ type commitGroup struct {
 type groupSums struct{ amount, vendor int64 }
 
 // commitScratch is a commit's working memory, kept on the Ledger between
-// commits (see Ledger.scratch): per window an int32 or two, per entry a
-// few words, and the two blobs' buffers. Made anew every commit it was
-// some 4 MB of garbage per window at 70,000 series.
+// commits (see Ledger.scratch): per window two int32s, per entry a few
+// words, and the node state's buffer. Made anew every commit, such
+// slices and maps were some 4 MB of garbage per window at 70,000 series.
 type commitScratch struct {
 	// ref[i] is window i's series: its index in the node's seriesTable,
 	// or -(j+1) for fresh[j].
