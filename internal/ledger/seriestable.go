@@ -71,6 +71,15 @@ func (c *seriesCursor) find(tenant, meter string) (int, bool) {
 		c.k = k
 		return k, true
 	}
+	if hi-lo > 16 {
+		k, ok := slices.BinarySearchFunc(t.meters[lo:hi], meter, func(m uint32, meter string) int {
+			return strings.Compare(t.meterNames[m], meter)
+		})
+		if ok {
+			c.k = lo + k
+		}
+		return lo + k, ok
+	}
 	for k := lo; k < hi; k++ {
 		if t.meterNames[t.meters[k]] == meter {
 			c.k = k
