@@ -93,18 +93,20 @@ func (l *Ledger) loadSeries(ctx context.Context, q queryer, node string) ([]seri
 	if err != nil || !st.exists {
 		return nil, err
 	}
-	if !st.owned {
-		// The cached state's blob is decoded under the mutex while it is
-		// still the cached one: once replaced it is the next commit's
-		// buffer (see Ledger.Commit).
-		l.mu.Lock()
-		if l.states[node] == st {
-			ss, _, err := decodeState(node, st.blob, l.lineIDLocked)
-			l.mu.Unlock()
-			return ss, err
-		}
-		l.mu.Unlock()
+	if st.owned {
+		ss, _, err := decodeState(node, st.blob, l.lineID)
+		return ss, err
 	}
+	// The cached state's blob is decoded under the mutex while it is
+	// still the cached one: once replaced it is the next commit's buffer
+	// (see Ledger.Commit).
+	l.mu.Lock()
+	if l.states[node] == st {
+		ss, _, err := decodeState(node, st.blob, l.lineIDLocked)
+		l.mu.Unlock()
+		return ss, err
+	}
+	l.mu.Unlock()
 	var data []byte
 	if err := q.QueryRowContext(ctx, l.d.rebind(`SELECT data FROM node_state WHERE node = ?`), node).Scan(&data); err != nil {
 		return nil, fmt.Errorf("read state of node %s: %w", node, err)
