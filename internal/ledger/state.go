@@ -87,22 +87,22 @@ func (l *Ledger) loadState(ctx context.Context, q queryer, node string, lock boo
 }
 
 // loadSeries reads the checkpoints and open lines of node's series in q,
-// in ascending id order (none before the node's first commit).
+// in ascending id order (none before the node's first commit), from the
+// cached state while its commit_seq is the stored one (as loadState).
 func (l *Ledger) loadSeries(ctx context.Context, q queryer, node string) ([]seriesState, error) {
-	st, err := l.loadState(ctx, q, node, false)
-	if err != nil || !st.exists {
-		return nil, err
+	var seq int64
+	err := q.QueryRowContext(ctx, l.d.rebind(`SELECT commit_seq FROM node_state WHERE node = ?`), node).Scan(&seq)
+	if isNoRows(err) {
+		return nil, nil
 	}
-	if st.owned {
-		ss, _, err := decodeState(node, st.blob, l.lineID)
-		return ss, err
+	if err != nil {
+		return nil, fmt.Errorf("read state of node %s: %w", node, err)
 	}
-	// The cached state's blob is decoded under the mutex while it is
-	// still the cached one: once replaced it is the next commit's buffer
-	// (see Ledger.Commit).
+	// The cached blob is decoded under the mutex: once replaced it is the
+	// next commit's buffer (see Ledger.Commit).
 	l.mu.Lock()
-	if l.states[node] == st {
-		ss, _, err := decodeState(node, st.blob, l.lineIDLocked)
+	if c := l.states[node]; c != nil && c.commitSeq == seq {
+		ss, _, err := decodeState(node, c.blob, l.lineIDLocked)
 		l.mu.Unlock()
 		return ss, err
 	}
