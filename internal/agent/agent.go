@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -90,10 +91,12 @@ type Agent struct {
 
 	readMu     sync.Mutex
 	unresolved map[uint64]bool // cgroup ids no rescan could name
-	// lastCgroups is how many cgroups the last read saw: the next read's
-	// maps are made that size, not grown to it.
-	lastCgroups int
-	walkLogged  bool // the fallback to rescans was logged
+	// counts and rowTenants are a read's table and the tenant of each of
+	// its rows, kept across reads (under readMu) so that a read fills
+	// them without allocating; only the snapshot is new.
+	counts     meter.Counts
+	rowTenants []string
+	walkLogged bool // the fallback to rescans was logged
 
 	events    *tlsEvents
 	stop      context.CancelFunc
@@ -164,29 +167,17 @@ func (a *Agent) Meters() []meter.Meter { return a.meters }
 // Resolver returns the tenant resolver.
 func (a *Agent) Resolver() *tenant.Resolver { return a.cfg.Resolver }
 
-// read reads the cumulative per-cgroup counts of every attached meter,
-// and the syscall breakdown by number: a meter that has one is read once,
-// its per-cgroup total derived from the breakdown.
-func (a *Agent) read() (meter.Counts, map[uint64]map[uint32]uint64, error) {
-	c := make(meter.Counts, a.lastCgroups)
-	var byNr map[uint64]map[uint32]uint64
+// read reads the cumulative per-cgroup counts of every attached meter
+// into a.counts, the syscalls meter's breakdown by number included.
+func (a *Agent) read() error {
+	a.counts.Reset()
 	var errs []error
 	for _, m := range a.meters {
-		bn, ok := m.(BySyscallNumber)
-		if !ok {
-			if err := m.ReadInto(c); err != nil {
-				errs = append(errs, fmt.Errorf("read %s: %w", m.Status().Meter, err))
-			}
-			continue
-		}
-		nrs, err := bn.ReadByNumberInto(c)
-		if err != nil {
+		if err := m.ReadInto(&a.counts); err != nil {
 			errs = append(errs, fmt.Errorf("read %s: %w", m.Status().Meter, err))
-			continue
 		}
-		byNr = nrs
 	}
-	return c, byNr, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // Read reads every meter now, aggregates per tenant, and publishes the
@@ -194,47 +185,18 @@ func (a *Agent) read() (meter.Counts, map[uint64]map[uint32]uint64, error) {
 func (a *Agent) Read() (*Snapshot, error) {
 	a.readMu.Lock()
 	defer a.readMu.Unlock()
-	c, byNr, err := a.read()
-	if err != nil {
+	if err := a.read(); err != nil {
 		a.readErrors.Add(1)
 		return nil, err
 	}
-	a.lastCgroups = len(c)
-	if err := a.resolve(c); err != nil {
+	if err := a.resolve(&a.counts); err != nil {
 		a.readErrors.Add(1)
 		return nil, err
 	}
-	s := &Snapshot{Time: time.Now(), Tenants: make(map[string]map[string]uint64, len(c))}
-	// The per-cgroup maps are this read's own: a tenant's first cgroup
-	// hands its map over instead of being copied (most tenants have one
-	// cgroup), which halves the maps built per read. The resolver keeps
-	// each cgroup's tenant, so naming a cgroup twice per read is cheap.
-	for id, byName := range c {
-		t := a.cfg.Resolver.Tenant(id)
-		m, ok := s.Tenants[t]
-		if !ok {
-			s.Tenants[t] = byName
-			continue
-		}
-		for name, v := range byName {
-			m[name] += v
-		}
-	}
-	if byNr != nil {
-		s.SyscallsByNumber = make(map[string]map[uint32]uint64, len(byNr))
-		for id, nrs := range byNr {
-			t := a.cfg.Resolver.Tenant(id)
-			m, ok := s.SyscallsByNumber[t]
-			if !ok {
-				s.SyscallsByNumber[t] = nrs
-				continue
-			}
-			for nr, v := range nrs {
-				m[nr] += v
-			}
-		}
-	}
+	s := &Snapshot{Time: time.Now()}
+	s.Tenants, s.SyscallsByNumber = a.perTenant()
 	if a.cfg.Enforced != nil {
+		var err error
 		if s.Enforced, err = a.cfg.Enforced(); err != nil {
 			a.readErrors.Add(1)
 			return nil, fmt.Errorf("read enforcement counters: %w", err)
@@ -250,15 +212,66 @@ func (a *Agent) Read() (*Snapshot, error) {
 	return s, nil
 }
 
+// perTenant adds a.counts up per tenant into new maps: snapshots are
+// shared, so each has its own. A tenant's maps are made at their final
+// size (most tenants have one cgroup), and each cgroup is named once.
+// The breakdown by number is nil when no meter gave one.
+func (a *Agent) perTenant() (map[string]map[string]uint64, map[string]map[uint32]uint64) {
+	rows := a.counts.Rows()
+	tenants := make(map[string]map[string]uint64, len(rows))
+	a.rowTenants = slices.Grow(a.rowTenants[:0], len(rows))[:len(rows)]
+	for i := range rows {
+		r := &rows[i]
+		t := a.cfg.Resolver.Tenant(r.Cgroup)
+		a.rowTenants[i] = t
+		m := tenants[t]
+		if m == nil {
+			m = make(map[string]uint64, r.Len())
+			tenants[t] = m
+		}
+		for k := range meter.Counter(meter.NumCounters) {
+			if r.Has(k) {
+				m[k.Name()] += r.Values[k]
+			}
+		}
+	}
+	nrs := a.counts.Numbers()
+	if len(nrs) == 0 {
+		return tenants, nil
+	}
+	byNr := make(map[string]map[uint32]uint64, len(rows))
+	// A meter adds a cgroup's numbers one after another: each such run
+	// fills one map, made at the run's length.
+	for i := 0; i < len(nrs); {
+		row := nrs[i].Row
+		j := i + 1
+		for j < len(nrs) && nrs[j].Row == row {
+			j++
+		}
+		t := a.rowTenants[row]
+		m := byNr[t]
+		if m == nil {
+			m = make(map[uint32]uint64, j-i)
+			byNr[t] = m
+		}
+		for ; i < j; i++ {
+			m[nrs[i].Nr] += nrs[i].Count
+		}
+	}
+	return tenants, byNr
+}
+
 // resolve names the cgroups in c the resolver does not know. It looks
 // them up by id (a few syscalls each) and rescans the whole hierarchy
 // only where that does not work: walking 10,000 cgroups cost 0.2 s CPU,
 // and on a host where cgroups come and go (containers, tests) it ran on
 // almost every read. An id still unknown after that (a cgroup made and
 // removed between two reads) is not looked up again.
-func (a *Agent) resolve(c meter.Counts) error {
+func (a *Agent) resolve(c *meter.Counts) error {
 	var unknown []uint64
-	for id := range c {
+	rows := c.Rows()
+	for i := range rows {
+		id := rows[i].Cgroup
 		if _, ok := a.cfg.Resolver.Path(id); !ok && !a.unresolved[id] {
 			unknown = append(unknown, id)
 		}

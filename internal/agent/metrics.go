@@ -11,15 +11,6 @@ import (
 
 const namespace = "kmeter"
 
-// BySyscallNumber is implemented by meters that break syscalls down by
-// number. ReadByNumberInto returns the counts as cgroup id -> syscall
-// number -> count and adds each cgroup's total to c as
-// [meter.Syscalls], in the same pass: summing 10,000 small maps again
-// afterwards was a tenth of a read.
-type BySyscallNumber interface {
-	ReadByNumberInto(c meter.Counts) (map[uint64]map[uint32]uint64, error)
-}
-
 // StatsReporter is implemented by meters that report how full their maps are.
 type StatsReporter interface {
 	Stats() (meter.MapStats, error)

@@ -20,41 +20,35 @@ import (
 // broken down by syscall number.
 type fakeMeter struct {
 	ids      []uint64
-	counters []string
+	counters []meter.Counter
 	byNumber int // syscall numbers per cgroup; 0: not a syscalls meter
 	reads    uint64
 }
 
-func (f *fakeMeter) Close() error         { return nil }
-func (f *fakeMeter) Status() meter.Status { return meter.Status{Meter: "fake", Counters: f.counters} }
+func (f *fakeMeter) Close() error { return nil }
 
-func (f *fakeMeter) ReadInto(c meter.Counts) error {
+func (f *fakeMeter) Status() meter.Status {
+	names := make([]string, len(f.counters))
+	for i, k := range f.counters {
+		names[i] = k.Name()
+	}
+	return meter.Status{Meter: "fake", Counters: names}
+}
+
+func (f *fakeMeter) ReadInto(c *meter.Counts) error {
 	f.reads++
 	for i, id := range f.ids {
-		for j, name := range f.counters {
-			c.Add(id, name, f.reads*uint64(i+j+1))
+		if f.byNumber > 0 {
+			for nr := range f.byNumber {
+				c.AddSyscalls(id, uint32(nr), f.reads*uint64(i+nr+1))
+			}
+			continue
+		}
+		for j, k := range f.counters {
+			c.Add(id, k, f.reads*uint64(i+j+1))
 		}
 	}
 	return nil
-}
-
-// fakeSyscalls is a fakeMeter that is also a BySyscallNumber.
-type fakeSyscalls struct{ fakeMeter }
-
-func (f *fakeSyscalls) ReadByNumberInto(c meter.Counts) (map[uint64]map[uint32]uint64, error) {
-	f.reads++
-	out := map[uint64]map[uint32]uint64{}
-	for i, id := range f.ids {
-		byNr := map[uint32]uint64{}
-		var sum uint64
-		for nr := range f.byNumber {
-			byNr[uint32(nr)] = f.reads * uint64(i+nr+1)
-			sum += f.reads * uint64(i+nr+1)
-		}
-		out[id] = byNr
-		c.Add(id, meter.Syscalls, sum)
-	}
-	return out, nil
 }
 
 // BenchmarkRead measures what Agent.Read does besides reading the
@@ -86,10 +80,10 @@ func BenchmarkRead(b *testing.B) {
 		log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		unresolved: map[uint64]bool{},
 		meters: []meter.Meter{
-			&fakeSyscalls{fakeMeter{ids: ids, counters: []string{meter.Syscalls}, byNumber: 2}},
-			&fakeMeter{ids: ids, counters: []string{meter.TCPConnects, meter.TCPAccepts}},
-			&fakeMeter{ids: ids, counters: []string{meter.NetTxBytes, meter.NetRxBytes}},
-			&fakeMeter{ids: ids, counters: []string{meter.TLSClientHandshakes, meter.TLSServerHandshakes}},
+			&fakeMeter{ids: ids, counters: []meter.Counter{meter.CounterSyscalls}, byNumber: 2},
+			&fakeMeter{ids: ids, counters: []meter.Counter{meter.CounterTCPConnects, meter.CounterTCPAccepts}},
+			&fakeMeter{ids: ids, counters: []meter.Counter{meter.CounterNetTxBytes, meter.CounterNetRxBytes}},
+			&fakeMeter{ids: ids, counters: []meter.Counter{meter.CounterTLSClientHandshakes, meter.CounterTLSServerHandshakes}},
 		},
 	}
 	if _, err := a.Read(); err != nil { // names the cgroups

@@ -32,7 +32,7 @@ func TestEachPerCPU_batches(t *testing.T) {
 		}
 	}
 	seen := map[uint64]pair{}
-	err = EachPerCPU(m, func(k uint64, vals []pair) {
+	err = EachPerCPU(m, nil, func(k uint64, vals []pair) {
 		if len(vals) != ncpu {
 			t.Errorf("key %d: %d values, want one per CPU (%d)", k, len(vals), ncpu)
 		}

@@ -25,20 +25,6 @@ const (
 // Names lists every counter name in a stable order.
 var Names = []string{Syscalls, TCPConnects, TCPAccepts, NetTxBytes, NetRxBytes, TLSClientHandshakes, TLSServerHandshakes}
 
-// Counts are cumulative kernel counts: cgroup id -> counter name -> value.
-// Values only grow while the pinned maps live.
-type Counts map[uint64]map[string]uint64
-
-// Add adds v to counter name of cgroup id.
-func (c Counts) Add(cgroup uint64, name string, v uint64) {
-	m := c[cgroup]
-	if m == nil {
-		m = make(map[string]uint64)
-		c[cgroup] = m
-	}
-	m[name] += v
-}
-
 // Status says how a meter attached on this kernel.
 type Status struct {
 	// Meter is the meter's name (a package, for example "syscalls").
@@ -66,7 +52,7 @@ type Meter interface {
 	// Status reports the hook in use.
 	Status() Status
 	// ReadInto adds the meter's cumulative per-cgroup counts to c.
-	ReadInto(c Counts) error
+	ReadInto(c *Counts) error
 }
 
 // Config is what every meter needs to load.

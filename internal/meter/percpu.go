@@ -55,15 +55,17 @@ func ProgramMisses(links ...link.Link) (uint64, error) {
 // its per-CPU values. Keys added while it reads may be missed; they are
 // seen by the next read. It reads in batches (one syscall per 4096 keys
 // instead of two per key: 28x faster for 62,000 keys) and falls back to
-// key-by-key iteration on kernels without batch operations.
-func SumPerCPU[K any](m *ebpf.Map, fn func(key K, sum uint64)) error {
+// key-by-key iteration on kernels without batch operations. buf, if not
+// nil, holds the batch buffers across calls.
+func SumPerCPU[K any](m *ebpf.Map, buf *PerCPUBuffers[K, uint64], fn func(key K, sum uint64)) error {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return fmt.Errorf("read per-cpu map %s: %w", m, err)
 	}
-	const batch = 4096
-	keys := make([]K, batch)
-	vals := make([]uint64, batch*ncpu)
+	if buf == nil {
+		buf = new(PerCPUBuffers[K, uint64])
+	}
+	keys, vals := buf.get(perCPUBatch, ncpu)
 	var cursor ebpf.MapBatchCursor
 	for first := true; ; first = false {
 		n, err := m.BatchLookup(&cursor, keys, vals, nil)

@@ -30,22 +30,36 @@ func TestSumPerCPU_batches(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	seen := map[uint64]uint64{}
-	if err := SumPerCPU(m, func(k uint64, sum uint64) { seen[k] += sum }); err != nil {
-		t.Fatal(err)
-	}
-	if len(seen) != n {
-		t.Fatalf("saw %d keys, want %d", len(seen), n)
-	}
-	for k, got := range seen {
-		want := uint64(0)
-		for c := 0; c < ncpu; c++ {
-			want += k*10 + uint64(c) + 1
+	check := func(t *testing.T, buf *PerCPUBuffers[uint64, uint64], keys uint64) {
+		t.Helper()
+		seen := map[uint64]uint64{}
+		if err := SumPerCPU(m, buf, func(k uint64, sum uint64) { seen[k] += sum }); err != nil {
+			t.Fatal(err)
 		}
-		if got != want {
-			t.Fatalf("key %d: sum %d, want %d", k, got, want)
+		if len(seen) != int(keys) {
+			t.Fatalf("saw %d keys, want %d", len(seen), keys)
+		}
+		for k, got := range seen {
+			want := uint64(0)
+			for c := 0; c < ncpu; c++ {
+				want += k*10 + uint64(c) + 1
+			}
+			if k >= keys || got != want {
+				t.Fatalf("key %d: sum %d, want %d (keys 0 to %d)", k, got, want, keys-1)
+			}
 		}
 	}
+	check(t, nil, n)
+	// Buffers kept across reads: the second read, of a smaller map, sees
+	// none of the first read's keys left in them.
+	var buf PerCPUBuffers[uint64, uint64]
+	check(t, &buf, n)
+	for k := uint64(n / 2); k < n; k++ {
+		if err := m.Delete(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(t, &buf, n/2)
 }
 
 // CountKeys counts every key across several batches, of per-CPU and plain

@@ -45,6 +45,9 @@ const (
 
 var kindNames = [...]string{kindTx: meter.NetTxBytes, kindRx: meter.NetRxBytes}
 
+// kindCounters are the counters of the kinds, as kindNames names them.
+var kindCounters = [...]meter.Counter{kindTx: meter.CounterNetTxBytes, kindRx: meter.CounterNetRxBytes}
+
 // Hook is the hook pair reported in [meter.Status.Hook].
 const Hook = "cgroup_skb/egress+cgroup_skb/ingress"
 
@@ -58,6 +61,8 @@ type Meter struct {
 	overflow *ebpf.Map
 	status   meter.Status
 	closed   bool
+	// buf holds ReadInto's batch buffers across reads.
+	buf meter.PerCPUBuffers[netbytesKmeterKey, uint64]
 }
 
 var _ meter.Meter = (*Meter)(nil)
@@ -160,13 +165,13 @@ func dropIfOtherCgroup(path, dir string) error {
 func (m *Meter) Status() meter.Status { return m.status }
 
 // ReadInto adds each cgroup's cumulative net_tx_bytes and net_rx_bytes to c.
-func (m *Meter) ReadInto(c meter.Counts) error {
+func (m *Meter) ReadInto(c *meter.Counts) error {
 	if m.closed {
 		return meter.ErrClosed
 	}
-	return meter.SumPerCPU(m.counts, func(k netbytesKmeterKey, n uint64) {
-		if int(k.Kind) < len(kindNames) {
-			c.Add(k.CgroupId, kindNames[k.Kind], n)
+	return meter.SumPerCPU(m.counts, &m.buf, func(k netbytesKmeterKey, n uint64) {
+		if int(k.Kind) < len(kindCounters) {
+			c.Add(k.CgroupId, kindCounters[k.Kind], n)
 		}
 	})
 }

@@ -46,13 +46,14 @@ func openMeter(t *testing.T, pinDir string) *Meter {
 	return m
 }
 
-func read(t *testing.T, m *Meter) meter.Counts {
+// read returns the meter's counts as cgroup id -> counter name -> value.
+func read(t *testing.T, m *Meter) map[uint64]map[string]uint64 {
 	t.Helper()
-	c := meter.Counts{}
-	if err := m.ReadInto(c); err != nil {
+	var c meter.Counts
+	if err := m.ReadInto(&c); err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return c.Map()
 }
 
 func checkRange(t *testing.T, what string, got, lo, hi uint64) {
@@ -162,7 +163,7 @@ func TestMeter_Close_idempotent(t *testing.T) {
 			t.Fatalf("close %d: %v", i+1, err)
 		}
 	}
-	if err := m.ReadInto(meter.Counts{}); !errors.Is(err, meter.ErrClosed) {
+	if err := m.ReadInto(&meter.Counts{}); !errors.Is(err, meter.ErrClosed) {
 		t.Errorf("ReadInto after Close = %v, want ErrClosed", err)
 	}
 }

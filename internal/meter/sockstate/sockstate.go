@@ -42,6 +42,9 @@ const (
 
 var kindNames = [...]string{kindConnect: meter.TCPConnects, kindAccept: meter.TCPAccepts}
 
+// kindCounters are the counters of the kinds, as kindNames names them.
+var kindCounters = [...]meter.Counter{kindConnect: meter.CounterTCPConnects, kindAccept: meter.CounterTCPAccepts}
+
 // The hooks, in order of preference.
 const (
 	HookTPBTF      = "tp_btf/inet_sock_set_state"
@@ -62,6 +65,8 @@ type Meter struct {
 	counts   *ebpf.Map
 	overflow *ebpf.Map
 	status   meter.Status
+	// buf holds ReadInto's batch buffers across reads.
+	buf meter.PerCPUBuffers[sockstateKmeterKey, uint64]
 }
 
 var _ meter.Meter = (*Meter)(nil)
@@ -135,13 +140,13 @@ func hooks() []meter.Hook {
 func (m *Meter) Status() meter.Status { return m.status }
 
 // ReadInto adds each cgroup's cumulative tcp_connects and tcp_accepts to c.
-func (m *Meter) ReadInto(c meter.Counts) error {
+func (m *Meter) ReadInto(c *meter.Counts) error {
 	if m.att == nil {
 		return meter.ErrClosed
 	}
-	return meter.SumPerCPU(m.counts, func(k sockstateKmeterKey, n uint64) {
-		if int(k.Kind) < len(kindNames) {
-			c.Add(k.CgroupId, kindNames[k.Kind], n)
+	return meter.SumPerCPU(m.counts, &m.buf, func(k sockstateKmeterKey, n uint64) {
+		if int(k.Kind) < len(kindCounters) {
+			c.Add(k.CgroupId, kindCounters[k.Kind], n)
 		}
 	})
 }

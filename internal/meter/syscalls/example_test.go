@@ -20,16 +20,20 @@ func Example() {
 	st := m.Status()
 	fmt.Println("counting at", st.Hook, "in", st.Storage) // "cgrp_storage", or "percpu_hash" on kernels before 6.2
 
-	totals := meter.Counts{}
-	if err := m.ReadInto(totals); err != nil {
+	// One read gives each cgroup's total and its breakdown by number.
+	var counts meter.Counts
+	if err := m.ReadInto(&counts); err != nil {
 		log.Fatal(err)
 	}
-	byNr, err := m.ReadByNumber()
-	if err != nil {
-		log.Fatal(err)
+	rows := counts.Rows()
+	getppid := make([]uint64, len(rows))
+	for _, n := range counts.Numbers() {
+		if n.Nr == 110 {
+			getppid[n.Row] += n.Count
+		}
 	}
-	for cgroup, calls := range byNr {
-		fmt.Println(cgroup, totals[cgroup][meter.Syscalls], "syscalls, of which getppid:", calls[110])
+	for i, r := range rows {
+		fmt.Println(r.Cgroup, r.Values[meter.CounterSyscalls], "syscalls, of which getppid:", getppid[i])
 	}
 
 	stats, err := m.Stats()

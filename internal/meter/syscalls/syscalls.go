@@ -162,8 +162,8 @@ type Meter struct {
 	// allocate ~100 KiB of them again.
 	keys []syscallsKmeterKey
 	vals []uint64
-	// lastCgroups is how many cgroups the last ReadByNumber returned.
-	lastCgroups int
+	// hashBuf holds the per-CPU hash's batch buffers across reads.
+	hashBuf meter.PerCPUBuffers[syscallsKmeterKey, uint64]
 
 	status meter.Status
 }
@@ -379,60 +379,24 @@ func ProbeStorage() error {
 // Status reports the hook and the storage in use.
 func (m *Meter) Status() meter.Status { return m.status }
 
-// ReadInto adds each cgroup's cumulative syscall count (all numbers) to c.
-func (m *Meter) ReadInto(c meter.Counts) error {
+// ReadInto adds each cgroup's cumulative syscall count to c, both its
+// total ([meter.CounterSyscalls]) and its breakdown by syscall number
+// ([meter.Counts.Numbers]), in one pass over the counters.
+func (m *Meter) ReadInto(c *meter.Counts) error {
 	if m.att == nil {
 		return meter.ErrClosed
 	}
-	return m.read(func(cgroup uint64, _ uint32, n uint64) { c.Add(cgroup, meter.Syscalls, n) })
+	return m.read(c.AddSyscalls)
 }
 
 // ReadByNumber returns the cumulative counts as cgroup id -> syscall
 // number -> count.
 func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
-	return m.ReadByNumberInto(nil)
-}
-
-// ReadByNumberInto returns the cumulative counts as cgroup id -> syscall
-// number -> count, and adds each cgroup's total (all numbers) to c, if c
-// is not nil, as [meter.Syscalls]: one read for both.
-func (m *Meter) ReadByNumberInto(c meter.Counts) (map[uint64]map[uint32]uint64, error) {
-	if m.att == nil {
-		return nil, meter.ErrClosed
-	}
-	// Made the size of the last read's: grown from empty, a map of
-	// 10,000 cgroups is rehashed a dozen times per read.
-	out := make(map[uint64]map[uint32]uint64, m.lastCgroups)
-	// A walk writes a cgroup's counters one after the other: while the
-	// cgroup stays the same, its map is at hand and its total adds up.
-	var (
-		run    map[uint32]uint64
-		runID  uint64
-		runSum uint64
-	)
-	flush := func() {
-		if run != nil && c != nil {
-			c.Add(runID, meter.Syscalls, runSum)
-		}
-	}
-	err := m.read(func(cgroup uint64, nr uint32, n uint64) {
-		if run == nil || cgroup != runID {
-			flush()
-			runID, runSum = cgroup, 0
-			if run = out[cgroup]; run == nil {
-				run = make(map[uint32]uint64)
-				out[cgroup] = run
-			}
-		}
-		run[nr] += n
-		runSum += n
-	})
-	if err != nil {
+	var c meter.Counts
+	if err := m.ReadInto(&c); err != nil {
 		return nil, err
 	}
-	flush()
-	m.lastCgroups = len(out)
-	return out, nil
+	return c.ByNumber(), nil
 }
 
 // read calls fn for every counter: cgroup storage first (live cgroups
@@ -481,7 +445,7 @@ func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
 			return fmt.Errorf("read syscalls meter: %w", err)
 		}
 	}
-	return meter.SumPerCPU(m.counts, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) })
+	return meter.SumPerCPU(m.counts, &m.hashBuf, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) })
 }
 
 // walkRecs returns the records the latest walk wrote into sys_walk, in

@@ -151,11 +151,11 @@ func TestMeter_countsGetppidPerCgroup(t *testing.T) {
 			for _, n := range byNr[cg.ID] {
 				sum += n
 			}
-			c := meter.Counts{}
-			if err := m.ReadInto(c); err != nil {
+			var c meter.Counts
+			if err := m.ReadInto(&c); err != nil {
 				t.Fatal(err)
 			}
-			if got := c[cg.ID][meter.Syscalls]; got < k || got != sum {
+			if got, _ := c.Get(cg.ID, meter.CounterSyscalls); got < k || got != sum {
 				t.Errorf("total syscalls of cgroup a = %d, want >= %d and = %d, the sum by number", got, k, sum)
 			}
 			stats, err := m.Stats()
@@ -423,7 +423,7 @@ func TestMeter_Close_idempotent(t *testing.T) {
 			t.Fatalf("close %d: %v", i+1, err)
 		}
 	}
-	if err := m.ReadInto(meter.Counts{}); !errors.Is(err, meter.ErrClosed) {
+	if err := m.ReadInto(&meter.Counts{}); !errors.Is(err, meter.ErrClosed) {
 		t.Errorf("ReadInto after Close = %v, want ErrClosed", err)
 	}
 }
@@ -597,9 +597,10 @@ func BenchmarkMeter_ReadByNumber(b *testing.B) {
 	}
 }
 
-// ReadByNumberInto reads both views at once: each cgroup's total in c
-// is the sum of its numbers, on both storages.
-func TestMeter_ReadByNumberInto_totals(t *testing.T) {
+// ReadInto reads both views at once: each cgroup's total in c is the
+// sum of its numbers, on both storages, and a second read into the same
+// (reset) Counts gives the same exact counts plus what ran since.
+func TestMeter_ReadInto_totalsAndNumbers(t *testing.T) {
 	const k = 150
 	for _, tc := range []struct {
 		name    string
@@ -609,23 +610,29 @@ func TestMeter_ReadByNumberInto_totals(t *testing.T) {
 			m := openWith(t, testutil.PinDir(t), Options{Storage: tc.storage})
 			cg := testutil.NewCgroup(t, "a")
 			runGetppid(t, cg, k)
-			c := meter.Counts{}
-			byNr, err := m.ReadByNumberInto(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := byNr[cg.ID][nrGetppid]; got != k {
-				t.Errorf("getppid counted %d, want %d", got, k)
-			}
-			var sum uint64
-			for _, n := range byNr[cg.ID] {
-				sum += n
-			}
-			if got := c[cg.ID][meter.Syscalls]; got != sum || got < k {
-				t.Errorf("total %d, want the sum of the numbers %d (>= %d)", got, sum, k)
-			}
-			if len(c) != len(byNr) {
-				t.Errorf("totals for %d cgroups, numbers for %d", len(c), len(byNr))
+			var c meter.Counts
+			for i, want := range []uint64{k, 3 * k} {
+				if i > 0 {
+					runGetppid(t, cg, 2*k)
+					c.Reset()
+				}
+				if err := m.ReadInto(&c); err != nil {
+					t.Fatal(err)
+				}
+				byNr := c.ByNumber()
+				if got := byNr[cg.ID][nrGetppid]; got != want {
+					t.Errorf("read %d: getppid counted %d, want %d", i, got, want)
+				}
+				var sum uint64
+				for _, n := range byNr[cg.ID] {
+					sum += n
+				}
+				if got, _ := c.Get(cg.ID, meter.CounterSyscalls); got != sum || got < want {
+					t.Errorf("read %d: total %d, want the sum of the numbers %d (>= %d)", i, got, sum, want)
+				}
+				if c.Len() != len(byNr) {
+					t.Errorf("read %d: totals for %d cgroups, numbers for %d", i, c.Len(), len(byNr))
+				}
 			}
 		})
 	}

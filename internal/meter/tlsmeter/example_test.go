@@ -50,11 +50,11 @@ func ExampleMeter_ReadInto() {
 		log.Fatal(err)
 	}
 	defer m.Close()
-	counts := meter.Counts{}
-	if err := m.ReadInto(counts); err != nil {
+	var counts meter.Counts
+	if err := m.ReadInto(&counts); err != nil {
 		log.Fatal(err)
 	}
-	for cgroup, c := range counts {
-		fmt.Println(cgroup, c[meter.TLSClientHandshakes], c[meter.TLSServerHandshakes])
+	for _, r := range counts.Rows() {
+		fmt.Println(r.Cgroup, r.Values[meter.CounterTLSClientHandshakes], r.Values[meter.CounterTLSServerHandshakes])
 	}
 }

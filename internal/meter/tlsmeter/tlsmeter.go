@@ -78,6 +78,10 @@ type Meter struct {
 	mu      sync.Mutex
 	closed  bool
 	readers map[*Reader]struct{}
+
+	// readMu guards buf, ReadInto's batch buffers kept across reads.
+	readMu sync.Mutex
+	buf    meter.PerCPUBuffers[uint64, tlsmeterTlsCounts]
 }
 
 var _ meter.Meter = (*Meter)(nil)
@@ -190,21 +194,23 @@ func (m *Meter) Status() meter.Status {
 
 // ReadInto adds the cumulative client and server handshake counts of
 // every cgroup to c.
-func (m *Meter) ReadInto(c meter.Counts) error {
+func (m *Meter) ReadInto(c *meter.Counts) error {
 	m.mu.Lock()
 	closed := m.closed
 	m.mu.Unlock()
 	if closed {
 		return fmt.Errorf("read tls counts: %w", os.ErrClosed)
 	}
-	err := meter.EachPerCPU(m.maps.Handshakes, func(id uint64, percpu []tlsmeterTlsCounts) {
+	m.readMu.Lock()
+	defer m.readMu.Unlock()
+	err := meter.EachPerCPU(m.maps.Handshakes, &m.buf, func(id uint64, percpu []tlsmeterTlsCounts) {
 		var client, server uint64
 		for _, v := range percpu {
 			client += v.Client
 			server += v.Server
 		}
-		c.Add(id, meter.TLSClientHandshakes, client)
-		c.Add(id, meter.TLSServerHandshakes, server)
+		c.Add(id, meter.CounterTLSClientHandshakes, client)
+		c.Add(id, meter.CounterTLSServerHandshakes, server)
 	})
 	if err != nil {
 		return fmt.Errorf("read tls counts: %w", err)

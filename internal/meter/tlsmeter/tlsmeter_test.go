@@ -177,12 +177,14 @@ func openMeter(t *testing.T, pinDir string) *Meter {
 // checkCounts asserts the exact kernel counts of the cgroups.
 func checkCounts(t *testing.T, m *Meter, want map[uint64][2]uint64) {
 	t.Helper()
-	c := meter.Counts{}
-	if err := m.ReadInto(c); err != nil {
+	var c meter.Counts
+	if err := m.ReadInto(&c); err != nil {
 		t.Fatalf("read counts: %v", err)
 	}
 	for id, w := range want {
-		got := [2]uint64{c[id][meter.TLSClientHandshakes], c[id][meter.TLSServerHandshakes]}
+		client, _ := c.Get(id, meter.CounterTLSClientHandshakes)
+		server, _ := c.Get(id, meter.CounterTLSServerHandshakes)
+		got := [2]uint64{client, server}
 		if got != w {
 			t.Errorf("cgroup %d: (client, server) handshakes = %v, want %v", id, got, w)
 		}
@@ -408,7 +410,7 @@ func TestMeter_Close_idempotent(t *testing.T) {
 	if err := r.Close(); err != nil {
 		t.Errorf("Reader.Close after Meter.Close: %v", err)
 	}
-	if err := m.ReadInto(meter.Counts{}); !errors.Is(err, os.ErrClosed) {
+	if err := m.ReadInto(&meter.Counts{}); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("ReadInto after Close: %v, want os.ErrClosed", err)
 	}
 	if _, err := m.Events(); !errors.Is(err, os.ErrClosed) {

@@ -1,0 +1,128 @@
+package meter
+
+import (
+	"maps"
+	"testing"
+)
+
+// Counter values are positions in Names: a meter adding by Counter and a
+// reader naming by Names must agree.
+func TestCounter_names(t *testing.T) {
+	if len(Names) != NumCounters {
+		t.Fatalf("%d names, NumCounters = %d", len(Names), NumCounters)
+	}
+	for i, name := range Names {
+		k, ok := CounterOf(name)
+		if !ok || int(k) != i || k.Name() != name || k.String() != name {
+			t.Errorf("CounterOf(%q) = %d, %v (name %q); want %d", name, k, ok, k.Name(), i)
+		}
+	}
+	if _, ok := CounterOf("cpu_seconds"); ok {
+		t.Error("CounterOf found a counter that does not exist")
+	}
+	if got := Counter(NumCounters).String(); got != "Counter(7)" {
+		t.Errorf("String of an unknown counter = %q", got)
+	}
+}
+
+type add struct {
+	cgroup uint64
+	k      Counter
+	nr     uint32 // with syscalls
+	v      uint64
+}
+
+func fill(c *Counts, adds []add) {
+	for _, a := range adds {
+		if a.k == CounterSyscalls {
+			c.AddSyscalls(a.cgroup, a.nr, a.v)
+		} else {
+			c.Add(a.cgroup, a.k, a.v)
+		}
+	}
+}
+
+func TestCounts(t *testing.T) {
+	tests := []struct {
+		name     string
+		adds     []add
+		want     map[uint64]map[string]uint64
+		byNumber map[uint64]map[uint32]uint64
+	}{
+		{name: "empty", want: map[uint64]map[string]uint64{}, byNumber: map[uint64]map[uint32]uint64{}},
+		{
+			name: "counters of a cgroup add up, in any order",
+			adds: []add{
+				{cgroup: 7, k: CounterNetTxBytes, v: 100}, {cgroup: 9, k: CounterNetTxBytes, v: 1},
+				{cgroup: 7, k: CounterNetTxBytes, v: 23}, {cgroup: 7, k: CounterNetRxBytes, v: 5},
+			},
+			want:     map[uint64]map[string]uint64{7: {NetTxBytes: 123, NetRxBytes: 5}, 9: {NetTxBytes: 1}},
+			byNumber: map[uint64]map[uint32]uint64{},
+		},
+		{
+			name:     "a count of zero is reported, not absent",
+			adds:     []add{{cgroup: 3, k: CounterTLSClientHandshakes}, {cgroup: 3, k: CounterTLSServerHandshakes, v: 2}},
+			want:     map[uint64]map[string]uint64{3: {TLSClientHandshakes: 0, TLSServerHandshakes: 2}},
+			byNumber: map[uint64]map[uint32]uint64{},
+		},
+		{
+			name: "syscalls give the total and the breakdown, a number counted twice adds up",
+			adds: []add{
+				{cgroup: 1, k: CounterSyscalls, nr: 0, v: 10}, {cgroup: 1, k: CounterSyscalls, nr: 39, v: 2},
+				{cgroup: 2, k: CounterSyscalls, nr: 39, v: 4}, {cgroup: 1, k: CounterTCPConnects, v: 1},
+				{cgroup: 1, k: CounterSyscalls, nr: 39, v: 1},
+			},
+			want:     map[uint64]map[string]uint64{1: {Syscalls: 13, TCPConnects: 1}, 2: {Syscalls: 4}},
+			byNumber: map[uint64]map[uint32]uint64{1: {0: 10, 39: 3}, 2: {39: 4}},
+		},
+	}
+	var reused Counts // one table for every case: Reset leaves nothing behind
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var fresh Counts
+			reused.Reset()
+			for _, c := range []*Counts{&fresh, &reused} {
+				fill(c, tt.adds)
+				if got := c.Map(); !maps.EqualFunc(got, tt.want, maps.Equal) {
+					t.Errorf("Map() = %v, want %v", got, tt.want)
+				}
+				if got := c.ByNumber(); !maps.EqualFunc(got, tt.byNumber, maps.Equal) {
+					t.Errorf("ByNumber() = %v, want %v", got, tt.byNumber)
+				}
+				if c.Len() != len(tt.want) {
+					t.Errorf("Len() = %d, want %d", c.Len(), len(tt.want))
+				}
+				for id, byName := range tt.want {
+					for _, k := range []Counter{CounterSyscalls, CounterNetTxBytes, CounterTLSClientHandshakes} {
+						v, ok := c.Get(id, k)
+						w, wok := byName[k.Name()]
+						if v != w || ok != wok {
+							t.Errorf("Get(%d, %s) = %d, %v; want %d, %v", id, k, v, ok, w, wok)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+// A read into a reset table of the size it had allocates nothing: the
+// point of keeping it across reads.
+func TestCounts_resetKeepsMemory(t *testing.T) {
+	var c Counts
+	read := func() {
+		c.Reset()
+		for id := range uint64(1000) {
+			c.AddSyscalls(id, 0, id)
+			c.AddSyscalls(id, 1, id)
+			c.Add(id, CounterTCPConnects, 1)
+		}
+	}
+	read()
+	if n := testing.AllocsPerRun(10, read); n != 0 {
+		t.Errorf("a read of 1000 cgroups into a reused table allocated %v times, want 0", n)
+	}
+	if v, _ := c.Get(999, CounterSyscalls); v != 2*999 || c.Len() != 1000 || len(c.Numbers()) != 2000 {
+		t.Errorf("after reads: syscalls of 999 = %d, %d rows, %d numbers", v, c.Len(), len(c.Numbers()))
+	}
+}
