@@ -2,6 +2,8 @@ package meter
 
 import (
 	"maps"
+	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -124,5 +126,40 @@ func TestCounts_resetKeepsMemory(t *testing.T) {
 	}
 	if v, _ := c.Get(999, CounterSyscalls); v != 2*999 || c.Len() != 1000 || len(c.Numbers()) != 2000 {
 		t.Errorf("after reads: syscalls of 999 = %d, %d rows, %d numbers", v, c.Len(), len(c.Numbers()))
+	}
+}
+
+// BenchmarkCounts_read fills a reused table as the agent's four meters do
+// at 10,000 cgroups: two syscall numbers per cgroup in walk order, then
+// the two counters of sockstate and netbytes and the pair of tlsmeter,
+// each in a hash map's order (here a fixed shuffle).
+func BenchmarkCounts_read(b *testing.B) {
+	const n = 10_000
+	ids := make([]uint64, n)
+	for i := range ids {
+		ids[i] = 1_000_000 + uint64(i)*7
+	}
+	shuffled := slices.Clone(ids)
+	rand.New(rand.NewPCG(1, 2)).Shuffle(n, func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+	var c Counts
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Reset()
+		for _, id := range ids {
+			c.AddSyscalls(id, 0, id)
+			c.AddSyscalls(id, 1, id)
+		}
+		for _, k := range []Counter{CounterTCPConnects, CounterTCPAccepts, CounterNetTxBytes, CounterNetRxBytes} {
+			for _, id := range shuffled {
+				c.Add(id, k, id)
+			}
+		}
+		for _, id := range shuffled {
+			c.Add(id, CounterTLSClientHandshakes, 1)
+			c.Add(id, CounterTLSServerHandshakes, 2)
+		}
+	}
+	if c.Len() != n {
+		b.Fatalf("%d rows, want %d", c.Len(), n)
 	}
 }

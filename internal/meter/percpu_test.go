@@ -110,3 +110,43 @@ func TestCountKeys(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkSumPerCPU reads a per-CPU hash of 20,000 keys (two counters of
+// 10,000 cgroups, as the sockstate and netbytes meters hold them), with
+// buffers made for each read and kept across reads.
+func BenchmarkSumPerCPU(b *testing.B) {
+	testutil.RequireBPF(b)
+	const n = 20_000
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUHash, KeySize: 16, ValueSize: 8, MaxEntries: n})
+	testutil.CheckLoad(b, err)
+	defer m.Close()
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		b.Fatal(err)
+	}
+	type key struct{ Cgroup, Kind uint64 }
+	keys := make([]key, n)
+	for i := range keys {
+		keys[i] = key{Cgroup: uint64(i / 2), Kind: uint64(i % 2)}
+	}
+	if _, err := m.BatchUpdate(keys, make([]uint64, n*ncpu), nil); err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		buf  *PerCPUBuffers[key, uint64]
+	}{{"new buffers", nil}, {"kept buffers", new(PerCPUBuffers[key, uint64])}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				seen := 0
+				if err := SumPerCPU(m, tc.buf, func(key, uint64) { seen++ }); err != nil {
+					b.Fatal(err)
+				}
+				if seen != n {
+					b.Fatalf("saw %d keys, want %d", seen, n)
+				}
+			}
+		})
+	}
+}

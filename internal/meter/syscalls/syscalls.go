@@ -433,8 +433,14 @@ func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
 					m.seen = make(map[uint64]struct{})
 				}
 				clear(m.seen)
+				// A cgroup's records are one after another: one
+				// insert per cgroup, not per syscall number.
+				var last uint64
 				for i := range recs {
-					m.seen[recs[i].CgroupId] = struct{}{}
+					if id := recs[i].CgroupId; id != last {
+						m.seen[id] = struct{}{}
+						last = id
+					}
 				}
 			}
 			if _, alive := m.seen[k.CgroupId]; !alive {
