@@ -83,20 +83,39 @@ type NumberCount struct {
 // CPU). The zero value is empty and ready to use. It is not safe for
 // concurrent use.
 type Counts struct {
-	index map[uint64]int32 // cgroup id -> row
-	rows  []Row
-	nrs   []NumberCount
+	rows []Row
+	nrs  []NumberCount
 	// last is the row of the latest add, plus one (0: none): meters add
 	// a cgroup's counters one after another, so most adds find it here.
 	last int32
+	// seq is the row each lookup of this read found, in order, and prev
+	// the previous read's. A meter reads its map in the same order every
+	// read while the map's keys stay the same, so the n-th lookup finds
+	// the row the n-th did last time, and makes it if that lookup did:
+	// checked, that needs no hashing (a hash lookup per key was most of
+	// filling the table).
+	seq, prev []int32
+	// diverged is set once a lookup of this read missed its hint: the
+	// rows made so far may then differ from the previous read's, so a
+	// hint may no longer make a row, only find one.
+	diverged bool
+	// index maps cgroup ids to rows, for lookups that miss their hint.
+	// It is built only then, and holds rows[:indexed].
+	index   map[uint64]int32
+	indexed int
 }
 
 // Reset empties c and keeps its memory for the next read.
 func (c *Counts) Reset() {
-	clear(c.index)
+	if c.indexed > 0 {
+		clear(c.index)
+		c.indexed = 0
+	}
 	c.rows = c.rows[:0]
 	c.nrs = c.nrs[:0]
 	c.last = 0
+	c.prev, c.seq = c.seq, c.prev[:0]
+	c.diverged = false
 }
 
 // row returns the index of cgroup's row, adding one if needed.
@@ -104,16 +123,43 @@ func (c *Counts) row(cgroup uint64) int32 {
 	if c.last > 0 && c.rows[c.last-1].Cgroup == cgroup {
 		return c.last - 1
 	}
+	var i int32
+	switch n := len(c.seq); {
+	case n >= len(c.prev):
+		i = c.lookup(cgroup)
+	case int(c.prev[n]) < len(c.rows) && c.rows[c.prev[n]].Cgroup == cgroup:
+		i = c.prev[n] // rows are unique: this is cgroup's
+	case !c.diverged && int(c.prev[n]) == len(c.rows) && len(c.rows) < cap(c.rows) &&
+		c.rows[:len(c.rows)+1][len(c.rows)].Cgroup == cgroup:
+		// The previous read made cgroup's row here, after the same
+		// lookups as this read's so far: it has none yet. (The row's
+		// memory still holds the previous read's.)
+		i = int32(len(c.rows))
+		c.rows = append(c.rows, Row{Cgroup: cgroup})
+	default:
+		i = c.lookup(cgroup)
+	}
+	c.seq = append(c.seq, i)
+	c.last = i + 1
+	return i
+}
+
+// lookup finds cgroup's row by its id, adding one if needed.
+func (c *Counts) lookup(cgroup uint64) int32 {
+	c.diverged = true
+	if c.index == nil {
+		c.index = make(map[uint64]int32)
+	}
+	for ; c.indexed < len(c.rows); c.indexed++ {
+		c.index[c.rows[c.indexed].Cgroup] = int32(c.indexed)
+	}
 	i, ok := c.index[cgroup]
 	if !ok {
-		if c.index == nil {
-			c.index = make(map[uint64]int32)
-		}
 		i = int32(len(c.rows))
 		c.rows = append(c.rows, Row{Cgroup: cgroup})
 		c.index[cgroup] = i
+		c.indexed++
 	}
-	c.last = i + 1
 	return i
 }
 
@@ -148,13 +194,15 @@ func (c *Counts) Rows() []Row { return c.rows }
 // own: valid until the next add or Reset.
 func (c *Counts) Numbers() []NumberCount { return c.nrs }
 
-// Get returns counter k of cgroup, and whether a meter reported it.
+// Get returns counter k of cgroup, and whether a meter reported it. It
+// scans the table: for tests and examples, not for every cgroup.
 func (c *Counts) Get(cgroup uint64, k Counter) (uint64, bool) {
-	i, ok := c.index[cgroup]
-	if !ok || !c.rows[i].Has(k) {
-		return 0, false
+	for i := range c.rows {
+		if r := &c.rows[i]; r.Cgroup == cgroup {
+			return r.Values[k], r.Has(k)
+		}
 	}
-	return c.rows[i].Values[k], true
+	return 0, false
 }
 
 // Map returns the counts as cgroup id -> counter name -> value, with the

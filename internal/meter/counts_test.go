@@ -108,6 +108,81 @@ func TestCounts(t *testing.T) {
 	}
 }
 
+// A table reused across reads whose adds come in another order, with
+// cgroups more, fewer or repeated, holds what a fresh table does: the
+// previous read's order is a hint, never an answer.
+func TestCounts_readsThatDiffer(t *testing.T) {
+	adds := func(ids ...uint64) []add {
+		var out []add
+		for _, id := range ids {
+			out = append(out, add{cgroup: id, k: CounterSyscalls, nr: 1, v: id}, add{cgroup: id, k: CounterSyscalls, nr: 2, v: 1})
+		}
+		for _, id := range slices.Backward(ids) {
+			out = append(out, add{cgroup: id, k: CounterTCPConnects, v: id}, add{cgroup: id, k: CounterTCPAccepts, v: 2})
+		}
+		return out
+	}
+	reads := []struct {
+		name string
+		adds []add
+	}{
+		{"first", adds(1, 2, 3, 4, 5)},
+		{"same", adds(1, 2, 3, 4, 5)},
+		{"one more in the middle", adds(1, 2, 9, 3, 4, 5)},
+		{"one fewer", adds(1, 3, 4, 5)},
+		{"same as two reads ago", adds(1, 2, 9, 3, 4, 5)},
+		{"reordered", adds(5, 4, 3, 2, 1)},
+		{"a cgroup twice, apart", append(adds(1, 2, 3), adds(2, 6)...)},
+		{"again", append(adds(1, 2, 3), adds(2, 6)...)},
+		{"ids where the previous rows were", adds(6, 2, 3, 1)},
+		{"empty", nil},
+		{"after empty", adds(1, 2, 3, 4, 5)},
+	}
+	var reused Counts
+	for _, r := range reads {
+		var fresh Counts
+		fill(&fresh, r.adds)
+		reused.Reset()
+		fill(&reused, r.adds)
+		if got, want := reused.Map(), fresh.Map(); !maps.EqualFunc(got, want, maps.Equal) {
+			t.Errorf("%s: reused table %v, fresh %v", r.name, got, want)
+		}
+		if got, want := reused.ByNumber(), fresh.ByNumber(); !maps.EqualFunc(got, want, maps.Equal) {
+			t.Errorf("%s: reused breakdown %v, fresh %v", r.name, got, want)
+		}
+		if reused.Len() != fresh.Len() {
+			t.Errorf("%s: reused table has %d rows, fresh %d", r.name, reused.Len(), fresh.Len())
+		}
+	}
+	// Then reads that each change the previous one a little, as maps do
+	// between reads: a key more, a key fewer, two keys swapped.
+	rng := rand.New(rand.NewPCG(3, 4))
+	ids := []uint64{1, 2, 3, 4, 5, 6, 7, 8}
+	for read := range 500 {
+		switch i := rng.IntN(len(ids)); rng.IntN(4) {
+		case 0:
+			ids = slices.Insert(ids, i, uint64(rng.IntN(12)))
+		case 1:
+			if len(ids) > 1 {
+				ids = slices.Delete(ids, i, i+1)
+			}
+		case 2:
+			j := rng.IntN(len(ids))
+			ids[i], ids[j] = ids[j], ids[i]
+		}
+		var fresh Counts
+		fill(&fresh, adds(ids...))
+		reused.Reset()
+		fill(&reused, adds(ids...))
+		if got, want := reused.Map(), fresh.Map(); !maps.EqualFunc(got, want, maps.Equal) || reused.Len() != fresh.Len() {
+			t.Fatalf("read %d of %v: reused table %v, fresh %v", read, ids, got, want)
+		}
+		if got, want := reused.ByNumber(), fresh.ByNumber(); !maps.EqualFunc(got, want, maps.Equal) {
+			t.Fatalf("read %d of %v: reused breakdown %v, fresh %v", read, ids, got, want)
+		}
+	}
+}
+
 // A read into a reset table of the size it had allocates nothing: the
 // point of keeping it across reads.
 func TestCounts_resetKeepsMemory(t *testing.T) {
