@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/kmeter/kmeter/internal/config"
 	"github.com/kmeter/kmeter/internal/meter"
 	"github.com/kmeter/kmeter/internal/tenant"
 )
@@ -49,6 +52,100 @@ func (f *fakeMeter) ReadInto(c *meter.Counts) error {
 		}
 	}
 	return nil
+}
+
+// scriptMeter adds what add gives for read number n (1, 2, ...).
+type scriptMeter struct {
+	add   func(c *meter.Counts, n uint64)
+	reads uint64
+}
+
+func (f *scriptMeter) Close() error         { return nil }
+func (f *scriptMeter) Status() meter.Status { return meter.Status{Meter: "script"} }
+
+func (f *scriptMeter) ReadInto(c *meter.Counts) error {
+	f.reads++
+	f.add(c, f.reads)
+	return nil
+}
+
+// Read adds each tenant's cgroups up, keeps counters no meter reported
+// absent, and gives every snapshot maps of its own: the counts of three
+// reads, whose meters add in a different order each time, are exact.
+func TestRead_perTenant(t *testing.T) {
+	root := t.TempDir()
+	id := map[string]uint64{}
+	for _, p := range []string{"shop", "shop/a", "shop/b", "solo"} {
+		if err := os.Mkdir(filepath.Join(root, p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(root, p), &st); err != nil {
+			t.Fatal(err)
+		}
+		id[p] = st.Ino
+	}
+	res, err := tenant.NewResolver(root, []config.Tenant{{Name: "shop", Cgroups: []string{"/shop"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, solo := id["shop/a"], id["shop/b"], id["solo"]
+	// Odd reads add in one order, even reads in the reverse one.
+	order := func(n uint64, ids ...uint64) []uint64 {
+		if n%2 == 0 {
+			slices.Reverse(ids)
+		}
+		return ids
+	}
+	ag := &Agent{
+		cfg:        Config{Resolver: res, Interval: 5 * time.Second},
+		log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		unresolved: map[uint64]bool{},
+		meters: []meter.Meter{
+			&scriptMeter{add: func(c *meter.Counts, n uint64) {
+				for _, cg := range order(n, a, b, solo) {
+					switch cg {
+					case a:
+						c.AddSyscalls(a, 0, 10*n)
+						c.AddSyscalls(a, 1, 5*n)
+					case b:
+						c.AddSyscalls(b, 1, 7*n)
+					case solo:
+						c.AddSyscalls(solo, 0, n)
+					}
+				}
+			}},
+			&scriptMeter{add: func(c *meter.Counts, n uint64) {
+				for _, cg := range order(n, b, a) {
+					c.Add(cg, meter.CounterTCPConnects, map[uint64]uint64{a: 2, b: 3}[cg]*n)
+				}
+			}},
+			&scriptMeter{add: func(c *meter.Counts, n uint64) { c.Add(solo, meter.CounterTLSClientHandshakes, 0) }},
+		},
+	}
+	var snaps []*Snapshot
+	for range 3 {
+		s, err := ag.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		snaps = append(snaps, s)
+	}
+	soloName := res.Tenant(solo)
+	for i, s := range snaps {
+		n := uint64(i + 1)
+		want := map[string]map[string]uint64{
+			"shop":   {meter.Syscalls: 22 * n, meter.TCPConnects: 5 * n},
+			soloName: {meter.Syscalls: n, meter.TLSClientHandshakes: 0},
+		}
+		wantNr := map[string]map[uint32]uint64{"shop": {0: 10 * n, 1: 12 * n}, soloName: {0: n}}
+		if !maps.EqualFunc(s.Tenants, want, maps.Equal) {
+			t.Errorf("read %d: tenants %v, want %v", n, s.Tenants, want)
+		}
+		if !maps.EqualFunc(s.SyscallsByNumber, wantNr, maps.Equal) {
+			t.Errorf("read %d: syscalls by number %v, want %v", n, s.SyscallsByNumber, wantNr)
+		}
+	}
 }
 
 // BenchmarkRead measures what Agent.Read does besides reading the
