@@ -201,14 +201,19 @@ type Biller struct {
 	pricingFailures map[string]uint64
 	lastTick        time.Time
 
-	// Buffers reused by every tick (ticks hold mu). from[i] is the
-	// table row of the tick's window i. windows is kept only for windows
-	// shorter than keepWindowsBelow.
-	windows []ledger.Window
-	from    []int32
-	priced  []bool
+	// Buffers reused by every tick (ticks hold mu): the tick's windows
+	// as 24-byte entries that name their table row (a ledger.Window is
+	// about 200 bytes: 14 MB at 70,000 series), the ledger's view of
+	// them, and one pricing chunk's records and charges.
+	pend    []pending
+	commit  tickWindows
 	recs    []pricing.Record
 	charges []pricing.Charge
+	// tags are the distinct (currency, plugin) pairs of the charges,
+	// tags[0] the empty pair of the windows that bill nothing; a pending
+	// window keeps the index of its own.
+	tags     []chargeTag
+	tagIndex map[chargeTag]uint32
 
 	// routes are the distinct routes (by name) of the series, in the
 	// order first seen; a row keeps the index of its own, so the pricer
@@ -248,6 +253,8 @@ func New(ctx context.Context, cfg Config) (*Biller, error) {
 		resets:          map[Key]uint64{},
 		pricingFailures: map[string]uint64{},
 	}
+	b.commit.b = b
+	b.forgetTags()
 	if err := b.load(ctx); err != nil {
 		return nil, err
 	}
@@ -264,7 +271,7 @@ func (b *Biller) load(ctx context.Context) error {
 	b.next = 1
 	for _, c := range cps {
 		r := b.table.row(c.Tenant, c.Meter)
-		r.seq, r.counter, r.end = c.Seq, c.Counter, c.End
+		r.seq, r.counter, r.end = c.Seq, c.Counter, c.End.UnixNano()
 		b.next = max(b.next, c.Seq+1)
 	}
 	b.stale = false
@@ -305,67 +312,56 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	now := b.cfg.Now()
 	b.table.sort()
 	rows := b.table.rows
-	moved := 0
-	for i := range rows {
-		if r := &rows[i]; r.tick == tick && r.count != r.counter {
-			moved++
-		}
+	if len(b.tags) > maxTags {
+		b.forgetTags()
 	}
-	pending, from := b.windowBuffer(moved), b.from[:0]
+	// The tick's windows: the rows read with another count than their
+	// checkpoint's. The rest of a window follows from its row, the tick
+	// (b.commit) and, once priced, its charge.
+	pend := b.pend[:0]
 	for i := range rows {
 		r := &rows[i]
-		if r.tick != tick {
-			continue // not in this reading
-		}
-		v := r.count
-		w := ledger.Window{Node: b.cfg.NodeID, Tenant: r.tenant, Meter: r.meter, Seq: b.next, PrevSeq: r.seq,
-			FromCounter: r.counter, ToCounter: v, Start: r.end, End: now}
-		if r.seq == 0 {
-			w.Start = b.started
-		}
 		switch {
-		case v < r.counter:
+		case r.tick != tick:
+			continue // not in this reading
+		case r.count < r.counter:
 			// The maps were re-created (or the tenant's sum lost a
-			// cgroup). Which part of v is new usage is unknowable, so the
-			// window bills nothing and re-bases: under-billing by at most
-			// v, reported, rather than risking billing usage twice.
-			w.Rebased = true
+			// cgroup). Which part of the count is new usage is
+			// unknowable, so the window bills nothing and re-bases:
+			// under-billing by at most the count, reported, rather than
+			// risking billing usage twice.
 			res.Rebased++
-			b.resets[Key{r.tenant, r.meter}]++
-			b.cfg.Log.Warn("usage counter went backwards; re-basing it without billing", "tenant", r.tenant, "meter", r.meter,
-				"checkpoint", r.counter, "now", v)
-		case v == r.counter:
+			meter := b.table.meter(r)
+			b.resets[Key{r.tenant, meter}]++
+			b.cfg.Log.Warn("usage counter went backwards; re-basing it without billing", "tenant", r.tenant, "meter", meter,
+				"checkpoint", r.counter, "now", r.count)
+			pend = append(pend, pending{row: int32(i), tag: noCharge}) // nothing to price
+		case r.count == r.counter:
 			if len(b.unbilled) > 0 {
-				delete(b.unbilled, Key{r.tenant, r.meter})
+				delete(b.unbilled, Key{r.tenant, b.table.meter(r)})
 			}
-			continue
 		default:
-			w.Quantity = v - r.counter
+			pend = append(pend, pending{row: int32(i), tag: unpriced})
 		}
-		pending = append(pending, w)
-		from = append(from, int32(i))
 	}
-	b.from = from
+	b.pend = pend
+	b.commit.seq, b.commit.end, b.commit.pend = b.next, now, pend
 	// Price per route, one batch per pricer.
-	held := heldSeries{}
-	priced := slices.Grow(b.priced[:0], len(pending))[:len(pending)]
-	clear(priced)
-	b.priced = priced
+	var held heldSeries
 	b.checkRoutes()
 	batches := b.batches
 	for ri := range batches {
 		batches[ri] = batches[ri][:0]
 	}
-	for i := range pending {
-		w := &pending[i]
-		if w.Rebased {
-			priced[i] = true // bills nothing: nothing to price
+	for i := range pend {
+		if pend[i].tag != unpriced {
 			continue
 		}
-		ri, err := b.route(&rows[from[i]])
+		r := &rows[pend[i].row]
+		ri, err := b.route(r)
 		if err != nil {
-			k := Key{w.Tenant, w.Meter}
-			b.hold(k, w.Quantity, "")
+			k := Key{r.tenant, b.table.meter(r)}
+			b.hold(k, quantity(r), "")
 			held.add(k, "", err)
 			continue
 		}
@@ -376,39 +372,40 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		// Price in chunks: a plugin call has a record limit, and a failed
 		// chunk holds only its own series.
 		for lo := 0; lo < len(idx); lo += MaxBatch {
-			b.priceChunk(ctx, b.routes[ri], pending, idx[lo:min(lo+MaxBatch, len(idx))], priced, held)
+			b.priceChunk(ctx, b.routes[ri], idx[lo:min(lo+MaxBatch, len(idx))], &held)
 		}
 	}
 	held.log(b.cfg.Log)
-	defer clear(pending) // see windowBuffer
 	// The windows to commit are the priced ones, moved to the front of
-	// pending in place.
-	ws, wfrom := pending[:0], from[:0]
-	for i := range pending {
-		switch {
-		case !priced[i]:
+	// pend in place.
+	n := 0
+	for _, p := range pend {
+		if p.tag == unpriced {
 			res.Held++
-		case len(ws) == i: // nothing held so far: already in place
-			ws, wfrom = ws[:i+1], wfrom[:i+1]
-		default:
-			ws = append(ws, pending[i])
-			wfrom = append(wfrom, from[i])
+			continue
 		}
+		pend[n] = p
+		n++
 	}
+	pend = pend[:n]
+	b.commit.pend = pend
 	if err := b.fault(AfterPrice); err != nil {
 		return res, err
 	}
-	if len(ws) > 0 {
+	if len(pend) > 0 {
 		start := time.Now()
-		err := b.cfg.Ledger.Commit(ctx, ledger.Windows(ws))
+		// The ledger reads the windows from the table through b.commit:
+		// no row changes until the commit returns.
+		err := b.cfg.Ledger.Commit(ctx, &b.commit)
 		b.write.Observe(time.Since(start).Seconds())
 		if err != nil {
 			// The commit may have landed (a lost reply) or not: ask the
 			// ledger before the next tick. Duplicate keys make a retry of
 			// a landed window fail rather than bill twice.
 			b.stale = true
-			for _, w := range ws {
-				b.unbilled[Key{w.Tenant, w.Meter}] = w.Quantity
+			for _, p := range pend {
+				r := &rows[p.row]
+				b.unbilled[Key{r.tenant, b.table.meter(r)}] = quantity(r)
 			}
 			return res, fmt.Errorf("commit window: %w", err)
 		}
@@ -417,42 +414,116 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		b.stale = true
 		return res, err
 	}
-	if len(ws) > 0 {
+	seq, end := b.next, now.UnixNano()
+	if len(pend) > 0 {
 		b.next++
 	}
-	for j, w := range ws {
-		r := &b.table.rows[wfrom[j]]
-		r.seq, r.counter, r.end = w.Seq, w.ToCounter, w.End
-		if len(b.unbilled) > 0 {
-			delete(b.unbilled, Key{w.Tenant, w.Meter})
-		}
+	for _, p := range pend {
+		r := &rows[p.row]
 		res.Windows++
-		res.Quantity += w.Quantity
+		res.Quantity += quantity(r)
+		r.seq, r.counter, r.end = seq, r.count, end
+		if len(b.unbilled) > 0 {
+			delete(b.unbilled, Key{r.tenant, b.table.meter(r)})
+		}
 	}
 	b.lastTick = now
 	return res, nil
 }
 
-// keepWindowsBelow: ticks closer than this reuse one buffer for their
-// windows; further apart, each tick allocates its windows and drops them
-// after the commit. At 70,000 series the buffer is 14 MB that the ledger
-// needs only during the commit: kept, it stays in the live heap (and in
-// RSS) between ticks, and the GC lets the heap grow to twice the live
-// heap; allocated anew, it costs 10-40 ms of CPU per tick in
-// BenchmarkTick (zeroing and GC), which matters only when ticks are
-// frequent.
-const keepWindowsBelow = 30 * time.Second
-
-// windowBuffer returns an empty slice for n windows.
-func (b *Biller) windowBuffer(n int) []ledger.Window {
-	if b.cfg.Interval >= keepWindowsBelow {
-		b.windows = nil
-		return make([]ledger.Window, 0, n)
+// quantity is what the window of r bills: the growth of its counter
+// since the checkpoint, or nothing when the counter went backwards.
+func quantity(r *row) uint64 {
+	if r.count < r.counter {
+		return 0
 	}
-	// Every tick clears what it used (below), so no strings of series
-	// gone from the source stay reachable through the buffer.
-	b.windows = slices.Grow(b.windows[:0], n)
-	return b.windows
+	return r.count - r.counter
+}
+
+// pending is one window of a tick: its row, and its charge once priced.
+type pending struct {
+	row int32
+	// tag is the index in the biller's tags of the charge's currency and
+	// plugin; unpriced until the window is priced.
+	tag            uint32
+	amount, vendor int64
+}
+
+const (
+	// noCharge is the tag of a window that bills nothing (tags[0]).
+	noCharge uint32 = 0
+	// unpriced is the tag of a window not (yet) priced.
+	unpriced = ^uint32(0)
+)
+
+// chargeTag is what a window's charge shares with most others.
+type chargeTag struct{ currency, plugin string }
+
+// maxTags bounds the tags kept from tick to tick: plugins are few, but
+// each reload brings a new sha256.
+const maxTags = 256
+
+// forgetTags leaves only tags[0], between ticks.
+func (b *Biller) forgetTags() {
+	b.tags = append(b.tags[:0], chargeTag{})
+	clear(b.tagIndex)
+	if b.tagIndex == nil {
+		b.tagIndex = map[chargeTag]uint32{}
+	}
+	b.tagIndex[chargeTag{}] = noCharge
+}
+
+// tag returns the index in b.tags of (currency, plugin), adding it when
+// it is new.
+func (b *Biller) tag(currency, plugin string) uint32 {
+	k := chargeTag{currency, plugin}
+	if i, ok := b.tagIndex[k]; ok {
+		return i
+	}
+	i := uint32(len(b.tags))
+	b.tags = append(b.tags, k)
+	b.tagIndex[k] = i
+	return i
+}
+
+// tickWindows is a tick's windows as the ledger reads them: window i is
+// built when asked from pend[i], its table row and the tick, the same
+// each time, as long as the rows do not change (they do not during a
+// commit).
+type tickWindows struct {
+	b    *Biller
+	seq  uint64
+	end  time.Time
+	pend []pending
+}
+
+// Len implements [ledger.WindowSource].
+func (s *tickWindows) Len() int { return len(s.pend) }
+
+// Window implements [ledger.WindowSource].
+func (s *tickWindows) Window(i int) ledger.Window { return s.window(&s.pend[i]) }
+
+func (s *tickWindows) window(p *pending) ledger.Window {
+	t := &s.b.table
+	r := &t.rows[p.row]
+	w := ledger.Window{Node: s.b.cfg.NodeID, Tenant: r.tenant, Meter: t.meter(r), Seq: s.seq, PrevSeq: r.seq,
+		FromCounter: r.counter, ToCounter: r.count, Rebased: r.count < r.counter, Quantity: quantity(r),
+		Start: s.start(r), End: s.end}
+	if p.tag != unpriced {
+		tag := &s.b.tags[p.tag]
+		w.Charge = pricing.Charge{AmountMicro: p.amount, Currency: tag.currency, VendorMicro: p.vendor}
+		w.PluginSHA256 = tag.plugin
+	}
+	return w
+}
+
+// start is when the window of r starts: at its checkpoint, or when the
+// biller started for a series' first window.
+func (s *tickWindows) start(r *row) time.Time {
+	if r.seq == 0 {
+		return s.b.started
+	}
+	return time.Unix(0, r.end)
 }
 
 // checkRoutes forgets every row's route when the Pricers say their
@@ -477,7 +548,7 @@ func (b *Biller) route(r *row) (int, error) {
 	if r.route > 0 {
 		return int(r.route - 1), nil
 	}
-	rt, err := b.cfg.Pricers.PricerFor(r.tenant, r.meter)
+	rt, err := b.cfg.Pricers.PricerFor(r.tenant, b.table.meter(r))
 	if err != nil {
 		return 0, err
 	}
@@ -500,10 +571,6 @@ func (b *Biller) route(r *row) (int, error) {
 func (b *Biller) read(ctx context.Context) (uint32, error) {
 	t := &b.table
 	t.tick++
-	put := func(tenant, meter string, v uint64) {
-		r := t.row(tenant, meter)
-		r.count, r.tick = v, t.tick
-	}
 	if f, ok := b.cfg.Source.(TenantsFunc); ok {
 		m, err := f(ctx)
 		if err != nil {
@@ -511,6 +578,10 @@ func (b *Biller) read(ctx context.Context) (uint32, error) {
 		}
 		t.putTenants(m)
 		return t.tick, nil
+	}
+	put := func(tenant, meter string, v uint64) {
+		r := t.row(tenant, meter)
+		r.count, r.tick = v, t.tick
 	}
 	if w, ok := b.cfg.Source.(Walker); ok {
 		return t.tick, w.Walk(ctx, put)
@@ -529,9 +600,10 @@ func (b *Biller) read(ctx context.Context) (uint32, error) {
 // more series for one pricer is priced in several calls.
 const MaxBatch = 4096
 
-// priceChunk prices the pending series at idx with route and marks them
-// priced, or holds them all.
-func (b *Biller) priceChunk(ctx context.Context, route Route, pending []ledger.Window, idx []int32, priced []bool, held heldSeries) {
+// priceChunk prices the tick's windows at idx (in b.pend) with route
+// and keeps their charges, or holds them all.
+func (b *Biller) priceChunk(ctx context.Context, route Route, idx []int32, held *heldSeries) {
+	t, pend, end := &b.table, b.pend, b.commit.end
 	recs := slices.Grow(b.recs[:0], len(idx))[:len(idx)]
 	b.recs = recs
 	defer clear(recs) // drop the tenants' strings and attributes
@@ -544,11 +616,11 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, pending []ledger.W
 		haveAttrs bool
 	)
 	for j, i := range idx {
-		w := &pending[i]
-		recs[j] = pricing.Record{Tenant: w.Tenant, Meter: w.Meter, Quantity: w.Quantity, Start: w.Start, End: w.End}
+		r := &t.rows[pend[i].row]
+		recs[j] = pricing.Record{Tenant: r.tenant, Meter: t.meter(r), Quantity: quantity(r), Start: b.commit.start(r), End: end}
 		if b.cfg.Attrs != nil {
-			if !haveAttrs || w.Tenant != attrsOf {
-				attrs, attrsOf, haveAttrs = b.cfg.Attrs(w.Tenant), w.Tenant, true
+			if !haveAttrs || r.tenant != attrsOf {
+				attrs, attrsOf, haveAttrs = b.cfg.Attrs(r.tenant), r.tenant, true
 			}
 			recs[j].Attrs = attrs
 		}
@@ -563,22 +635,29 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, pending []ledger.W
 	}
 	if err == nil {
 		// A charge the ledger would refuse fails the whole commit, so it
-		// fails its chunk here instead: the other series go on.
+		// fails its chunk here instead: the other series go on. Most
+		// charges share their currency, so the tag is looked up again
+		// only when it changes.
+		tag, tagOf := b.tag("", out.PluginSHA256), ""
 		for j, i := range idx {
-			w := &pending[i]
-			w.Charge, w.PluginSHA256 = out.Charges[j], out.PluginSHA256
-			if verr := w.Validate(); verr != nil && err == nil {
+			c, p := &out.Charges[j], &pend[i]
+			if c.Currency != tagOf {
+				tag, tagOf = b.tag(c.Currency, out.PluginSHA256), c.Currency
+			}
+			p.tag, p.amount, p.vendor = tag, c.AmountMicro, c.VendorMicro
+			if verr := b.commit.window(p).Validate(); verr != nil && err == nil {
 				err = fmt.Errorf("pricer returned an unusable charge: %w", verr)
 			}
 		}
 	}
 	for _, i := range idx {
 		if err != nil {
-			k := Key{pending[i].Tenant, pending[i].Meter}
-			b.hold(k, pending[i].Quantity, route.Name)
+			p := &pend[i]
+			p.tag = unpriced
+			r := &t.rows[p.row]
+			k := Key{r.tenant, t.meter(r)}
+			b.hold(k, quantity(r), route.Name)
 			held.add(k, route.Name, err)
-		} else {
-			priced[i] = true
 		}
 	}
 }
@@ -597,11 +676,16 @@ type heldGroup struct {
 	example Key
 }
 
-func (h heldSeries) add(k Key, route string, err error) {
-	g := h[[2]string{route, err.Error()}]
+// add counts k, making the map on the first series held: most ticks
+// hold none.
+func (h *heldSeries) add(k Key, route string, err error) {
+	if *h == nil {
+		*h = heldSeries{}
+	}
+	g := (*h)[[2]string{route, err.Error()}]
 	if g == nil {
 		g = &heldGroup{example: k}
-		h[[2]string{route, err.Error()}] = g
+		(*h)[[2]string{route, err.Error()}] = g
 	}
 	g.n++
 }
