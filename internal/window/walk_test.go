@@ -78,9 +78,8 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 	p := onePricer{&fixedPricer{microPerUnit: 3}}
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { return now } // both billers see the same times
-	// The intervals differ so that both ways of buffering windows (kept
-	// between frequent ticks, allocated per tick for long windows) are
-	// compared; Tick never waits for the interval.
+	// The intervals differ, as billers' do (Tick never waits for the
+	// interval).
 	newB := func(node string, src window.Source, st window.Store, every time.Duration) *window.Biller {
 		b, err := window.New(context.Background(), window.Config{NodeID: node, Source: src, Ledger: st, Pricers: p, Now: clock,
 			Interval: every, Log: quietLog()})
