@@ -318,7 +318,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	// The tick's windows: the rows read with another count than their
 	// checkpoint's. The rest of a window follows from its row, the tick
 	// (b.commit) and, once priced, its charge.
-	pend := b.pend[:0]
+	pend := slices.Grow(b.pend[:0], len(rows)) // at most one window per row
 	for i := range rows {
 		r := &rows[i]
 		switch {
