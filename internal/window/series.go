@@ -12,12 +12,22 @@ import (
 // rather than one per series (70,000), and a reading is put into the
 // table without a map of its own.
 type series struct {
-	rows    []row
-	tenants map[string]int32 // tenant -> the head of its chain of rows
+	rows []row
+	// names are the tenants, by the id their rows keep; tenants maps a
+	// name to its id, heads an id to the head of its chain of rows (-1:
+	// none yet).
+	names   []string
+	tenants map[string]int32
+	heads   []int32
 	// meters are the distinct meter names (a node has a handful); a row
-	// keeps the index of its own, not the 16-byte string.
+	// keeps the index of its own.
 	meters     []string
 	meterIndex map[string]int32
+	// cps are the checkpoints rows share: all series of a commit get the
+	// same window number and end. cps[0] is no checkpoint (seq 0).
+	// kept is how many were in use at the last compaction.
+	cps  []checkpoint
+	kept int
 	// sorted is true while the rows are in billing order (tenant, then
 	// meter): no row was added since the last sort.
 	sorted bool
@@ -27,25 +37,30 @@ type series struct {
 	// The last tenant looked up: a reading lists a tenant's series one
 	// after the other, so most lookups need no hashing.
 	last     string
-	lastHead int32
+	lastID   int32
 	haveLast bool
 }
 
-// row is one series: 64 bytes, so that at 70,000 series the table is
-// about 4.5 MB (it was 96 bytes with the meter's string and a
-// time.Time).
+// checkpoint is a committed window's number and end (Unix nanoseconds:
+// the ledger keeps microseconds, plugins get nanoseconds).
+type checkpoint struct {
+	seq uint64
+	end int64
+}
+
+// row is one series: 40 bytes, so that at 70,000 series the table is
+// about 2.8 MB (it was 96 bytes with the tenant's and meter's strings
+// and the checkpoint's seq and time.Time on every row).
 type row struct {
-	tenant string
-	// The checkpoint as committed: window number, counter and end (Unix
-	// nanoseconds: the ledger keeps microseconds, plugins get
-	// nanoseconds, and a time.Time is three times the size).
-	seq, counter uint64
-	end          int64
+	// counter is the checkpoint's counter; cp the index of its window
+	// number and end in the table's cps.
+	counter uint64
 	// count is the reading of tick.
-	count uint64
-	tick  uint32
-	// meter is the index of the series' meter in the table's meters.
-	meter int32
+	count  uint64
+	tick   uint32
+	cp     uint32
+	tenant int32 // index in the table's names
+	meter  int32 // index in the table's meters
 	// next is the tenant's next row, -1 after its last.
 	next int32
 	// route is 1 + the index of the series' pricer in the biller's
@@ -53,8 +68,17 @@ type row struct {
 	route int32
 }
 
+// tenant returns the name of r's tenant.
+func (t *series) tenant(r *row) string { return t.names[r.tenant] }
+
 // meter returns the name of r's meter.
 func (t *series) meter(r *row) string { return t.meters[r.meter] }
+
+// key returns r's series.
+func (t *series) key(r *row) Key { return Key{t.names[r.tenant], t.meters[r.meter]} }
+
+// checkpoint returns r's checkpoint: seq 0 before its first window.
+func (t *series) checkpoint(r *row) checkpoint { return t.cps[r.cp] }
 
 // meterID returns the index of meter in t.meters, adding it when new.
 func (t *series) meterID(meter string) int32 {
@@ -70,28 +94,37 @@ func (t *series) meterID(meter string) int32 {
 	return i
 }
 
+// tenantID returns the id of tenant, adding it when new.
+func (t *series) tenantID(tenant string) int32 {
+	if t.haveLast && tenant == t.last {
+		return t.lastID
+	}
+	id, ok := t.tenants[tenant]
+	if !ok {
+		if t.tenants == nil {
+			t.tenants = map[string]int32{}
+		}
+		id = int32(len(t.names))
+		t.names = append(t.names, tenant)
+		t.heads = append(t.heads, -1)
+		t.tenants[tenant] = id
+	}
+	t.last, t.lastID, t.haveLast = tenant, id, true
+	return id
+}
+
 // row returns the row of (tenant, meter), adding it when it is new.
 // The pointer is valid until the next call.
 func (t *series) row(tenant, meter string) *row {
-	head := int32(-1)
-	if t.haveLast && tenant == t.last {
-		head = t.lastHead
-	} else if h, ok := t.tenants[tenant]; ok {
-		head = h
-	}
-	for i := head; i >= 0; i = t.rows[i].next {
+	id := t.tenantID(tenant)
+	for i := t.heads[id]; i >= 0; i = t.rows[i].next {
 		if t.meters[t.rows[i].meter] == meter {
-			t.last, t.lastHead, t.haveLast = tenant, head, true
 			return &t.rows[i]
 		}
 	}
-	if t.tenants == nil {
-		t.tenants = map[string]int32{}
-	}
 	i := int32(len(t.rows))
-	t.rows = append(t.rows, row{tenant: tenant, meter: t.meterID(meter), next: head})
-	t.tenants[tenant] = i
-	t.last, t.lastHead, t.haveLast = tenant, i, true
+	t.rows = append(t.rows, row{tenant: id, meter: t.meterID(meter), next: t.heads[id]})
+	t.heads[id] = i
 	t.sorted = false
 	return &t.rows[i]
 }
@@ -106,7 +139,7 @@ func (t *series) putTenants(m map[string]map[string]uint64) {
 	t.sort() // a tenant's rows adjacent, its chain in index order
 	tenants, complete := 0, true
 	for i := 0; i < len(t.rows); i++ {
-		byMeter, ok := m[t.rows[i].tenant]
+		byMeter, ok := m[t.names[t.rows[i].tenant]]
 		found := 0
 		for ; ; i++ {
 			r := &t.rows[i]
@@ -139,28 +172,74 @@ func (t *series) putTenants(m map[string]map[string]uint64) {
 func (t *series) resetCheckpoints() {
 	for i := range t.rows {
 		r := &t.rows[i]
-		r.seq, r.counter, r.end = 0, 0, 0
+		r.counter, r.cp = 0, 0
 	}
+	t.cps = append(t.cps[:0], checkpoint{})
+	t.kept = 1
+}
+
+// addCheckpoint adds c to cps and returns its index.
+func (t *series) addCheckpoint(c checkpoint) uint32 {
+	if len(t.cps) == 0 {
+		t.cps = append(t.cps, checkpoint{})
+		t.kept = 1
+	}
+	t.cps = append(t.cps, c)
+	return uint32(len(t.cps) - 1)
+}
+
+// compactCheckpoints drops the checkpoints no row uses any more, when
+// their table has grown well past what was in use at the last
+// compaction: each commit adds one, and series that are held or no
+// longer read keep theirs. It must not run while a commit reads the
+// rows.
+func (t *series) compactCheckpoints(remap []uint32) []uint32 {
+	if len(t.cps) <= 2*t.kept+16 {
+		return remap
+	}
+	remap = slices.Grow(remap[:0], len(t.cps))[:len(t.cps)]
+	for i := range remap {
+		remap[i] = 0
+	}
+	const used = 1
+	remap[0] = used
+	for i := range t.rows {
+		remap[t.rows[i].cp] = used
+	}
+	n := 0
+	for i, u := range remap {
+		if u == used {
+			t.cps[n] = t.cps[i]
+			remap[i] = uint32(n)
+			n++
+		}
+	}
+	t.cps = t.cps[:n]
+	for i := range t.rows {
+		r := &t.rows[i]
+		r.cp = remap[r.cp]
+	}
+	t.kept = n
+	return remap
 }
 
 // sort puts the rows in billing order (tenant, then meter) in the table
 // itself, when a row was added since the last sort, so that a tick walks
-// them in index order: at 70,000 series (7 MB of rows) visiting them in
-// insertion order, which is the source's order, missed the CPU caches on
-// most rows. Row indexes change; none is kept across a sort.
+// them in index order: at 70,000 series visiting them in insertion
+// order, which is the source's order, missed the CPU caches on most
+// rows. Row indexes change; none is kept across a sort.
 func (t *series) sort() {
 	if t.sorted {
 		return
 	}
 	slices.SortFunc(t.rows, func(a, b row) int {
-		if c := strings.Compare(a.tenant, b.tenant); c != 0 {
-			return c
+		if a.tenant != b.tenant {
+			return strings.Compare(t.names[a.tenant], t.names[b.tenant])
 		}
 		return strings.Compare(t.meters[a.meter], t.meters[b.meter])
 	})
 	// Each tenant's rows are now adjacent: its chain runs through them in
-	// order and the index points at the first.
-	clear(t.tenants)
+	// order and its head is the first.
 	for i := range t.rows {
 		r := &t.rows[i]
 		r.next = -1
@@ -168,9 +247,8 @@ func (t *series) sort() {
 			r.next = int32(i + 1)
 		}
 		if i == 0 || t.rows[i-1].tenant != r.tenant {
-			t.tenants[r.tenant] = int32(i)
+			t.heads[r.tenant] = int32(i)
 		}
 	}
-	t.haveLast = false
 	t.sorted = true
 }

@@ -144,3 +144,58 @@ func windowsString(ws []ledger.Window) string {
 	}
 	return sb.String()
 }
+
+// TestBiller_Tick_oldCheckpointsStay: a series idle for many ticks, while
+// another is billed on each, starts its next window at its own first
+// checkpoint: the checkpoints the biller shares between rows and drops
+// when no row uses them any more keep every row's own.
+func TestBiller_Tick_oldCheckpointsStay(t *testing.T) {
+	st := &stableStore{Ledger: ledgertest.SQLite.Open(t), t: t}
+	src := newSource()
+	start := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	now := start
+	b, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: st, Log: quietLog(),
+		Pricers: onePricer{&fixedPricer{microPerUnit: 1}}, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tick := func(k int) time.Time { return start.Add(time.Duration(k) * time.Second) }
+	const ticks = 100
+	for k := 1; k <= ticks; k++ {
+		now = tick(k)
+		src.add("busy", "syscalls", 1)
+		if k == 1 || k == ticks {
+			src.add("idle", "syscalls", 5)
+		}
+		if k == ticks/2 { // a third series, idle from tick 50 on
+			src.add("late", "syscalls", 2)
+		}
+		mustTick(t, b)
+	}
+	// idle's window of the last tick starts at its first checkpoint;
+	// late's checkpoint (tick 50) is still there.
+	got := st.commits[len(st.commits)-1]
+	win := func(tenant string, prev, from, to uint64, since time.Time) ledger.Window {
+		q := to - from
+		return ledger.Window{Node: "n1", Tenant: tenant, Meter: "syscalls", Seq: ticks, PrevSeq: prev, FromCounter: from,
+			ToCounter: to, Quantity: q, Start: since, End: tick(ticks), PluginSHA256: pluginSHA,
+			Charge: pricing.Charge{AmountMicro: int64(q), Currency: "USD", VendorMicro: int64(q) * 7 / 10}}
+	}
+	want := []ledger.Window{
+		win("busy", ticks-1, ticks-1, ticks, tick(ticks-1)),
+		win("idle", 1, 5, 10, tick(1)),
+	}
+	if g, w := windowsString(got), windowsString(want); g != w {
+		t.Errorf("last tick committed\n%s\nwant\n%s", g, w)
+	}
+	src.add("late", "syscalls", 1)
+	now = tick(ticks + 1)
+	mustTick(t, b)
+	got = st.commits[len(st.commits)-1]
+	want = []ledger.Window{win("late", ticks/2, 2, 3, tick(ticks/2))}
+	want[0].Seq, want[0].End = ticks+1, tick(ticks+1)
+	if g, w := windowsString(got), windowsString(want); g != w {
+		t.Errorf("late's window\n%s\nwant\n%s", g, w)
+	}
+	mustVerify(t, st.Ledger)
+}

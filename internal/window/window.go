@@ -214,6 +214,8 @@ type Biller struct {
 	// window keeps the index of its own.
 	tags     []chargeTag
 	tagIndex map[chargeTag]uint32
+	// remap is the table's buffer for compacting its checkpoints.
+	remap []uint32
 
 	// routes are the distinct routes (by name) of the series, in the
 	// order first seen; a row keeps the index of its own, so the pricer
@@ -269,11 +271,20 @@ func (b *Biller) load(ctx context.Context) error {
 	}
 	b.table.resetCheckpoints()
 	b.next = 1
+	// Series committed together share their checkpoint's seq and end.
+	ids := map[checkpoint]uint32{}
 	for _, c := range cps {
 		r := b.table.row(c.Tenant, c.Meter)
-		r.seq, r.counter, r.end = c.Seq, c.Counter, c.End.UnixNano()
+		cp := checkpoint{seq: c.Seq, end: c.End.UnixNano()}
+		id, ok := ids[cp]
+		if !ok {
+			id = b.table.addCheckpoint(cp)
+			ids[cp] = id
+		}
+		r.counter, r.cp = c.Counter, id
 		b.next = max(b.next, c.Seq+1)
 	}
+	b.table.kept = len(b.table.cps)
 	b.stale = false
 	return nil
 }
@@ -315,6 +326,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	if len(b.tags) > maxTags {
 		b.forgetTags()
 	}
+	b.remap = b.table.compactCheckpoints(b.remap)
 	// The tick's windows: the rows read with another count than their
 	// checkpoint's. The rest of a window follows from its row, the tick
 	// (b.commit) and, once priced, its charge.
@@ -331,14 +343,14 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 			// under-billing by at most the count, reported, rather than
 			// risking billing usage twice.
 			res.Rebased++
-			meter := b.table.meter(r)
-			b.resets[Key{r.tenant, meter}]++
-			b.cfg.Log.Warn("usage counter went backwards; re-basing it without billing", "tenant", r.tenant, "meter", meter,
+			k := b.table.key(r)
+			b.resets[k]++
+			b.cfg.Log.Warn("usage counter went backwards; re-basing it without billing", "tenant", k.Tenant, "meter", k.Meter,
 				"checkpoint", r.counter, "now", r.count)
 			pend = append(pend, pending{row: int32(i), tag: noCharge}) // nothing to price
 		case r.count == r.counter:
 			if len(b.unbilled) > 0 {
-				delete(b.unbilled, Key{r.tenant, b.table.meter(r)})
+				delete(b.unbilled, b.table.key(r))
 			}
 		default:
 			pend = append(pend, pending{row: int32(i), tag: unpriced})
@@ -360,7 +372,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		r := &rows[pend[i].row]
 		ri, err := b.route(r)
 		if err != nil {
-			k := Key{r.tenant, b.table.meter(r)}
+			k := b.table.key(r)
 			b.hold(k, quantity(r), "")
 			held.add(k, "", err)
 			continue
@@ -405,7 +417,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 			b.stale = true
 			for _, p := range pend {
 				r := &rows[p.row]
-				b.unbilled[Key{r.tenant, b.table.meter(r)}] = quantity(r)
+				b.unbilled[b.table.key(r)] = quantity(r)
 			}
 			return res, fmt.Errorf("commit window: %w", err)
 		}
@@ -414,17 +426,18 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		b.stale = true
 		return res, err
 	}
-	seq, end := b.next, now.UnixNano()
+	var cp uint32
 	if len(pend) > 0 {
+		cp = b.table.addCheckpoint(checkpoint{seq: b.next, end: now.UnixNano()})
 		b.next++
 	}
 	for _, p := range pend {
 		r := &rows[p.row]
 		res.Windows++
 		res.Quantity += quantity(r)
-		r.seq, r.counter, r.end = seq, r.count, end
+		r.counter, r.cp = r.count, cp
 		if len(b.unbilled) > 0 {
-			delete(b.unbilled, Key{r.tenant, b.table.meter(r)})
+			delete(b.unbilled, b.table.key(r))
 		}
 	}
 	b.lastTick = now
@@ -506,7 +519,7 @@ func (s *tickWindows) Window(i int) ledger.Window { return s.window(&s.pend[i]) 
 func (s *tickWindows) window(p *pending) ledger.Window {
 	t := &s.b.table
 	r := &t.rows[p.row]
-	w := ledger.Window{Node: s.b.cfg.NodeID, Tenant: r.tenant, Meter: t.meter(r), Seq: s.seq, PrevSeq: r.seq,
+	w := ledger.Window{Node: s.b.cfg.NodeID, Tenant: t.tenant(r), Meter: t.meter(r), Seq: s.seq, PrevSeq: t.checkpoint(r).seq,
 		FromCounter: r.counter, ToCounter: r.count, Rebased: r.count < r.counter, Quantity: quantity(r),
 		Start: s.start(r), End: s.end}
 	if p.tag != unpriced {
@@ -520,10 +533,11 @@ func (s *tickWindows) window(p *pending) ledger.Window {
 // start is when the window of r starts: at its checkpoint, or when the
 // biller started for a series' first window.
 func (s *tickWindows) start(r *row) time.Time {
-	if r.seq == 0 {
+	cp := s.b.table.checkpoint(r)
+	if cp.seq == 0 {
 		return s.b.started
 	}
-	return time.Unix(0, r.end)
+	return time.Unix(0, cp.end)
 }
 
 // checkRoutes forgets every row's route when the Pricers say their
@@ -548,7 +562,7 @@ func (b *Biller) route(r *row) (int, error) {
 	if r.route > 0 {
 		return int(r.route - 1), nil
 	}
-	rt, err := b.cfg.Pricers.PricerFor(r.tenant, b.table.meter(r))
+	rt, err := b.cfg.Pricers.PricerFor(b.table.tenant(r), b.table.meter(r))
 	if err != nil {
 		return 0, err
 	}
@@ -617,10 +631,11 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, idx []int32, held 
 	)
 	for j, i := range idx {
 		r := &t.rows[pend[i].row]
-		recs[j] = pricing.Record{Tenant: r.tenant, Meter: t.meter(r), Quantity: quantity(r), Start: b.commit.start(r), End: end}
+		tenant := t.tenant(r)
+		recs[j] = pricing.Record{Tenant: tenant, Meter: t.meter(r), Quantity: quantity(r), Start: b.commit.start(r), End: end}
 		if b.cfg.Attrs != nil {
-			if !haveAttrs || r.tenant != attrsOf {
-				attrs, attrsOf, haveAttrs = b.cfg.Attrs(r.tenant), r.tenant, true
+			if !haveAttrs || tenant != attrsOf {
+				attrs, attrsOf, haveAttrs = b.cfg.Attrs(tenant), tenant, true
 			}
 			recs[j].Attrs = attrs
 		}
@@ -655,7 +670,7 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, idx []int32, held 
 			p := &pend[i]
 			p.tag = unpriced
 			r := &t.rows[p.row]
-			k := Key{r.tenant, t.meter(r)}
+			k := t.key(r)
 			b.hold(k, quantity(r), route.Name)
 			held.add(k, route.Name, err)
 		}
