@@ -519,9 +519,10 @@ func (s *tickWindows) Window(i int) ledger.Window { return s.window(&s.pend[i]) 
 func (s *tickWindows) window(p *pending) ledger.Window {
 	t := &s.b.table
 	r := &t.rows[p.row]
-	w := ledger.Window{Node: s.b.cfg.NodeID, Tenant: t.tenant(r), Meter: t.meter(r), Seq: s.seq, PrevSeq: t.checkpoint(r).seq,
+	cp := t.cps[r.cp]
+	w := ledger.Window{Node: s.b.cfg.NodeID, Tenant: t.names[r.tenant], Meter: t.meters[r.meter], Seq: s.seq, PrevSeq: cp.seq,
 		FromCounter: r.counter, ToCounter: r.count, Rebased: r.count < r.counter, Quantity: quantity(r),
-		Start: s.start(r), End: s.end}
+		Start: s.start(cp), End: s.end}
 	if p.tag != unpriced {
 		tag := &s.b.tags[p.tag]
 		w.Charge = pricing.Charge{AmountMicro: p.amount, Currency: tag.currency, VendorMicro: p.vendor}
@@ -530,10 +531,9 @@ func (s *tickWindows) window(p *pending) ledger.Window {
 	return w
 }
 
-// start is when the window of r starts: at its checkpoint, or when the
-// biller started for a series' first window.
-func (s *tickWindows) start(r *row) time.Time {
-	cp := s.b.table.checkpoint(r)
+// start is when a window from cp starts: at cp, or when the biller
+// started for a series' first window.
+func (s *tickWindows) start(cp checkpoint) time.Time {
 	if cp.seq == 0 {
 		return s.b.started
 	}
@@ -632,7 +632,7 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, idx []int32, held 
 	for j, i := range idx {
 		r := &t.rows[pend[i].row]
 		tenant := t.tenant(r)
-		recs[j] = pricing.Record{Tenant: tenant, Meter: t.meter(r), Quantity: quantity(r), Start: b.commit.start(r), End: end}
+		recs[j] = pricing.Record{Tenant: tenant, Meter: t.meter(r), Quantity: quantity(r), Start: b.commit.start(t.checkpoint(r)), End: end}
 		if b.cfg.Attrs != nil {
 			if !haveAttrs || tenant != attrsOf {
 				attrs, attrsOf, haveAttrs = b.cfg.Attrs(tenant), tenant, true
