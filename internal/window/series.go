@@ -3,6 +3,7 @@ package window
 import (
 	"slices"
 	"strings"
+	"time"
 )
 
 // series is the biller's table: one row per (tenant, meter) read or
@@ -41,11 +42,10 @@ type series struct {
 	haveLast bool
 }
 
-// checkpoint is a committed window's number and end (Unix nanoseconds:
-// the ledger keeps microseconds, plugins get nanoseconds).
+// checkpoint is a committed window's number and end.
 type checkpoint struct {
 	seq uint64
-	end int64
+	end time.Time
 }
 
 // row is one series: 40 bytes, so that at 70,000 series the table is
@@ -76,9 +76,6 @@ func (t *series) meter(r *row) string { return t.meters[r.meter] }
 
 // key returns r's series.
 func (t *series) key(r *row) Key { return Key{t.names[r.tenant], t.meters[r.meter]} }
-
-// checkpoint returns r's checkpoint: seq 0 before its first window.
-func (t *series) checkpoint(r *row) checkpoint { return t.cps[r.cp] }
 
 // meterID returns the index of meter in t.meters, adding it when new.
 func (t *series) meterID(meter string) int32 {

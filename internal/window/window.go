@@ -209,10 +209,7 @@ type Biller struct {
 	commit  tickWindows
 	recs    []pricing.Record
 	charges []pricing.Charge
-	// tags are the distinct (currency, plugin) pairs of the charges,
-	// tags[0] the empty pair of the windows that bill nothing; a pending
-	// window keeps the index of its own.
-	tags     []chargeTag
+	// tagIndex finds a (currency, plugin) pair in commit.tags.
 	tagIndex map[chargeTag]uint32
 	// remap is the table's buffer for compacting its checkpoints.
 	remap []uint32
@@ -255,7 +252,7 @@ func New(ctx context.Context, cfg Config) (*Biller, error) {
 		resets:          map[Key]uint64{},
 		pricingFailures: map[string]uint64{},
 	}
-	b.commit.b = b
+	b.commit.node, b.commit.started = cfg.NodeID, b.started
 	b.forgetTags()
 	if err := b.load(ctx); err != nil {
 		return nil, err
@@ -275,7 +272,7 @@ func (b *Biller) load(ctx context.Context) error {
 	ids := map[checkpoint]uint32{}
 	for _, c := range cps {
 		r := b.table.row(c.Tenant, c.Meter)
-		cp := checkpoint{seq: c.Seq, end: c.End.UnixNano()}
+		cp := checkpoint{seq: c.Seq, end: c.End}
 		id, ok := ids[cp]
 		if !ok {
 			id = b.table.addCheckpoint(cp)
@@ -323,10 +320,11 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	now := b.cfg.Now()
 	b.table.sort()
 	rows := b.table.rows
-	if len(b.tags) > maxTags {
+	if len(b.commit.tags) > maxTags {
 		b.forgetTags()
 	}
 	b.remap = b.table.compactCheckpoints(b.remap)
+	defer b.commit.release()
 	// The tick's windows: the rows read with another count than their
 	// checkpoint's. The rest of a window follows from its row, the tick
 	// (b.commit) and, once priced, its charge.
@@ -357,7 +355,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 		}
 	}
 	b.pend = pend
-	b.commit.seq, b.commit.end, b.commit.pend = b.next, now, pend
+	b.commit.use(&b.table, b.next, now, pend)
 	// Price per route, one batch per pricer.
 	var held heldSeries
 	b.checkRoutes()
@@ -428,7 +426,7 @@ func (b *Biller) Tick(ctx context.Context) (TickResult, error) {
 	}
 	var cp uint32
 	if len(pend) > 0 {
-		cp = b.table.addCheckpoint(checkpoint{seq: b.next, end: now.UnixNano()})
+		cp = b.table.addCheckpoint(checkpoint{seq: b.next, end: now})
 		b.next++
 	}
 	for _, p := range pend {
@@ -478,7 +476,7 @@ const maxTags = 256
 
 // forgetTags leaves only tags[0], between ticks.
 func (b *Biller) forgetTags() {
-	b.tags = append(b.tags[:0], chargeTag{})
+	b.commit.tags = append(b.commit.tags[:0], chargeTag{})
 	clear(b.tagIndex)
 	if b.tagIndex == nil {
 		b.tagIndex = map[chargeTag]uint32{}
@@ -486,15 +484,15 @@ func (b *Biller) forgetTags() {
 	b.tagIndex[chargeTag{}] = noCharge
 }
 
-// tag returns the index in b.tags of (currency, plugin), adding it when
-// it is new.
+// tag returns the index in the tags of (currency, plugin), adding it
+// when it is new.
 func (b *Biller) tag(currency, plugin string) uint32 {
 	k := chargeTag{currency, plugin}
 	if i, ok := b.tagIndex[k]; ok {
 		return i
 	}
-	i := uint32(len(b.tags))
-	b.tags = append(b.tags, k)
+	i := uint32(len(b.commit.tags))
+	b.commit.tags = append(b.commit.tags, k)
 	b.tagIndex[k] = i
 	return i
 }
@@ -502,12 +500,34 @@ func (b *Biller) tag(currency, plugin string) uint32 {
 // tickWindows is a tick's windows as the ledger reads them: window i is
 // built when asked from pend[i], its table row and the tick, the same
 // each time, as long as the rows do not change (they do not during a
-// commit).
+// commit). It holds the table's slices itself, so that building a
+// window (twice per window and commit in the ledger) chases no
+// pointers.
 type tickWindows struct {
-	b    *Biller
-	seq  uint64
-	end  time.Time
+	node         string
+	seq          uint64
+	started, end time.Time
+	rows         []row
+	names        []string
+	meters       []string
+	cps          []checkpoint
+	// tags are the distinct (currency, plugin) pairs of the charges,
+	// tags[0] the empty pair of the windows that bill nothing; a pending
+	// window keeps the index of its own. They are kept between ticks.
+	tags []chargeTag
 	pend []pending
+}
+
+// use makes s the windows pend of the tick numbered seq ending at end.
+func (s *tickWindows) use(t *series, seq uint64, end time.Time, pend []pending) {
+	s.seq, s.end, s.pend = seq, end, pend
+	s.rows, s.names, s.meters, s.cps = t.rows, t.names, t.meters, t.cps
+}
+
+// release drops the table's slices after a tick: the table may grow
+// new ones meanwhile.
+func (s *tickWindows) release() {
+	s.rows, s.names, s.meters, s.cps, s.pend = nil, nil, nil, nil, nil
 }
 
 // Len implements [ledger.WindowSource].
@@ -517,27 +537,33 @@ func (s *tickWindows) Len() int { return len(s.pend) }
 func (s *tickWindows) Window(i int) ledger.Window { return s.window(&s.pend[i]) }
 
 func (s *tickWindows) window(p *pending) ledger.Window {
-	t := &s.b.table
-	r := &t.rows[p.row]
-	cp := t.cps[r.cp]
-	w := ledger.Window{Node: s.b.cfg.NodeID, Tenant: t.names[r.tenant], Meter: t.meters[r.meter], Seq: s.seq, PrevSeq: cp.seq,
-		FromCounter: r.counter, ToCounter: r.count, Rebased: r.count < r.counter, Quantity: quantity(r),
-		Start: s.start(cp), End: s.end}
+	r := &s.rows[p.row]
+	cp := &s.cps[r.cp]
+	w := ledger.Window{Node: s.node, Tenant: s.names[r.tenant], Meter: s.meters[r.meter], Seq: s.seq, PrevSeq: cp.seq,
+		FromCounter: r.counter, ToCounter: r.count, Start: cp.end, End: s.end}
+	if cp.seq == 0 {
+		w.Start = s.started // a series' first window
+	}
+	if r.count < r.counter {
+		w.Rebased = true
+	} else {
+		w.Quantity = r.count - r.counter
+	}
 	if p.tag != unpriced {
-		tag := &s.b.tags[p.tag]
+		tag := &s.tags[p.tag]
 		w.Charge = pricing.Charge{AmountMicro: p.amount, Currency: tag.currency, VendorMicro: p.vendor}
 		w.PluginSHA256 = tag.plugin
 	}
 	return w
 }
 
-// start is when a window from cp starts: at cp, or when the biller
-// started for a series' first window.
-func (s *tickWindows) start(cp checkpoint) time.Time {
-	if cp.seq == 0 {
-		return s.b.started
+// start is when the window of r starts: at its checkpoint, or when the
+// biller started for a series' first window.
+func (s *tickWindows) start(r *row) time.Time {
+	if cp := &s.cps[r.cp]; cp.seq != 0 {
+		return cp.end
 	}
-	return time.Unix(0, cp.end)
+	return s.started
 }
 
 // checkRoutes forgets every row's route when the Pricers say their
@@ -632,7 +658,7 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, idx []int32, held 
 	for j, i := range idx {
 		r := &t.rows[pend[i].row]
 		tenant := t.tenant(r)
-		recs[j] = pricing.Record{Tenant: tenant, Meter: t.meter(r), Quantity: quantity(r), Start: b.commit.start(t.checkpoint(r)), End: end}
+		recs[j] = pricing.Record{Tenant: tenant, Meter: t.meter(r), Quantity: quantity(r), Start: b.commit.start(r), End: end}
 		if b.cfg.Attrs != nil {
 			if !haveAttrs || tenant != attrsOf {
 				attrs, attrsOf, haveAttrs = b.cfg.Attrs(tenant), tenant, true
