@@ -533,25 +533,26 @@ func (s *tickWindows) release() {
 // Len implements [ledger.WindowSource].
 func (s *tickWindows) Len() int { return len(s.pend) }
 
-// Window implements [ledger.WindowSource].
-func (s *tickWindows) Window(i int) ledger.Window { return s.window(&s.pend[i]) }
-
-func (s *tickWindows) window(p *pending) ledger.Window {
+// Window implements [ledger.WindowSource]. It fills its result in place
+// (a window is some 200 bytes, built twice per window and commit).
+func (s *tickWindows) Window(i int) (w ledger.Window) {
+	p := &s.pend[i]
 	r := &s.rows[p.row]
 	cp := &s.cps[r.cp]
-	w := ledger.Window{Node: s.node, Tenant: s.names[r.tenant], Meter: s.meters[r.meter], Seq: s.seq, PrevSeq: cp.seq,
-		FromCounter: r.counter, ToCounter: r.count, Start: cp.end, End: s.end}
-	if cp.seq == 0 {
-		w.Start = s.started // a series' first window
-	}
+	w.Node, w.Tenant, w.Meter = s.node, s.names[r.tenant], s.meters[r.meter]
+	w.Seq, w.PrevSeq, w.FromCounter, w.ToCounter = s.seq, cp.seq, r.counter, r.count
 	if r.count < r.counter {
 		w.Rebased = true
 	} else {
 		w.Quantity = r.count - r.counter
 	}
+	w.Start, w.End = cp.end, s.end
+	if cp.seq == 0 {
+		w.Start = s.started // a series' first window
+	}
 	if p.tag != unpriced {
 		tag := &s.tags[p.tag]
-		w.Charge = pricing.Charge{AmountMicro: p.amount, Currency: tag.currency, VendorMicro: p.vendor}
+		w.Charge.AmountMicro, w.Charge.Currency, w.Charge.VendorMicro = p.amount, tag.currency, p.vendor
 		w.PluginSHA256 = tag.plugin
 	}
 	return w
@@ -686,7 +687,7 @@ func (b *Biller) priceChunk(ctx context.Context, route Route, idx []int32, held 
 				tag, tagOf = b.tag(c.Currency, out.PluginSHA256), c.Currency
 			}
 			p.tag, p.amount, p.vendor = tag, c.AmountMicro, c.VendorMicro
-			if verr := b.commit.window(p).Validate(); verr != nil && err == nil {
+			if verr := b.commit.Window(int(i)).Validate(); verr != nil && err == nil {
 				err = fmt.Errorf("pricer returned an unusable charge: %w", verr)
 			}
 		}
