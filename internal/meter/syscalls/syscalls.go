@@ -146,8 +146,11 @@ type Meter struct {
 	totals *ebpf.Map
 	rmdir  link.Link
 	walk   *link.Iter
-	// walkMap is the walk's record array and walkMem its mapping, where
-	// a read finds the records in place.
+	// walkMap is the walk's record array and walkMem the mapping of its
+	// first records, where a read finds them in place. The kernel maps
+	// every page of a mapping at once (6 MiB of resident memory for all
+	// of sys_walk), so only a prefix is mapped, grown when a walk writes
+	// past it: the agent's RSS follows the records in use.
 	walkMap *ebpf.Map
 	walkMem []byte
 	// walked is how many records the latest walk wrote.
@@ -248,11 +251,11 @@ func (m *Meter) openStorage(spec *ebpf.CollectionSpec) error {
 		return fmt.Errorf("attach tp_btf/cgroup_rmdir: %w", err)
 	}
 	walkMap := coll.DetachMap(mapWalk)
-	mem, err := unix.Mmap(walkMap.FD(), 0, int(walkMap.ValueSize())*int(walkMap.MaxEntries()), unix.PROT_READ, unix.MAP_SHARED)
+	mem, err := mapWalkRecords(walkMap, walkFirstMapped)
 	if err != nil {
 		walkMap.Close()
 		l.Close()
-		return fmt.Errorf("map %s: %w", mapWalk, err)
+		return err
 	}
 	walk, err := attachCgroupIter(coll.Programs[progWalk])
 	if err != nil {
@@ -412,7 +415,10 @@ func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
 		for _, d := range dropped {
 			m.unseen += d.Dropped
 		}
-		recs := m.walkRecs()
+		recs, err := m.walkRecs()
+		if err != nil {
+			return fmt.Errorf("read syscalls meter: %w", err)
+		}
 		m.walked = len(recs)
 		for i := range recs {
 			fn(recs[i].CgroupId, recs[i].Nr, recs[i].Count)
@@ -454,16 +460,50 @@ func (m *Meter) read(fn func(cgroup uint64, nr uint32, n uint64)) error {
 	return meter.SumPerCPU(m.counts, &m.hashBuf, func(k syscallsKmeterKey, n uint64) { fn(k.CgroupId, k.Kind, n) })
 }
 
-// walkRecs returns the records the latest walk wrote into sys_walk, in
-// place: they are valid until the next walk.
-func (m *Meter) walkRecs() []syscallsSysRec {
-	all := unsafe.Slice((*syscallsSysRec)(unsafe.Pointer(unsafe.SliceData(m.walkMem))), walkRecords+1)
-	for i := range all {
-		if all[i].CgroupId == 0 {
-			return all[:i]
-		}
+// walkFirstMapped is how many records of sys_walk are mapped at first:
+// 64 KiB, enough for about 2,700 (cgroup, syscall number) pairs in use.
+const walkFirstMapped = 64 << 10 / int(unsafe.Sizeof(syscallsSysRec{}))
+
+// mapWalkRecords maps the first n records of sys_walk (rounded up to
+// whole pages, at most the whole array) read-only.
+func mapWalkRecords(walkMap *ebpf.Map, n int) ([]byte, error) {
+	size := int(walkMap.ValueSize()) * int(walkMap.MaxEntries())
+	page := os.Getpagesize()
+	length := min((n*int(walkMap.ValueSize())+page-1)/page*page, size)
+	mem, err := unix.Mmap(walkMap.FD(), 0, length, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map %d bytes of %s: %w", length, mapWalk, err)
 	}
-	return all[:walkRecords]
+	return mem, nil
+}
+
+// walkRecs returns the records the latest walk wrote into sys_walk, in
+// place: they are valid until the next walk. The walk ends its records
+// with one of cgroup id 0; when that is past the mapped prefix, the
+// prefix is mapped again twice as long (the kernel does not let a
+// sys_walk mapping grow in place).
+func (m *Meter) walkRecs() ([]syscallsSysRec, error) {
+	for {
+		mapped := len(m.walkMem) / int(unsafe.Sizeof(syscallsSysRec{}))
+		all := unsafe.Slice((*syscallsSysRec)(unsafe.Pointer(unsafe.SliceData(m.walkMem))), mapped)
+		for i := range all {
+			if all[i].CgroupId == 0 {
+				return all[:i], nil
+			}
+		}
+		if mapped >= walkRecords+1 {
+			return all[:walkRecords], nil
+		}
+		mem, err := mapWalkRecords(m.walkMap, 2*mapped)
+		if err != nil {
+			return nil, err
+		}
+		if err := unix.Munmap(m.walkMem); err != nil {
+			unix.Munmap(mem)
+			return nil, fmt.Errorf("unmap %s: %w", mapWalk, err)
+		}
+		m.walkMem = mem
+	}
 }
 
 // readWalk runs the cgroup iterator once, which refreshes sys_totals from

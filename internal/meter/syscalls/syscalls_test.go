@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -413,6 +414,47 @@ func TestMeter_removedAfterWalkCountsOnce(t *testing.T) {
 	}
 	if got := getppidCount(t, m, cg); got != k {
 		t.Errorf("counted %d after the cgroup was removed, want %d", got, k)
+	}
+}
+
+// TestMeter_walkMappingGrows: a walk that writes more records than the
+// mapped prefix of sys_walk holds is read whole, exactly, through a
+// longer mapping.
+func TestMeter_walkMappingGrows(t *testing.T) {
+	const k, cgroups = 200, 8
+	m := openWith(t, testutil.PinDir(t), Options{Storage: StorageCgroup})
+	// Map one page (170 records) instead of walkFirstMapped.
+	mem, err := mapWalkRecords(m.walkMap, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Munmap(m.walkMem); err != nil {
+		t.Fatal(err)
+	}
+	m.walkMem = mem
+	page := len(mem)
+	// Each helper execs, maps memory and exits: dozens of syscall
+	// numbers per cgroup, past one page of records with the host's own.
+	cgs := make([]testutil.Cgroup, cgroups)
+	for i := range cgs {
+		cgs[i] = testutil.NewCgroup(t, fmt.Sprintf("w%d", i))
+		runGetppid(t, cgs[i], k+i)
+	}
+	byNr, err := m.ReadByNumber()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, cg := range cgs {
+		if got := byNr[cg.ID][nrGetppid]; got != uint64(k+i) {
+			t.Errorf("getppid count of cgroup w%d = %d, want exactly %d", i, got, k+i)
+		}
+	}
+	recSize := int(unsafe.Sizeof(syscallsSysRec{}))
+	if m.walked <= page/recSize {
+		t.Fatalf("the walk wrote %d records, not more than one page's %d: the test cannot tell a grown mapping", m.walked, page/recSize)
+	}
+	if len(m.walkMem)/recSize <= m.walked {
+		t.Errorf("mapping of %d bytes does not hold the walk's %d records and its end", len(m.walkMem), m.walked)
 	}
 }
 
