@@ -777,7 +777,30 @@ func runMode(ctx context.Context, o options, b binaries, ts *tenants, mode strin
 	if profiling {
 		r.profileCPU = filepath.Join(o.workDir, "cpu-"+mode+".pprof")
 		r.profileHeap = filepath.Join(o.workDir, "heap-"+mode+".pprof")
-		if err := download(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int(o.profileFor.Seconds())), r.profileCPU); err != nil {
+		// Scrapes go on during the CPU profile as during the measurement,
+		// so that the profile shows what they cost.
+		stopScrapes := make(chan struct{})
+		scraped := make(chan struct{})
+		go func() {
+			defer close(scraped)
+			if o.scrapeEvery <= 0 {
+				return
+			}
+			t := time.NewTicker(o.scrapeEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopScrapes:
+					return
+				case <-t.C:
+					scrape(base + "/metrics") // errors show in the measurement's scrapes
+				}
+			}
+		}()
+		err := download(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, int(o.profileFor.Seconds())), r.profileCPU)
+		close(stopScrapes)
+		<-scraped
+		if err != nil {
 			return nil, err
 		}
 		if err := download("http://"+pprofAddr+"/debug/pprof/heap", r.profileHeap); err != nil {
