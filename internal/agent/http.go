@@ -24,18 +24,12 @@ func (a *Agent) Register(mux *http.ServeMux) {
 		}
 		if t := r.URL.Query().Get("tenant"); t != "" {
 			cp := *s
-			cp.Tenants = map[string]map[string]uint64{}
-			if u, ok := s.Tenants[t]; ok {
-				cp.Tenants[t] = u
-			}
+			cp.Tenants = s.Tenants.Only(t)
 			cp.Enforced = map[string]map[string]uint64{}
 			if e, ok := s.Enforced[t]; ok {
 				cp.Enforced[t] = e
 			}
-			cp.SyscallsByNumber = map[string]map[uint32]uint64{}
-			if u, ok := s.SyscallsByNumber[t]; ok {
-				cp.SyscallsByNumber[t] = u
-			}
+			cp.SyscallsByNumber = s.SyscallsByNumber.Only(t)
 			s = &cp
 		}
 		server.WriteJSON(w, http.StatusOK, UsageResponse{Snapshot: s, Meters: a.statuses})

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/kmeter/kmeter/internal/exposition"
+	"github.com/kmeter/kmeter/internal/meter"
 )
 
 // agentWith returns an Agent without meters whose latest read is s, so the
@@ -146,20 +147,21 @@ func TestUsageFamilies_matchRegistryPath(t *testing.T) {
 		tenants = 1000
 	}
 	at := time.Unix(1700000000, 123456789)
-	nasty := &Snapshot{Time: at, Tenants: map[string]map[string]uint64{}, SyscallsByNumber: map[string]map[uint32]uint64{}}
+	nastyTenantsMap, nastyNrs := map[string]map[string]uint64{}, map[string]map[uint32]uint64{}
 	for i, tn := range nastyTenants {
-		nasty.Tenants[tn] = map[string]uint64{"syscalls": uint64(i), "net_tx_bytes": 1<<53 + uint64(i)}
-		nasty.SyscallsByNumber[tn] = map[uint32]uint64{uint32(i): 1, 300: uint64(i) * 1e6}
+		nastyTenantsMap[tn] = map[string]uint64{"syscalls": uint64(i), "net_tx_bytes": 1<<53 + uint64(i)}
+		nastyNrs[tn] = map[uint32]uint64{uint32(i): 1, 300: uint64(i) * 1e6}
 	}
+	nasty := snapOf(at, nastyTenantsMap, nastyNrs)
 	tests := []struct {
 		name string
 		snap *Snapshot
 	}{
 		{"no read yet", nil},
-		{"no tenants", &Snapshot{Time: at, Tenants: map[string]map[string]uint64{}}},
-		{"no breakdown by number", &Snapshot{Time: at, Tenants: map[string]map[string]uint64{"acme": {"syscalls": 7, "net_rx_bytes": 1 << 40}}}},
-		{"breakdown of a tenant without usage", &Snapshot{Time: at, Tenants: map[string]map[string]uint64{"acme": {"syscalls": 1}}, SyscallsByNumber: map[string]map[uint32]uint64{"other": {1: 2}}}},
-		{"values past 2^53 and zero", &Snapshot{Time: at, Tenants: map[string]map[string]uint64{"acme": {"a": 1<<64 - 1, "b": 1<<53 + 1, "c": 0, "d": 1}}}},
+		{"no tenants", snapOf(at, map[string]map[string]uint64{})},
+		{"no breakdown by number", snapOf(at, map[string]map[string]uint64{"acme": {"syscalls": 7, "net_rx_bytes": 1 << 40}})},
+		{"breakdown of a tenant without usage", snapOf(at, map[string]map[string]uint64{"acme": {"syscalls": 1}}, map[string]map[uint32]uint64{"other": {1: 2}})},
+		{"values past 2^53 and zero", snapOf(at, map[string]map[string]uint64{"acme": {"syscalls": 1<<64 - 1, "net_tx_bytes": 1<<53 + 1, "net_rx_bytes": 0, "tcp_accepts": 1}})},
 		{"names to escape", nasty},
 		{"10,000 tenants", tenSnapshot(tenants, 3)},
 	}
@@ -178,10 +180,10 @@ func TestUsageFamilies_matchRegistryPath(t *testing.T) {
 			}
 			if tt.snap != nil {
 				wantSeries := 2
-				for _, m := range tt.snap.Tenants {
-					wantSeries += len(m)
+				for _, m := range tt.snap.Tenants.All() {
+					wantSeries += m.Len()
 				}
-				for _, m := range tt.snap.SyscallsByNumber {
+				for _, m := range tt.snap.SyscallsByNumber.All() {
 					wantSeries += len(m)
 				}
 				if n := series(got); n != wantSeries {
@@ -230,7 +232,7 @@ func TestUsageFamilies_text(t *testing.T) {
 	}{
 		{
 			name:  "usage and syscalls by number",
-			snaps: []*Snapshot{{Time: at, Tenants: map[string]map[string]uint64{"acme": {"syscalls": 7, "net_tx_bytes": 1 << 40}, "beta": {"syscalls": 0}}, SyscallsByNumber: map[string]map[uint32]uint64{"acme": {39: 5, 110: 2}}}},
+			snaps: []*Snapshot{snapOf(at, map[string]map[string]uint64{"acme": {"syscalls": 7, "net_tx_bytes": 1 << 40}, "beta": {"syscalls": 0}}, map[string]map[uint32]uint64{"acme": {39: 5, 110: 2}})},
 			want: `# HELP kmeter_usage_total Cumulative kernel usage per tenant and meter, counted in the kernel.
 # TYPE kmeter_usage_total counter
 kmeter_usage_total{meter="net_tx_bytes",tenant="acme"} 1.099511627776e+12
@@ -247,13 +249,13 @@ kmeter_syscalls_by_number_total{nr="110",tenant="acme"} 2
 			// not reappear.
 			name: "values follow the latest read, gone series vanish",
 			snaps: []*Snapshot{
-				{Time: at, Tenants: map[string]map[string]uint64{"acme": {"syscalls": 1}, "gone": {"syscalls": 9}}, SyscallsByNumber: map[string]map[uint32]uint64{"gone": {1: 1}}},
-				{Time: at, Tenants: map[string]map[string]uint64{"acme": {"syscalls": 3, "tls_handshakes": 4}}, SyscallsByNumber: map[string]map[uint32]uint64{"acme": {1: 2}}},
+				snapOf(at, map[string]map[string]uint64{"acme": {"syscalls": 1}, "gone": {"syscalls": 9}}, map[string]map[uint32]uint64{"gone": {1: 1}}),
+				snapOf(at, map[string]map[string]uint64{"acme": {"syscalls": 3, "tls_client_handshakes": 4}}, map[string]map[uint32]uint64{"acme": {1: 2}}),
 			},
 			want: `# HELP kmeter_usage_total Cumulative kernel usage per tenant and meter, counted in the kernel.
 # TYPE kmeter_usage_total counter
 kmeter_usage_total{meter="syscalls",tenant="acme"} 3
-kmeter_usage_total{meter="tls_handshakes",tenant="acme"} 4
+kmeter_usage_total{meter="tls_client_handshakes",tenant="acme"} 4
 # HELP kmeter_syscalls_by_number_total Cumulative syscalls per tenant and syscall number.
 # TYPE kmeter_syscalls_by_number_total counter
 kmeter_syscalls_by_number_total{nr="1",tenant="acme"} 2
@@ -267,16 +269,16 @@ kmeter_syscalls_by_number_total{nr="1",tenant="acme"} 2
 			// order.
 			name: "tenants replaced and added between scrapes",
 			snaps: []*Snapshot{
-				{Time: at, Tenants: map[string]map[string]uint64{"b": {"syscalls": 1}, "d": {"syscalls": 2}}, SyscallsByNumber: map[string]map[uint32]uint64{"b": {1: 1}}},
-				{Time: at, Tenants: map[string]map[string]uint64{"b": {"syscalls": 3}, "d": {"syscalls": 4}}, SyscallsByNumber: map[string]map[uint32]uint64{"b": {1: 2}}},
-				{Time: at, Tenants: map[string]map[string]uint64{"c": {"syscalls": 5}, "d": {"syscalls": 6}}, SyscallsByNumber: map[string]map[uint32]uint64{"a": {1: 3}}},
-				{Time: at, Tenants: map[string]map[string]uint64{"a": {"syscalls": 7}, "c": {"syscalls": 8}, "d": {"connects": 9}}, SyscallsByNumber: map[string]map[uint32]uint64{"a": {1: 4}, "e": {2: 5}}},
+				snapOf(at, map[string]map[string]uint64{"b": {"syscalls": 1}, "d": {"syscalls": 2}}, map[string]map[uint32]uint64{"b": {1: 1}}),
+				snapOf(at, map[string]map[string]uint64{"b": {"syscalls": 3}, "d": {"syscalls": 4}}, map[string]map[uint32]uint64{"b": {1: 2}}),
+				snapOf(at, map[string]map[string]uint64{"c": {"syscalls": 5}, "d": {"syscalls": 6}}, map[string]map[uint32]uint64{"a": {1: 3}}),
+				snapOf(at, map[string]map[string]uint64{"a": {"syscalls": 7}, "c": {"syscalls": 8}, "d": {"tcp_connects": 9}}, map[string]map[uint32]uint64{"a": {1: 4}, "e": {2: 5}}),
 			},
 			want: `# HELP kmeter_usage_total Cumulative kernel usage per tenant and meter, counted in the kernel.
 # TYPE kmeter_usage_total counter
 kmeter_usage_total{meter="syscalls",tenant="a"} 7
 kmeter_usage_total{meter="syscalls",tenant="c"} 8
-kmeter_usage_total{meter="connects",tenant="d"} 9
+kmeter_usage_total{meter="tcp_connects",tenant="d"} 9
 # HELP kmeter_syscalls_by_number_total Cumulative syscalls per tenant and syscall number.
 # TYPE kmeter_syscalls_by_number_total counter
 kmeter_syscalls_by_number_total{nr="1",tenant="a"} 4
@@ -285,7 +287,7 @@ kmeter_syscalls_by_number_total{nr="2",tenant="e"} 5
 		},
 		{
 			name:  "label values escaped",
-			snaps: []*Snapshot{{Time: at, Tenants: map[string]map[string]uint64{"a\"b\\c\nd": {"syscalls": 1}}}},
+			snaps: []*Snapshot{snapOf(at, map[string]map[string]uint64{"a\"b\\c\nd": {"syscalls": 1}})},
 			want: `# HELP kmeter_usage_total Cumulative kernel usage per tenant and meter, counted in the kernel.
 # TYPE kmeter_usage_total counter
 kmeter_usage_total{meter="syscalls",tenant="a\"b\\c\nd"} 1
@@ -320,14 +322,14 @@ func TestUsageFamilies_invalidTenantName(t *testing.T) {
 		name string
 		snap *Snapshot
 	}{
-		{"usage", &Snapshot{Time: time.Unix(1, 0), Tenants: map[string]map[string]uint64{"bad\xff": {"syscalls": 1}}}},
-		{"syscalls by number", &Snapshot{Time: time.Unix(1, 0), Tenants: map[string]map[string]uint64{}, SyscallsByNumber: map[string]map[uint32]uint64{"ok": {1: 1}, "bad\xc3": {1: 1}}}},
+		{"usage", snapOf(time.Unix(1, 0), map[string]map[string]uint64{"bad\xff": {"syscalls": 1}})},
+		{"syscalls by number", snapOf(time.Unix(1, 0), map[string]map[string]uint64{}, map[string]map[uint32]uint64{"ok": {1: 1}, "bad\xc3": {1: 1}})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// A valid read scraped first: its tenants, kept for the next
 			// scrape, must not spare the next read's names the check.
-			valid := &Snapshot{Time: time.Unix(1, 0), Tenants: map[string]map[string]uint64{"ok": {"syscalls": 1}}, SyscallsByNumber: map[string]map[uint32]uint64{"ok": {1: 1}}}
+			valid := snapOf(time.Unix(1, 0), map[string]map[string]uint64{"ok": {"syscalls": 1}}, map[string]map[uint32]uint64{"ok": {1: 1}})
 			a := agentWith(valid)
 			h := metricsHandler(t, a)
 			if resp, body := get(h, "/metrics", nil); resp.StatusCode != http.StatusOK {
@@ -350,8 +352,9 @@ func TestUsageFamilies_invalidTenantName(t *testing.T) {
 // without gzip, and checks what it gets: one exposition in which every
 // family of the registry and of the snapshot comes once and lints clean.
 func TestMetricsHandler_http(t *testing.T) {
-	snap := tenSnapshot(50, 1)
-	snap.Tenants[`we"ird\name`] = map[string]uint64{"syscalls": 5}
+	m := tenSnapshot(50, 1).Tenants.Map()
+	m[`we"ird\name`] = map[string]uint64{"syscalls": 5}
+	snap := snapOf(time.Unix(1700000000, 0), m, tenSnapshot(50, 1).SyscallsByNumber.Map())
 	h := metricsHandler(t, agentWith(snap), collectors.NewGoCollector())
 	tests := []struct {
 		name           string
@@ -463,15 +466,29 @@ func TestUsageFamilies_concurrentReads(t *testing.T) {
 // tenSnapshot is a read of n tenants with 7 counters and 2 syscall numbers
 // each: the bench/agent10k shape (90,000 series at 10,000 tenants).
 func tenSnapshot(n int, scale uint64) *Snapshot {
-	s := &Snapshot{Time: time.Unix(1700000000, 0), Tenants: map[string]map[string]uint64{}, SyscallsByNumber: map[string]map[uint32]uint64{}}
+	tenants, nrs := map[string]map[string]uint64{}, map[string]map[uint32]uint64{}
 	for i := range n {
 		t := fmt.Sprintf("t%05d", i)
 		m := map[string]uint64{}
-		for j, c := range []string{"syscalls", "connects", "accepts", "net_tx_bytes", "net_rx_bytes", "tls_client_handshakes", "tls_server_handshakes"} {
+		for j, c := range meter.Names {
 			m[c] = uint64(i*10+j) * scale
 		}
-		s.Tenants[t] = m
-		s.SyscallsByNumber[t] = map[uint32]uint64{0: uint64(i) * scale, 1: uint64(i) * scale}
+		tenants[t] = m
+		nrs[t] = map[uint32]uint64{0: uint64(i) * scale, 1: uint64(i) * scale}
+	}
+	return snapOf(time.Unix(1700000000, 0), tenants, nrs)
+}
+
+// snapOf is a snapshot at at of tenant -> counter -> value and, when
+// given, tenant -> syscall number -> count.
+func snapOf(at time.Time, tenants map[string]map[string]uint64, nrs ...map[string]map[uint32]uint64) *Snapshot {
+	u, err := NewUsage(tenants)
+	if err != nil {
+		panic(err)
+	}
+	s := &Snapshot{Time: at, Tenants: u}
+	if len(nrs) > 0 {
+		s.SyscallsByNumber = NewSyscalls(nrs[0])
 	}
 	return s
 }

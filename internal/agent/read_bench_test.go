@@ -139,11 +139,11 @@ func TestRead_perTenant(t *testing.T) {
 			soloName: {meter.Syscalls: n, meter.TLSClientHandshakes: 0},
 		}
 		wantNr := map[string]map[uint32]uint64{"shop": {0: 10 * n, 1: 12 * n}, soloName: {0: n}}
-		if !maps.EqualFunc(s.Tenants, want, maps.Equal) {
-			t.Errorf("read %d: tenants %v, want %v", n, s.Tenants, want)
+		if got := s.Tenants.Map(); !maps.EqualFunc(got, want, maps.Equal) {
+			t.Errorf("read %d: tenants %v, want %v", n, got, want)
 		}
-		if !maps.EqualFunc(s.SyscallsByNumber, wantNr, maps.Equal) {
-			t.Errorf("read %d: syscalls by number %v, want %v", n, s.SyscallsByNumber, wantNr)
+		if got := s.SyscallsByNumber.Map(); !maps.EqualFunc(got, wantNr, maps.Equal) {
+			t.Errorf("read %d: syscalls by number %v, want %v", n, got, wantNr)
 		}
 	}
 }
@@ -195,8 +195,8 @@ func BenchmarkRead(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if len(s.Tenants) != n || len(s.Tenants["/t00042"]) != len(meter.Names) || len(s.SyscallsByNumber["/t00042"]) != 2 {
-			b.Fatalf("snapshot of %d tenants, /t00042 = %v", len(s.Tenants), s.Tenants["/t00042"])
+		if c, _ := s.Tenants.Lookup("/t00042"); s.Tenants.Len() != n || c.Len() != len(meter.Names) || len(s.SyscallsByNumber.Of("/t00042")) != 2 {
+			b.Fatalf("snapshot of %d tenants, /t00042 = %v", s.Tenants.Len(), c.Map())
 		}
 	}
 	b.ReportMetric(float64((processCPU(b)-start).Microseconds())/1e3/float64(b.N), "cpu-ms/op")

@@ -51,7 +51,7 @@ func (c *registryUsage) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.lastRead, prometheus.GaugeValue, float64(s.Time.UnixNano())/1e9)
-	ch <- prometheus.MustNewConstMetric(c.tenants, prometheus.GaugeValue, float64(len(s.Tenants)))
+	ch <- prometheus.MustNewConstMetric(c.tenants, prometheus.GaugeValue, float64(s.Tenants.Len()))
 	c.series.collect(ch, s, c.usage, c.syscallsByNr)
 }
 
@@ -112,11 +112,13 @@ func labelPair(name, value string) *dto.LabelPair {
 // collect sends every usage and syscalls-by-number series of s to ch. It
 // forgets tenants missing from s, so the cache follows the set of tenants.
 func (sc *seriesCache) collect(ch chan<- prometheus.Metric, s *Snapshot, usage, byNr *prometheus.Desc) {
+	// The maps snapshots held when this path was in use.
+	tenants, byNumber := s.Tenants.Map(), s.SyscallsByNumber.Map()
 	n := 0
-	for _, m := range s.Tenants {
+	for _, m := range tenants {
 		n += len(m)
 	}
-	for _, m := range s.SyscallsByNumber {
+	for _, m := range byNumber {
 		n += len(m)
 	}
 	out := make([]seriesMetric, 0, n)
@@ -124,7 +126,7 @@ func (sc *seriesCache) collect(ch chan<- prometheus.Metric, s *Snapshot, usage, 
 
 	sc.mu.Lock()
 	sc.gen++
-	for t, byMeter := range s.Tenants {
+	for t, byMeter := range tenants {
 		tl := sc.tenant(t)
 		if !tl.valid {
 			invalid = append(invalid, t)
@@ -151,7 +153,7 @@ func (sc *seriesCache) collect(ch chan<- prometheus.Metric, s *Snapshot, usage, 
 			out = append(out, seriesMetric{desc: usage, labels: l, value: float64(v)})
 		}
 	}
-	for t, nrs := range s.SyscallsByNumber {
+	for t, nrs := range byNumber {
 		tl := sc.tenant(t)
 		if !tl.valid {
 			invalid = append(invalid, t)

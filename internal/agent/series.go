@@ -2,8 +2,6 @@ package agent
 
 import (
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"sync"
 	"unicode/utf8"
@@ -29,21 +27,16 @@ type usageFamilies struct {
 	a       *Agent
 	scratch sync.Pool // *seriesScratch
 
-	// The sorted tenant names of the last snapshot scraped, for each
-	// family, reused while the set of tenants stays the same: it changes
-	// rarely, and sorting 10,000 names was a fifth of a scrape. The
-	// slices are never modified once stored, so a scrape may keep
-	// writing from one while another scrape replaces it.
-	mu         sync.Mutex
-	usageOrder []string
-	nrOrder    []string
+	// checked are the tenant names last found valid UTF-8 (a name that
+	// is not cannot be a label value). Reads share their names slice
+	// while the tenants stay the same, so most scrapes check none.
+	mu      sync.Mutex
+	checked []string
 }
 
 // seriesScratch is what one scrape needs to write the series in order,
 // kept between scrapes so that a scrape allocates nothing per series.
 type seriesScratch struct {
-	meters  []string
-	nrs     []uint32
 	nrNames map[uint32]string // "39" for 39: syscall numbers are few
 }
 
@@ -78,106 +71,53 @@ func (u *usageFamilies) Scrape() (func(*exposition.Writer), error) {
 	if s == nil {
 		return func(*exposition.Writer) {}, nil
 	}
-	usage, nr, err := u.order(s)
-	if err != nil {
+	if err := u.check(s.Tenants.names); err != nil {
+		return nil, err
+	}
+	if err := u.check(s.SyscallsByNumber.names); err != nil {
 		return nil, err
 	}
 	return func(w *exposition.Writer) {
 		sc := u.scratch.Get().(*seriesScratch)
 		defer u.scratch.Put(sc)
-		sc.write(w, s, usage, nr)
+		sc.write(w, s)
 	}, nil
 }
 
-// order returns the tenants of s sorted, for each family, remembering
-// them for the next scrape.
-func (u *usageFamilies) order(s *Snapshot) (usage, nr []string, err error) {
+// check fails on a name that is not valid UTF-8, unless names is the
+// slice checked last.
+func (u *usageFamilies) check(names []string) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if usage, err = sortedTenants(u.usageOrder, s.Tenants); err != nil {
-		return nil, nil, err
+	if len(names) == len(u.checked) && (len(names) == 0 || &names[0] == &u.checked[0]) {
+		return nil
 	}
-	u.usageOrder = usage
-	if nr, err = sortedTenants(u.nrOrder, s.SyscallsByNumber); err != nil {
-		return nil, nil, err
-	}
-	u.nrOrder = nr
-	return usage, nr, nil
-}
-
-// sortedTenants returns the keys of byTenant sorted, which is last when
-// it holds the same names: as many, and each of them a key. The names
-// in last were checked when it was made; new ones are checked here, as
-// a name that is not valid UTF-8 cannot be a label value.
-func sortedTenants[V any](last []string, byTenant map[string]V) ([]string, error) {
-	if len(last) == len(byTenant) {
-		same := true
-		for _, t := range last {
-			if _, ok := byTenant[t]; !ok {
-				same = false
-				break
-			}
-		}
-		if same {
-			return last, nil
-		}
-	}
-	for t := range byTenant {
+	for _, t := range names {
 		if !utf8.ValidString(t) {
-			return nil, fmt.Errorf("tenant %q: label value is not valid UTF-8", t)
+			return fmt.Errorf("tenant %q: label value is not valid UTF-8", t)
 		}
 	}
-	return slices.Sorted(maps.Keys(byTenant)), nil
+	u.checked = names
+	return nil
 }
 
-// write writes the families of s, its tenants in the order given by
-// usage (for s.Tenants) and nr (for s.SyscallsByNumber).
-func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot, usage, nr []string) {
+// write writes the families of s: tenants in ascending order, then
+// counters by name or syscalls by number.
+func (sc *seriesScratch) write(w *exposition.Writer, s *Snapshot) {
 	w.Family(lastReadName, "When the kernel counters were last read.", prometheus.GaugeValue)
 	w.Sample(float64(s.Time.UnixNano()) / 1e9)
 	w.Family(tenantsName, "Tenants with usage in the latest read.", prometheus.GaugeValue)
-	w.Sample(float64(len(s.Tenants)))
+	w.Sample(float64(s.Tenants.Len()))
 
 	w.Family(usageName, "Cumulative kernel usage per tenant and meter, counted in the kernel.", prometheus.CounterValue, "meter", "tenant")
-	for _, t := range usage {
-		byMeter := s.Tenants[t]
-		if !sameKeys(sc.meters, byMeter) {
-			sc.meters = slices.AppendSeq(sc.meters[:0], maps.Keys(byMeter))
-			slices.Sort(sc.meters)
-		}
-		for _, m := range sc.meters {
-			w.Sample(float64(byMeter[m]), m, t)
-		}
-	}
+	s.Tenants.Walk(func(t, m string, v uint64) { w.Sample(float64(v), m, t) })
 
 	w.Family(byNrName, "Cumulative syscalls per tenant and syscall number.", prometheus.CounterValue, "nr", "tenant")
-	for _, t := range nr {
-		byNr := s.SyscallsByNumber[t]
-		if !sameKeys(sc.nrs, byNr) {
-			sc.nrs = slices.AppendSeq(sc.nrs[:0], maps.Keys(byNr))
-			slices.Sort(sc.nrs)
-		}
-		for _, nr := range sc.nrs {
-			w.Sample(float64(byNr[nr]), sc.nrName(nr), t)
+	for t, cs := range s.SyscallsByNumber.All() {
+		for _, c := range cs {
+			w.Sample(float64(c.Count), sc.nrName(c.Nr), t)
 		}
 	}
-	clear(sc.meters) // hold no names between scrapes
-	sc.meters, sc.nrs = sc.meters[:0], sc.nrs[:0]
-}
-
-// sameKeys reports whether the distinct keys sorted are exactly the keys
-// of m: most tenants have the same meters as the tenant before them, and
-// a few lookups cost less than listing and sorting the keys again.
-func sameKeys[K comparable, V any](sorted []K, m map[K]V) bool {
-	if len(sorted) != len(m) {
-		return false
-	}
-	for _, k := range sorted {
-		if _, ok := m[k]; !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // nrName returns nr in decimal, made once per syscall number.
