@@ -193,10 +193,10 @@ func (a *testAgent) waitSettled(t *testing.T, tenant string, interval time.Durat
 	var kernel map[string]uint64
 	var diff string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(2 * interval) {
-		before := a.usage(t, tenant).Tenants[tenant]
+		before := a.usage(t, tenant).Tenants.Map()[tenant]
 		inv := a.apiInvoice(t, tenant)
 		time.Sleep(2 * interval)
-		kernel = a.usage(t, tenant).Tenants[tenant]
+		kernel = a.usage(t, tenant).Tenants.Map()[tenant]
 		diff = ""
 		for m, n := range kernel {
 			if before[m] != n {

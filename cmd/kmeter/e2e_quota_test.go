@@ -192,7 +192,7 @@ func TestE2E_quotaFromMoney(t *testing.T) {
 	if q, amt := lineOf(inv, meter.TCPConnects); q != int64(r.ok) || amt != 2*int64(r.ok) {
 		t.Errorf("billed %d connects for %d micro-USD, want %d and %d", q, amt, r.ok, 2*r.ok)
 	}
-	if k := a.usage(t, "shop").Tenants["shop"][meter.TCPConnects]; k != uint64(r.ok) {
+	if k, _ := a.usage(t, "shop").Tenants.Get("shop", meter.TCPConnects); k != uint64(r.ok) {
 		t.Errorf("kernel counted %d connects, the helper made %d", k, r.ok)
 	}
 	debt := a.balance(t, "shop")

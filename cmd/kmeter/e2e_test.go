@@ -98,13 +98,13 @@ func (a *testAgent) waitGetppid(t *testing.T, tenant string, want uint64, interv
 	t.Helper()
 	var got uint64
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(interval / 2) {
-		got = a.usage(t, tenant).SyscallsByNumber[tenant][syscall.SYS_GETPPID]
+		got = a.usage(t, tenant).SyscallsByNumber.Map()[tenant][syscall.SYS_GETPPID]
 		if got >= want {
 			break
 		}
 	}
 	time.Sleep(2 * interval)
-	got = a.usage(t, tenant).SyscallsByNumber[tenant][syscall.SYS_GETPPID]
+	got = a.usage(t, tenant).SyscallsByNumber.Map()[tenant][syscall.SYS_GETPPID]
 	if got != want {
 		t.Fatalf("tenant %s: %d getppid calls counted, want exactly %d", tenant, got, want)
 	}

@@ -188,14 +188,15 @@ func runAgent(ctx context.Context, f runFlags) error {
 		AllowUnsigned:  f.allowUnsigned,
 		Token:          token,
 		ProtectReads:   f.protectReads,
-		// The biller walks the latest snapshot in place: snapshots are
-		// never changed once published.
-		Source: window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) {
+		// The biller walks the latest snapshot in place (snapshots are
+		// never changed once published), in billing order.
+		Source: window.SortedWalk(func(_ context.Context, fn func(tenant, meter string, count uint64)) error {
 			s := a.Latest()
 			if s == nil {
-				return nil, errors.New("no usage read yet")
+				return errors.New("no usage read yet")
 			}
-			return s.Tenants, nil
+			s.Tenants.Walk(fn)
+			return nil
 		}),
 		Attrs: res.Attributes,
 		Log:   log,

@@ -1,6 +1,7 @@
 package window
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"time"
@@ -162,6 +163,59 @@ func (t *series) putTenants(m map[string]map[string]uint64) {
 			r.count, r.tick = v, t.tick
 		}
 	}
+}
+
+// putSorted puts a reading in billing order into the table: a cursor
+// goes through the table's rows (sorted too) beside the reading, so a
+// series known to the table is found with a string compare or two
+// instead of a lookup. A series the cursor does not find there (new, or
+// out of order) is looked up and, when new, added after the rows the
+// cursor goes through.
+func (t *series) putSorted(ctx context.Context, walk SortedWalk) error {
+	t.sort()
+	// Rows the walk adds go past n; t.rows may move meanwhile, so it is
+	// read anew for every series.
+	n := len(t.rows)
+	i := 0 // the cursor: rows before it precede the series read
+	var (
+		tenant  string
+		started bool
+		id      int32 = -1 // tenant's id if its rows are at the cursor, else -1
+	)
+	return walk(ctx, func(tn, meter string, v uint64) {
+		if !started || tn != tenant {
+			started, tenant, id = true, tn, -1
+			// Skip the tenants before tn, a tenant's rows at a time.
+			for i < n {
+				cur := t.rows[i].tenant
+				if c := strings.Compare(t.names[cur], tn); c >= 0 {
+					if c == 0 {
+						id = cur
+					}
+					break
+				}
+				for i < n && t.rows[i].tenant == cur {
+					i++
+				}
+			}
+		}
+		if id >= 0 {
+			for i < n && t.rows[i].tenant == id {
+				r := &t.rows[i]
+				c := strings.Compare(t.meters[r.meter], meter)
+				if c > 0 {
+					break
+				}
+				i++
+				if c == 0 {
+					r.count, r.tick = v, t.tick
+					return
+				}
+			}
+		}
+		r := t.row(tn, meter)
+		r.count, r.tick = v, t.tick
+	})
 }
 
 // resetCheckpoints forgets every checkpoint, before they are loaded

@@ -88,6 +88,29 @@ func (f TenantsFunc) Walk(ctx context.Context, fn func(tenant, meter string, cou
 	return nil
 }
 
+// SortedWalk is a [Walker] whose series come in billing order: tenants
+// ascending, a tenant's meters ascending by name (both in byte order),
+// each series once, as the agent's snapshots hold them. The biller puts
+// such a reading into its table in one pass beside the table's own
+// sorted rows, without a lookup per series; a series out of that order
+// (or new) is looked up as from any Walker, so it is still billed right.
+type SortedWalk func(ctx context.Context, fn func(tenant, meter string, count uint64)) error
+
+// Walk implements [Walker].
+func (f SortedWalk) Walk(ctx context.Context, fn func(tenant, meter string, count uint64)) error {
+	return f(ctx, fn)
+}
+
+// Read implements [Source].
+func (f SortedWalk) Read(ctx context.Context) (map[Key]uint64, error) {
+	m := map[Key]uint64{}
+	err := f(ctx, func(tenant, meter string, count uint64) { m[Key{tenant, meter}] = count })
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // Store is the part of the ledger the biller needs; *ledger.Ledger
 // implements it.
 type Store interface {
@@ -612,13 +635,16 @@ func (b *Biller) route(r *row) (int, error) {
 func (b *Biller) read(ctx context.Context) (uint32, error) {
 	t := &b.table
 	t.tick++
-	if f, ok := b.cfg.Source.(TenantsFunc); ok {
+	switch f := b.cfg.Source.(type) {
+	case TenantsFunc:
 		m, err := f(ctx)
 		if err != nil {
 			return t.tick, err
 		}
 		t.putTenants(m)
 		return t.tick, nil
+	case SortedWalk:
+		return t.tick, t.putSorted(ctx, f)
 	}
 	put := func(tenant, meter string, v uint64) {
 		r := t.row(tenant, meter)
