@@ -70,6 +70,11 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 		{[]window.Key{k("zoo", "syscalls"), k("shop", "syscalls"), k("blog", "net_tx_bytes"), k("shop", "tcp_connects")}, 2, 8},
 		// and comes back with the growth of both ticks
 		{[]window.Key{k("blog", "syscalls"), k("shop", "tcp_connects"), k("zoo", "syscalls"), k("shop", "syscalls"), k("blog", "net_tx_bytes")}, 1, 4 + 3},
+		// a tenant before all others appears, zoo and a meter of blog
+		// vanish (the sorted walk's cursor skips them)
+		{[]window.Key{k("shop", "tcp_connects"), k("aaa", "tcp_accepts"), k("blog", "syscalls"), k("shop", "syscalls")}, 1, 4},
+		// zoo comes back, aaa goes, a new meter sorts before the others
+		{[]window.Key{k("zoo", "syscalls"), k("shop", "net_rx_bytes"), k("shop", "syscalls"), k("blog", "syscalls")}, 2, 2 + 2 + 2 + 2},
 	}
 	walk := &listWalker{counts: map[window.Key]uint64{}}
 	counts := map[window.Key]uint64{}
@@ -94,6 +99,18 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 	tenants := &recordingStore{Ledger: l}
 	bt := newB("tenants", window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return perTenant, nil }),
 		tenants, 5*time.Second)
+	// A SortedWalk is walked in billing order (the agent's snapshots),
+	// and gives the same windows when its series come out of order.
+	sortedStore, unsortedStore := &recordingStore{Ledger: l}, &recordingStore{Ledger: l}
+	bs := newB("sorted", window.SortedWalk(func(_ context.Context, fn func(tenant, meter string, count uint64)) error {
+		for _, tn := range slices.Sorted(maps.Keys(perTenant)) {
+			for _, m := range slices.Sorted(maps.Keys(perTenant[tn])) {
+				fn(tn, m, perTenant[tn][m])
+			}
+		}
+		return nil
+	}), sortedStore, 5*time.Second)
+	bu := newB("unsorted", window.SortedWalk(walk.Walk), unsortedStore, 5*time.Second)
 	all := map[window.Key]uint64{} // every series' count, read or not
 	for i, s := range steps {
 		for _, key := range s.series {
@@ -115,9 +132,10 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 			perTenant[key.Tenant][key.Meter] = v
 		}
 		now = now.Add(5 * time.Second)
-		rw, rm, rt := mustTick(t, bw), mustTick(t, bm), mustTick(t, bt)
-		if rw.Quantity != s.want || rw != rm || rt != rm {
-			t.Fatalf("step %d: walked tick %+v, map tick %+v, per-tenant tick %+v, want quantity %d", i, rw, rm, rt, s.want)
+		rw, rm, rt, rs, ru := mustTick(t, bw), mustTick(t, bm), mustTick(t, bt), mustTick(t, bs), mustTick(t, bu)
+		if rw.Quantity != s.want || rw != rm || rt != rm || rs != rm || ru != rm {
+			t.Fatalf("step %d: walked tick %+v, map tick %+v, per-tenant tick %+v, sorted tick %+v, unsorted tick %+v, want quantity %d",
+				i, rw, rm, rt, rs, ru, s.want)
 		}
 	}
 	if len(walked.commits) != len(steps) || len(mapped.commits) != len(steps) || len(tenants.commits) != len(steps) {
@@ -125,7 +143,8 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 	}
 	for i := range mapped.commits {
 		b := mapped.commits[i]
-		for name, a := range map[string][]ledger.Window{"walked": walked.commits[i], "per-tenant": tenants.commits[i]} {
+		for name, a := range map[string][]ledger.Window{"walked": walked.commits[i], "per-tenant": tenants.commits[i],
+			"sorted": sortedStore.commits[i], "unsorted": unsortedStore.commits[i]} {
 			for j := range a {
 				a[j].Node = "map" // the only field that differs
 			}
@@ -136,7 +155,7 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 	}
 	q, amt := billed(t, l)
 	for key, v := range all {
-		for _, node := range []string{"walk", "map", "tenants"} {
+		for _, node := range []string{"walk", "map", "tenants", "sorted", "unsorted"} {
 			name := node + "/" + key.String()
 			if q[name] != int64(v) || amt[name] != 3*int64(v) {
 				t.Errorf("%s billed %d for %d micro, want %d for %d", name, q[name], amt[name], v, 3*v)
