@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmeter/kmeter/internal/agent"
 	"github.com/kmeter/kmeter/internal/config"
 	"github.com/kmeter/kmeter/internal/ledger"
 	"github.com/kmeter/kmeter/internal/ledger/ledgertest"
@@ -127,6 +128,12 @@ func BenchmarkTick(b *testing.B) {
 	// a WindowSource, it allocated a buffer of them per tick at this
 	// interval rather than keep it.
 	b.Run("discard-60s", func(b *testing.B) { benchTick(b, discardStore{}, time.Minute) })
+	// The source as kmeter run wires it since snapshots are flat: the
+	// agent's Usage walked in billing order (window.SortedWalk) rather
+	// than a map of maps (window.TenantsFunc).
+	sorted := onePricer{appendPricer{&fixedPricer{microPerUnit: 2}}}
+	b.Run("discard-sorted", func(b *testing.B) { benchTickSource(b, discardStore{}, sorted, nil, 5*time.Second, true) })
+	b.Run("read-sorted", func(b *testing.B) { benchTickSource(b, &readStore{}, sorted, nil, 5*time.Second, true) })
 }
 
 func benchTick(b *testing.B, st window.Store, every time.Duration) {
@@ -134,6 +141,12 @@ func benchTick(b *testing.B, st window.Store, every time.Duration) {
 }
 
 func benchTickWith(b *testing.B, st window.Store, p window.Pricers, attrs func(string) map[string]string, every time.Duration) {
+	benchTickSource(b, st, p, attrs, every, false)
+}
+
+// benchTickSource ticks with readings as maps of maps, or with sorted
+// readings as the agent's flat snapshots.
+func benchTickSource(b *testing.B, st window.Store, p window.Pricers, attrs func(string) map[string]string, every time.Duration, sorted bool) {
 	const nTenants = 10_000
 	tenants := make([]string, nTenants)
 	for i := range tenants {
@@ -142,6 +155,13 @@ func benchTickWith(b *testing.B, st window.Store, p window.Pricers, attrs func(s
 	var latest, previous atomic.Pointer[map[string]map[string]uint64]
 	read := func(ctx context.Context) (map[string]map[string]uint64, error) { return *latest.Load(), nil }
 	src := benchSource(read)
+	var latestU, previousU atomic.Pointer[agent.Usage]
+	if sorted {
+		src = window.SortedWalk(func(_ context.Context, fn func(tenant, meter string, count uint64)) error {
+			latestU.Load().Walk(fn)
+			return nil
+		})
+	}
 	b2, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: st,
 		Pricers: p, Attrs: attrs, Interval: every, Log: quietLog()})
 	if err != nil {
@@ -149,6 +169,17 @@ func benchTickWith(b *testing.B, st window.Store, p window.Pricers, attrs func(s
 	}
 	next := func(i int) {
 		s := snapshot(tenants, uint64(i+1)*100)
+		if sorted {
+			u, err := agent.NewUsage(s)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if p := latestU.Load(); p != nil {
+				previousU.Store(p)
+			}
+			latestU.Store(&u)
+			return
+		}
 		if p := latest.Load(); p != nil {
 			previous.Store(p)
 		}
@@ -193,4 +224,5 @@ func benchTickWith(b *testing.B, st window.Store, p window.Pricers, attrs func(s
 	runtime.KeepAlive(b2)
 	runtime.KeepAlive(st)
 	runtime.KeepAlive(previous.Load())
+	runtime.KeepAlive(previousU.Load())
 }
