@@ -26,7 +26,7 @@ var benchMeters = []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_by
 	"tls_client_handshakes", "tls_server_handshakes"}
 
 // snapshot builds an agent-like reading: a fresh tenant -> meter -> count
-// map per read, as agent.Snapshot holds it, every counter at base+i.
+// map per read, as agent.Snapshot held it before agent.Usage, every counter at base+i.
 func snapshot(tenants []string, base uint64) map[string]map[string]uint64 {
 	m := make(map[string]map[string]uint64, len(tenants))
 	for i, t := range tenants {

@@ -94,7 +94,7 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 		return b
 	}
 	bw, bm := newB("walk", walk, walked, time.Minute), newB("map", asMap, mapped, 5*time.Second)
-	// A TenantsFunc is read tenant by tenant (the agent's snapshots).
+	// A TenantsFunc is read tenant by tenant (the agent's snapshots before they became flat).
 	var perTenant map[string]map[string]uint64
 	tenants := &recordingStore{Ledger: l}
 	bt := newB("tenants", window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return perTenant, nil }),

@@ -59,10 +59,10 @@ type Walker interface {
 }
 
 // TenantsFunc is a [Walker] over per-tenant cumulative counts (tenant ->
-// meter -> count), as the agent's snapshots hold them. The biller reads
-// the maps it returns during the tick without copying them, so they must
-// not change afterwards (snapshots never do); it reads them tenant by
-// tenant rather than through Walk.
+// meter -> count), as the agent's snapshots held them before they became
+// flat (they go through [SortedWalk] now). The biller reads the maps it
+// returns during the tick without copying them, so they must not change
+// afterwards; it reads them tenant by tenant rather than through Walk.
 type TenantsFunc func(ctx context.Context) (map[string]map[string]uint64, error)
 
 // Read implements [Source] through [FromTenants].
@@ -807,7 +807,7 @@ func (b *Biller) Run(ctx context.Context) error {
 }
 
 // FromTenants converts per-tenant cumulative counts (tenant -> counter ->
-// value, as the agent's snapshots hold them) into a [Source] reading.
+// value, as the agent's snapshots held them) into a [Source] reading.
 func FromTenants(m map[string]map[string]uint64) map[Key]uint64 {
 	n := 0
 	for _, byMeter := range m {
