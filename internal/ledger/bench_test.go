@@ -401,3 +401,38 @@ func appendWindows(dst []ledger.Window, tenants, meters []string, seq uint64, en
 	}
 	return dst
 }
+
+// BenchmarkCommitWindows_newTenant commits the windows of 10,000 tenants
+// x 6 meters plus those of one tenant seen for the first time, as on a
+// host where tenants come and go: the new series' ids are read back
+// (cpu-s/op includes building the windows).
+func BenchmarkCommitWindows_newTenant(b *testing.B) {
+	const tenants = 10_000
+	for _, be := range ledgertest.Backends() {
+		b.Run(be.Name, func(b *testing.B) {
+			l := ledgertest.OpenConfig(b, be.Config(b))
+			ctx := context.Background()
+			names, meterNames := benchTenants(tenants), benchMeters()
+			ws := appendWindows(nil, names, meterNames, 1, t0.Add(5*time.Second))
+			if err := l.CommitWindows(ctx, ws); err != nil {
+				b.Fatal(err)
+			}
+			cpu0 := cpuTime()
+			seq := uint64(1)
+			for b.Loop() {
+				seq++
+				end := t0.Add(time.Duration(seq) * 5 * time.Second)
+				ws = appendWindows(ws[:0], names, meterNames, seq, end)
+				for _, m := range meterNames {
+					ws = append(ws, ledger.Window{Node: "n1", Tenant: fmt.Sprintf("new-%05d", seq), Meter: m, Seq: seq,
+						ToCounter: 10, Quantity: 10, Start: end.Add(-5 * time.Second), End: end,
+						Charge: pricing.Charge{AmountMicro: 10, Currency: "USD", VendorMicro: 7}, PluginSHA256: plugin})
+				}
+				if err := l.CommitWindows(ctx, ws); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
+		})
+	}
+}

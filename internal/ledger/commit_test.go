@@ -367,3 +367,40 @@ func TestLedger_Commit_readersBesideCommits(t *testing.T) {
 		}
 	})
 }
+
+// New series are read back by tenant, a query per 200 tenants, and in
+// one scan of the node's series when they belong to more than 2,000
+// tenants: either way each window lands on its own series.
+func TestLedger_Commit_newTenantsReadBack(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b ledgertest.Backend) {
+		l := ledgertest.OpenConfig(t, b.Config(t))
+		ctx := context.Background()
+		m := seriesModel{}
+		names := func(prefix string, n int) []string {
+			out := make([]string, n)
+			for i := range out {
+				out[i] = fmt.Sprintf("%s%05d", prefix, i)
+			}
+			return out
+		}
+		meters := []string{"m1", "m2"}
+		var all [][2]string
+		for seq, added := range [][]string{
+			names("a", 10),   // the node's first series
+			names("b", 450),  // three lookups by tenant
+			names("c", 2500), // one scan
+			names("d", 1),    // one lookup among 5,922 series
+		} {
+			all = append(all, pairs(added, meters)...)
+			ws := m.windows(uint64(seq+1), all)
+			if err := l.CommitWindows(ctx, ws); err != nil {
+				t.Fatalf("commit %d: %v", seq+1, err)
+			}
+			m.apply(ws)
+			m.check(t, l)
+		}
+		if rep := mustVerify(t, l); rep.Windows != 2*(10+460+2960+2961) {
+			t.Errorf("verify counted %d windows, want %d", rep.Windows, 2*(10+460+2960+2961))
+		}
+	})
+}
