@@ -25,8 +25,8 @@ import (
 var benchMeters = []string{"syscalls", "tcp_connects", "tcp_accepts", "net_tx_bytes", "net_rx_bytes",
 	"tls_client_handshakes", "tls_server_handshakes"}
 
-// snapshot builds an agent-like reading: a fresh tenant -> meter -> count
-// map per read, as agent.Snapshot held it before agent.Usage, every counter at base+i.
+// snapshot builds the counts of an agent-like reading (tenant -> meter
+// -> count, made into an agent.Usage per read), every counter at base+i.
 func snapshot(tenants []string, base uint64) map[string]map[string]uint64 {
 	m := make(map[string]map[string]uint64, len(tenants))
 	for i, t := range tenants {
@@ -128,62 +128,39 @@ func BenchmarkTick(b *testing.B) {
 	// a WindowSource, it allocated a buffer of them per tick at this
 	// interval rather than keep it.
 	b.Run("discard-60s", func(b *testing.B) { benchTick(b, discardStore{}, time.Minute) })
-	// The source as kmeter run wires it since snapshots are flat: the
-	// agent's Usage walked in billing order (window.SortedWalk) rather
-	// than a map of maps (window.TenantsFunc).
-	sorted := onePricer{appendPricer{&fixedPricer{microPerUnit: 2}}}
-	b.Run("discard-sorted", func(b *testing.B) { benchTickSource(b, discardStore{}, sorted, nil, 5*time.Second, true) })
-	b.Run("read-sorted", func(b *testing.B) { benchTickSource(b, &readStore{}, sorted, nil, 5*time.Second, true) })
 }
 
 func benchTick(b *testing.B, st window.Store, every time.Duration) {
 	benchTickWith(b, st, onePricer{appendPricer{&fixedPricer{microPerUnit: 2}}}, nil, every)
 }
 
+// benchTickWith ticks with readings as the agent makes them: a flat
+// agent.Usage per read, walked in billing order (window.SortedWalk).
 func benchTickWith(b *testing.B, st window.Store, p window.Pricers, attrs func(string) map[string]string, every time.Duration) {
-	benchTickSource(b, st, p, attrs, every, false)
-}
-
-// benchTickSource ticks with readings as maps of maps, or with sorted
-// readings as the agent's flat snapshots.
-func benchTickSource(b *testing.B, st window.Store, p window.Pricers, attrs func(string) map[string]string, every time.Duration, sorted bool) {
 	const nTenants = 10_000
 	tenants := make([]string, nTenants)
 	for i := range tenants {
 		tenants[i] = fmt.Sprintf("t%05d", i)
 	}
-	var latest, previous atomic.Pointer[map[string]map[string]uint64]
-	read := func(ctx context.Context) (map[string]map[string]uint64, error) { return *latest.Load(), nil }
-	src := benchSource(read)
-	var latestU, previousU atomic.Pointer[agent.Usage]
-	if sorted {
-		src = window.SortedWalk(func(_ context.Context, fn func(tenant, meter string, count uint64)) error {
-			latestU.Load().Walk(fn)
-			return nil
-		})
-	}
+	var latest, previous atomic.Pointer[agent.Usage]
+	src := window.SortedWalk(func(_ context.Context, fn func(tenant, meter string, count uint64)) error {
+		latest.Load().Walk(fn)
+		return nil
+	})
 	b2, err := window.New(context.Background(), window.Config{NodeID: "n1", Source: src, Ledger: st,
 		Pricers: p, Attrs: attrs, Interval: every, Log: quietLog()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	next := func(i int) {
-		s := snapshot(tenants, uint64(i+1)*100)
-		if sorted {
-			u, err := agent.NewUsage(s)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if p := latestU.Load(); p != nil {
-				previousU.Store(p)
-			}
-			latestU.Store(&u)
-			return
+		u, err := agent.NewUsage(snapshot(tenants, uint64(i+1)*100))
+		if err != nil {
+			b.Fatal(err)
 		}
 		if p := latest.Load(); p != nil {
 			previous.Store(p)
 		}
-		latest.Store(&s)
+		latest.Store(&u)
 	}
 	next(0)
 	mustTick(b, b2) // the first window opens every series in the ledger
@@ -224,5 +201,4 @@ func benchTickSource(b *testing.B, st window.Store, p window.Pricers, attrs func
 	runtime.KeepAlive(b2)
 	runtime.KeepAlive(st)
 	runtime.KeepAlive(previous.Load())
-	runtime.KeepAlive(previousU.Load())
 }

@@ -99,11 +99,3 @@ func TestRouter_errors(t *testing.T) {
 		t.Errorf("unmatched series: err = %v, want ErrNoPricer", err)
 	}
 }
-
-func TestFromTenants(t *testing.T) {
-	got := window.FromTenants(map[string]map[string]uint64{"shop": {"syscalls": 5, "tcp_connects": 1}, "blog": {}})
-	want := map[window.Key]uint64{{Tenant: "shop", Meter: "syscalls"}: 5, {Tenant: "shop", Meter: "tcp_connects"}: 1}
-	if len(got) != len(want) || got[window.Key{Tenant: "shop", Meter: "syscalls"}] != 5 || got[window.Key{Tenant: "shop", Meter: "tcp_connects"}] != 1 {
-		t.Errorf("FromTenants = %v, want %v", got, want)
-	}
-}

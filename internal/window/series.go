@@ -127,44 +127,6 @@ func (t *series) row(tenant, meter string) *row {
 	return &t.rows[i]
 }
 
-// putTenants puts a reading of per-tenant counts (tenant -> meter ->
-// count) into the table. It goes through the table in its order and
-// looks each tenant's map up once and each of the tenant's rows up in
-// it; the reading is walked as well only when it has a series the table
-// lacks. At 70,000 series, walking every map and finding each (tenant,
-// meter) row took half of a tick without the commit.
-func (t *series) putTenants(m map[string]map[string]uint64) {
-	t.sort() // a tenant's rows adjacent, its chain in index order
-	tenants, complete := 0, true
-	for i := 0; i < len(t.rows); i++ {
-		byMeter, ok := m[t.names[t.rows[i].tenant]]
-		found := 0
-		for ; ; i++ {
-			r := &t.rows[i]
-			if v, in := byMeter[t.meters[r.meter]]; in {
-				r.count, r.tick = v, t.tick
-				found++
-			}
-			if r.next < 0 {
-				break
-			}
-		}
-		if ok {
-			tenants++
-			complete = complete && found == len(byMeter)
-		}
-	}
-	if complete && tenants == len(m) {
-		return
-	}
-	for tenant, byMeter := range m {
-		for meter, v := range byMeter {
-			r := t.row(tenant, meter)
-			r.count, r.tick = v, t.tick
-		}
-	}
-}
-
 // putSorted puts a reading in billing order into the table: a cursor
 // goes through the table's rows (sorted too) beside the reading, so a
 // series known to the table is found with a string compare or two
@@ -249,9 +211,7 @@ func (t *series) compactCheckpoints(remap []uint32) []uint32 {
 		return remap
 	}
 	remap = slices.Grow(remap[:0], len(t.cps))[:len(t.cps)]
-	for i := range remap {
-		remap[i] = 0
-	}
+	clear(remap)
 	const used = 1
 	remap[0] = used
 	for i := range t.rows {

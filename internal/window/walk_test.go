@@ -94,11 +94,7 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 		return b
 	}
 	bw, bm := newB("walk", walk, walked, time.Minute), newB("map", asMap, mapped, 5*time.Second)
-	// A TenantsFunc is read tenant by tenant (the agent's snapshots before they became flat).
 	var perTenant map[string]map[string]uint64
-	tenants := &recordingStore{Ledger: l}
-	bt := newB("tenants", window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return perTenant, nil }),
-		tenants, 5*time.Second)
 	// A SortedWalk is walked in billing order (the agent's snapshots),
 	// and gives the same windows when its series come out of order.
 	sortedStore, unsortedStore := &recordingStore{Ledger: l}, &recordingStore{Ledger: l}
@@ -132,18 +128,18 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 			perTenant[key.Tenant][key.Meter] = v
 		}
 		now = now.Add(5 * time.Second)
-		rw, rm, rt, rs, ru := mustTick(t, bw), mustTick(t, bm), mustTick(t, bt), mustTick(t, bs), mustTick(t, bu)
-		if rw.Quantity != s.want || rw != rm || rt != rm || rs != rm || ru != rm {
-			t.Fatalf("step %d: walked tick %+v, map tick %+v, per-tenant tick %+v, sorted tick %+v, unsorted tick %+v, want quantity %d",
-				i, rw, rm, rt, rs, ru, s.want)
+		rw, rm, rs, ru := mustTick(t, bw), mustTick(t, bm), mustTick(t, bs), mustTick(t, bu)
+		if rw.Quantity != s.want || rw != rm || rs != rm || ru != rm {
+			t.Fatalf("step %d: walked tick %+v, map tick %+v, sorted tick %+v, unsorted tick %+v, want quantity %d",
+				i, rw, rm, rs, ru, s.want)
 		}
 	}
-	if len(walked.commits) != len(steps) || len(mapped.commits) != len(steps) || len(tenants.commits) != len(steps) {
-		t.Fatalf("%d, %d and %d commits, want %d each", len(walked.commits), len(mapped.commits), len(tenants.commits), len(steps))
+	if len(walked.commits) != len(steps) || len(mapped.commits) != len(steps) || len(sortedStore.commits) != len(steps) || len(unsortedStore.commits) != len(steps) {
+		t.Fatalf("%d, %d, %d and %d commits, want %d each", len(walked.commits), len(mapped.commits), len(sortedStore.commits), len(unsortedStore.commits), len(steps))
 	}
 	for i := range mapped.commits {
 		b := mapped.commits[i]
-		for name, a := range map[string][]ledger.Window{"walked": walked.commits[i], "per-tenant": tenants.commits[i],
+		for name, a := range map[string][]ledger.Window{"walked": walked.commits[i],
 			"sorted": sortedStore.commits[i], "unsorted": unsortedStore.commits[i]} {
 			for j := range a {
 				a[j].Node = "map" // the only field that differs
@@ -155,7 +151,7 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 	}
 	q, amt := billed(t, l)
 	for key, v := range all {
-		for _, node := range []string{"walk", "map", "tenants", "sorted", "unsorted"} {
+		for _, node := range []string{"walk", "map", "sorted", "unsorted"} {
 			name := node + "/" + key.String()
 			if q[name] != int64(v) || amt[name] != 3*int64(v) {
 				t.Errorf("%s billed %d for %d micro, want %d for %d", name, q[name], amt[name], v, 3*v)
@@ -163,37 +159,4 @@ func TestBiller_walkerBillsLikeTheMap(t *testing.T) {
 		}
 	}
 	mustVerify(t, l)
-}
-
-func TestTenantsFunc(t *testing.T) {
-	m := map[string]map[string]uint64{"shop": {"syscalls": 5, "tcp_connects": 1}, "blog": {"syscalls": 9}, "idle": {}}
-	f := window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return m, nil })
-	walked := map[window.Key]uint64{}
-	err := f.Walk(context.Background(), func(tenant, meter string, v uint64) {
-		k := window.Key{Tenant: tenant, Meter: meter}
-		if _, twice := walked[k]; twice {
-			t.Errorf("%v walked twice", k)
-		}
-		walked[k] = v
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	read, err := f.Read(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := window.FromTenants(m)
-	if !maps.Equal(walked, want) || !maps.Equal(read, want) || len(want) != 3 {
-		t.Errorf("walked %v, read %v, want %v", walked, read, want)
-	}
-
-	errRead := errors.New("no usage read yet")
-	bad := window.TenantsFunc(func(context.Context) (map[string]map[string]uint64, error) { return nil, errRead })
-	if err := bad.Walk(context.Background(), func(string, string, uint64) { t.Error("walked a failed read") }); !errors.Is(err, errRead) {
-		t.Errorf("Walk = %v, want %v", err, errRead)
-	}
-	if _, err := bad.Read(context.Background()); !errors.Is(err, errRead) {
-		t.Errorf("Read = %v, want %v", err, errRead)
-	}
 }

@@ -58,36 +58,6 @@ type Walker interface {
 	Walk(ctx context.Context, fn func(tenant, meter string, count uint64)) error
 }
 
-// TenantsFunc is a [Walker] over per-tenant cumulative counts (tenant ->
-// meter -> count), as the agent's snapshots held them before they became
-// flat (they go through [SortedWalk] now). The biller reads the maps it
-// returns during the tick without copying them, so they must not change
-// afterwards; it reads them tenant by tenant rather than through Walk.
-type TenantsFunc func(ctx context.Context) (map[string]map[string]uint64, error)
-
-// Read implements [Source] through [FromTenants].
-func (f TenantsFunc) Read(ctx context.Context) (map[Key]uint64, error) {
-	m, err := f(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return FromTenants(m), nil
-}
-
-// Walk implements [Walker].
-func (f TenantsFunc) Walk(ctx context.Context, fn func(tenant, meter string, count uint64)) error {
-	m, err := f(ctx)
-	if err != nil {
-		return err
-	}
-	for tenant, byMeter := range m {
-		for meter, v := range byMeter {
-			fn(tenant, meter, v)
-		}
-	}
-	return nil
-}
-
 // SortedWalk is a [Walker] whose series come in billing order: tenants
 // ascending, a tenant's meters ascending by name (both in byte order),
 // each series once, as the agent's snapshots hold them. The biller puts
@@ -561,18 +531,10 @@ func (s *tickWindows) Len() int { return len(s.pend) }
 func (s *tickWindows) Window(i int) (w ledger.Window) {
 	p := &s.pend[i]
 	r := &s.rows[p.row]
-	cp := &s.cps[r.cp]
 	w.Node, w.Tenant, w.Meter = s.node, s.names[r.tenant], s.meters[r.meter]
-	w.Seq, w.PrevSeq, w.FromCounter, w.ToCounter = s.seq, cp.seq, r.counter, r.count
-	if r.count < r.counter {
-		w.Rebased = true
-	} else {
-		w.Quantity = r.count - r.counter
-	}
-	w.Start, w.End = cp.end, s.end
-	if cp.seq == 0 {
-		w.Start = s.started // a series' first window
-	}
+	w.Seq, w.PrevSeq, w.FromCounter, w.ToCounter = s.seq, s.cps[r.cp].seq, r.counter, r.count
+	w.Rebased, w.Quantity = r.count < r.counter, quantity(r)
+	w.Start, w.End = s.start(r), s.end
 	if p.tag != unpriced {
 		tag := &s.tags[p.tag]
 		w.Charge.AmountMicro, w.Charge.Currency, w.Charge.VendorMicro = p.amount, tag.currency, p.vendor
@@ -635,15 +597,7 @@ func (b *Biller) route(r *row) (int, error) {
 func (b *Biller) read(ctx context.Context) (uint32, error) {
 	t := &b.table
 	t.tick++
-	switch f := b.cfg.Source.(type) {
-	case TenantsFunc:
-		m, err := f(ctx)
-		if err != nil {
-			return t.tick, err
-		}
-		t.putTenants(m)
-		return t.tick, nil
-	case SortedWalk:
+	if f, ok := b.cfg.Source.(SortedWalk); ok {
 		return t.tick, t.putSorted(ctx, f)
 	}
 	put := func(tenant, meter string, v uint64) {
@@ -804,20 +758,4 @@ func (b *Biller) Run(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// FromTenants converts per-tenant cumulative counts (tenant -> counter ->
-// value, as the agent's snapshots held them) into a [Source] reading.
-func FromTenants(m map[string]map[string]uint64) map[Key]uint64 {
-	n := 0
-	for _, byMeter := range m {
-		n += len(byMeter)
-	}
-	out := make(map[Key]uint64, n)
-	for t, byMeter := range m {
-		for meter, v := range byMeter {
-			out[Key{Tenant: t, Meter: meter}] = v
-		}
-	}
-	return out
 }
