@@ -58,53 +58,13 @@ func ProgramMisses(links ...link.Link) (uint64, error) {
 // key-by-key iteration on kernels without batch operations. buf, if not
 // nil, holds the batch buffers across calls.
 func SumPerCPU[K any](m *ebpf.Map, buf *PerCPUBuffers[K, uint64], fn func(key K, sum uint64)) error {
-	ncpu, err := ebpf.PossibleCPU()
-	if err != nil {
-		return fmt.Errorf("read per-cpu map %s: %w", m, err)
-	}
-	if buf == nil {
-		buf = new(PerCPUBuffers[K, uint64])
-	}
-	keys, vals := buf.get(perCPUBatch, ncpu)
-	var cursor ebpf.MapBatchCursor
-	for first := true; ; first = false {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		if first && errors.Is(err, ebpf.ErrNotSupported) {
-			return iteratePerCPU(m, fn)
-		}
-		for i := range n {
-			var sum uint64
-			for _, v := range vals[i*ncpu : (i+1)*ncpu] {
-				sum += v
-			}
-			fn(keys[i], sum)
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil // the end
-		}
-		if err != nil {
-			return fmt.Errorf("read per-cpu map %s: %w", m, err)
-		}
-	}
-}
-
-func iteratePerCPU[K any](m *ebpf.Map, fn func(key K, sum uint64)) error {
-	var (
-		key  K
-		vals []uint64
-	)
-	it := m.Iterate()
-	for it.Next(&key, &vals) {
+	return EachPerCPU(m, buf, func(key K, vals []uint64) {
 		var sum uint64
 		for _, v := range vals {
 			sum += v
 		}
 		fn(key, sum)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("read per-cpu map %s: %w", m, err)
-	}
-	return nil
+	})
 }
 
 // SumSlots returns the per-slot sums of the per-CPU array m.

@@ -258,8 +258,8 @@ func (r *Resolver) Save(file string) error {
 }
 
 // appendJSONString appends s as a JSON string: as it is when it has no
-// byte JSON must escape (cgroup paths rarely do), else as json.Marshal
-// writes it.
+// byte JSON must escape (cgroup paths rarely do; '<', '>' and '&' are
+// left as they are, which JSON allows), else through json.Marshal.
 func appendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {

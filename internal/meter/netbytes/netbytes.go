@@ -43,9 +43,7 @@ const (
 	kindRx = 1
 )
 
-var kindNames = [...]string{kindTx: meter.NetTxBytes, kindRx: meter.NetRxBytes}
-
-// kindCounters are the counters of the kinds, as kindNames names them.
+// kindCounters are the counters of the kinds.
 var kindCounters = [...]meter.Counter{kindTx: meter.CounterNetTxBytes, kindRx: meter.CounterNetRxBytes}
 
 // Hook is the hook pair reported in [meter.Status.Hook].
@@ -187,9 +185,9 @@ func (m *Meter) Overflow() (map[string]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]uint64, len(kindNames))
-	for kind, name := range kindNames {
-		out[name] = sums[kind]
+	out := make(map[string]uint64, len(kindCounters))
+	for kind, c := range kindCounters {
+		out[c.Name()] = sums[kind]
 	}
 	return out, nil
 }

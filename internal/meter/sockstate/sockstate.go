@@ -40,9 +40,7 @@ const (
 	kindAccept  = 1
 )
 
-var kindNames = [...]string{kindConnect: meter.TCPConnects, kindAccept: meter.TCPAccepts}
-
-// kindCounters are the counters of the kinds, as kindNames names them.
+// kindCounters are the counters of the kinds.
 var kindCounters = [...]meter.Counter{kindConnect: meter.CounterTCPConnects, kindAccept: meter.CounterTCPAccepts}
 
 // The hooks, in order of preference.
@@ -162,9 +160,9 @@ func (m *Meter) Overflow() (map[string]uint64, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]uint64, len(kindNames))
-	for kind, name := range kindNames {
-		out[name] = sums[kind]
+	out := make(map[string]uint64, len(kindCounters))
+	for kind, c := range kindCounters {
+		out[c.Name()] = sums[kind]
 	}
 	return out, nil
 }

@@ -59,8 +59,8 @@ const MaxEntries = 262144
 // SYS_NR_SLOTS in bpf/syscalls.bpf.c.
 const NumberSlots = 472
 
-// OtherNumber is the number under which [Meter.ReadByNumber] reports,
-// with cgroup storage, the syscalls numbered NumberSlots or more. Keep in
+// OtherNumber is the number under which [Meter.ReadInto] counts, with
+// cgroup storage, the syscalls numbered NumberSlots or more. Keep in
 // sync with SYS_NR_OTHER in bpf/syscalls.bpf.c.
 const OtherNumber = 0xffffffff
 
@@ -158,7 +158,7 @@ type Meter struct {
 	// seen holds the cgroups of the latest walk, filled only when
 	// sys_totals has counts (of removed cgroups) to tell apart from them.
 	seen map[uint64]struct{}
-	// unseen is what the latest walk could not copy to totals.
+	// unseen is what the latest walk could not copy to sys_walk.
 	unseen uint64
 	// keys and vals are readHash's batch buffers, kept across reads
 	// (reads are serial, like unseen) so a read at 10,000 cgroups does not
@@ -392,16 +392,6 @@ func (m *Meter) ReadInto(c *meter.Counts) error {
 	return m.read(c.AddSyscalls)
 }
 
-// ReadByNumber returns the cumulative counts as cgroup id -> syscall
-// number -> count.
-func (m *Meter) ReadByNumber() (map[uint64]map[uint32]uint64, error) {
-	var c meter.Counts
-	if err := m.ReadInto(&c); err != nil {
-		return nil, err
-	}
-	return c.ByNumber(), nil
-}
-
 // read calls fn for every counter: cgroup storage first (live cgroups
 // from a walk, removed ones from sys_totals), then the per-CPU hash. A
 // cgroup can be in both after a switch of storage; its counts add up.
@@ -506,9 +496,9 @@ func (m *Meter) walkRecs() ([]syscallsSysRec, error) {
 	}
 }
 
-// readWalk runs the cgroup iterator once, which refreshes sys_totals from
-// every live cgroup's storage, and returns the cgroups whose counters
-// did not all fit there.
+// readWalk runs the cgroup iterator once, which writes the used counters
+// of every live cgroup's storage into sys_walk, and returns the cgroups
+// whose counters did not all fit there.
 func readWalk(it *link.Iter) ([]syscallsSysDropped, error) {
 	r, err := it.Open()
 	if err != nil {
@@ -519,7 +509,7 @@ func readWalk(it *link.Iter) ([]syscallsSysDropped, error) {
 	if err != nil {
 		// The kernel's cgroup iterator must finish in one read of at most
 		// 32 KiB: 2048 cgroups with counters that do not fit.
-		return nil, fmt.Errorf("walk cgroups: %w (sys_totals is full for thousands of cgroups)", err)
+		return nil, fmt.Errorf("walk cgroups: %w (sys_walk is full for thousands of cgroups)", err)
 	}
 	out := make([]syscallsSysDropped, len(raw)/binary.Size(syscallsSysDropped{}))
 	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, out); err != nil {
