@@ -102,16 +102,7 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 		return fmt.Errorf("commit windows: %d windows in one commit: commit fewer at once", n)
 	}
 	node := src.Window(0).Node
-	// The transaction runs on a dedicated connection, so that the
-	// balance rows can go in on that same connection below database/sql.
-	conn, err := l.db.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("commit windows: connect: %w", err)
-	}
-	defer conn.Close()
-	// dc binds every statement of the commit from one set of buffers.
-	dc := &driverConn{Conn: conn}
-	tx, err := conn.BeginTx(ctx, nil)
+	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("commit windows: begin: %w", err)
 	}
@@ -433,7 +424,7 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 	// packedPostings). 10,000 entry and 30,000 posting rows were half of a
 	// commit's CPU.
 	if len(deltas) > 0 {
-		if err := l.applyBalances(ctx, tx, dc, deltas); err != nil {
+		if err := l.applyBalances(ctx, tx, deltas); err != nil {
 			return fmt.Errorf("commit windows: %w", err)
 		}
 	}

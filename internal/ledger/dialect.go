@@ -3,7 +3,6 @@ package ledger
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strconv"
@@ -160,92 +159,27 @@ func (d dialect) insertRows(ctx context.Context, tx *sql.Tx, head string, ncols 
 			return fmt.Errorf("insert row with %d values into %d columns", len(r), ncols)
 		}
 	}
-	return d.insertFunc(ctx, tx, head, ncols, len(rows), func(i int, dst []any) []any { return append(dst, rows[i]...) }, tail)
-}
-
-// rowFunc appends row i's values to dst and returns it. Rows are made as
-// the statements need them, so a commit never holds all its rows as
-// [][]any at once (70,000 usage rows were 25 MB of short-lived slices).
-type rowFunc func(i int, dst []any) []any
-
-// insertFunc is insertRows for n rows made by row.
-func (d dialect) insertFunc(ctx context.Context, tx *sql.Tx, head string, ncols, n int, row rowFunc, tail string) error {
 	tuple := "(" + strings.TrimSuffix(strings.Repeat("?,", ncols), ",") + ")"
 	query := func(k int) string {
 		return d.rebind(head + " VALUES " + strings.TrimSuffix(strings.Repeat(tuple+",", k), ",") + tail)
 	}
-	return execBatches(ctx, tx, nil, query, nil, ncols, n, row, nil)
-}
-
-// result is what execBatches' check sees of a statement's result: both
-// sql.Result and driver.Result have it.
-type result interface{ RowsAffected() (int64, error) }
-
-// driverConn is the connection a transaction runs on, for execBatches
-// to run statements on below database/sql, with the bind buffers that all
-// statements of the transaction reuse: a window commit's five bulk
-// statements each made 1.7 MB of them anew.
-type driverConn struct {
-	*sql.Conn
-	args []any
-	nv   []driver.NamedValue
+	return execBatches(ctx, tx, query, ncols, rows)
 }
 
 // execBatches runs query(k) for consecutive batches of k <= maxParams/ncols
-// rows, the batch's values made by row; check, when set, inspects each
-// batch's result. Full batches share one prepared statement: parsing a
-// statement of thousands of placeholders costs as much as running it.
-//
-// shared are values every row has (a commit's window seq and end time):
-// they are bound once per statement, as ?1 ... ?len(shared), which query
-// must name before its first plain "?" (SQLite numbers a plain "?" after
-// the largest number seen so far). Each bound value costs the SQLite
-// driver a call and a mutex round trip: binding them per row was the
-// largest part of a window commit's CPU.
-//
-// With conn (SQLite, the connection tx runs on) the statements run on the
-// driver connection itself, inside tx, and bind from conn's reused
-// []driver.NamedValue: through database/sql every execution converted and
-// copied its 30,000 arguments into a new slice, 40 % of the bytes a
-// 70,000-series window commit allocated.
-func execBatches(ctx context.Context, tx *sql.Tx, conn *driverConn, query func(k int) string, shared []any, ncols, n int, row rowFunc, check func(res result, rows int) error) error {
-	per := max(1, (maxParams-len(shared))/ncols)
-	var args []any
-	if conn != nil {
-		args = conn.args[:0]
-		defer func() { conn.args = args[:0] }()
-	}
-	if need := len(shared) + min(per, n)*ncols; cap(args) < need {
-		args = make([]any, 0, need)
-	}
-	fill := func(lo, hi int) ([]any, error) {
-		args = append(args[:0], shared...)
-		for i := lo; i < hi; i++ {
-			args = row(i, args)
-		}
-		if len(args) != len(shared)+(hi-lo)*ncols {
-			return nil, fmt.Errorf("%d rows with %d values for %d columns", hi-lo, len(args)-len(shared), ncols)
-		}
-		return args, nil
-	}
-	if conn != nil {
-		return conn.Raw(func(dc any) error {
-			return execDriver(ctx, dc, conn, query, ncols, per, n, fill, check)
-		})
-	}
+// of rows. Full batches share one prepared statement: parsing a statement
+// of thousands of placeholders costs as much as running it.
+func execBatches(ctx context.Context, tx *sql.Tx, query func(k int) string, ncols int, rows [][]any) error {
+	per := max(1, maxParams/ncols)
+	n := len(rows)
+	args := make([]any, 0, min(per, n)*ncols)
 	run := func(exec func(args ...any) (sql.Result, error), lo, hi int) error {
-		a, err := fill(lo, hi)
-		if err != nil {
-			return err
+		args = args[:0]
+		for _, r := range rows[lo:hi] {
+			args = append(args, r...)
 		}
-		res, err := exec(a...)
-		if err != nil {
-			return err
-		}
-		if check != nil {
-			return check(res, hi-lo)
-		}
-		return nil
+		_, err := exec(args...)
+		return err
 	}
 	full := n / per
 	if full > 0 {
@@ -264,71 +198,6 @@ func execBatches(ctx context.Context, tx *sql.Tx, conn *driverConn, query func(k
 	if rest := n - full*per; rest > 0 {
 		q := query(rest)
 		return run(func(a ...any) (sql.Result, error) { return tx.ExecContext(ctx, q, a...) }, full*per, n)
-	}
-	return nil
-}
-
-// execDriver is execBatches on a driver connection; buf holds the
-// reused []driver.NamedValue.
-func execDriver(ctx context.Context, dc any, buf *driverConn, query func(k int) string, ncols, per, n int, fill func(lo, hi int) ([]any, error), check func(res result, rows int) error) error {
-	pc, ok := dc.(driver.ConnPrepareContext)
-	if !ok {
-		return fmt.Errorf("driver connection %T cannot prepare statements", dc)
-	}
-	nv := buf.nv[:0]
-	defer func() { buf.nv = nv[:0] }()
-	run := func(stmt driver.Stmt, lo, hi int) error {
-		ec, ok := stmt.(driver.StmtExecContext)
-		if !ok {
-			return fmt.Errorf("driver statement %T cannot execute with a context", stmt)
-		}
-		a, err := fill(lo, hi)
-		if err != nil {
-			return err
-		}
-		nv = nv[:0]
-		if cap(nv) < len(a) {
-			// Sized at once: growing by append made 5 times its size.
-			nv = make([]driver.NamedValue, 0, len(a))
-		}
-		for i, v := range a {
-			// database/sql would turn an int into an int64; the
-			// ledger passes no other non-driver type.
-			if x, ok := v.(int); ok {
-				v = int64(x)
-			}
-			nv = append(nv, driver.NamedValue{Ordinal: i + 1, Value: v})
-		}
-		res, err := ec.ExecContext(ctx, nv)
-		if err != nil {
-			return err
-		}
-		if check != nil {
-			return check(res, hi-lo)
-		}
-		return nil
-	}
-	prepare := func(k int) (driver.Stmt, error) { return pc.PrepareContext(ctx, query(k)) }
-	full := n / per
-	if full > 0 {
-		stmt, err := prepare(per)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		for b := range full {
-			if err := run(stmt, b*per, (b+1)*per); err != nil {
-				return err
-			}
-		}
-	}
-	if rest := n - full*per; rest > 0 {
-		stmt, err := prepare(rest)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		return run(stmt, full*per, n)
 	}
 	return nil
 }

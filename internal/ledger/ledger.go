@@ -357,45 +357,20 @@ const balanceUpsert = ` ON CONFLICT (account, currency) DO UPDATE SET
 
 // applyBalances adds deltas to the balances table in key order, so that
 // concurrent writers on PostgreSQL lock rows in the same order and never
-// deadlock. conn, when set, is the connection tx runs on (as in
-// execBatches).
-func (l *Ledger) applyBalances(ctx context.Context, tx *sql.Tx, conn *driverConn, deltas map[balanceKey]balanceDelta) error {
+// deadlock.
+func (l *Ledger) applyBalances(ctx context.Context, tx *sql.Tx, deltas map[balanceKey]balanceDelta) error {
 	keys := make([]balanceKey, 0, len(deltas))
 	for k := range deltas {
 		keys = append(keys, k)
 	}
 	sortBalanceKeys(keys)
-	const upsert = balanceUpsert
-	if conn != nil && l.d == sqliteDialect {
-		// A window commit's 10,000 rows, bound on the driver connection
-		// (see execBatches).
-		query := func(k int) string {
-			return `INSERT INTO balances (account, currency, balance_micro, charged_micro) VALUES ` + tuples(4, k) + upsert
-		}
-		// The rows share their currency, mostly: converted to a bind
-		// value once (each conversion of a string to any allocates).
-		var currency string
-		var currencyArg any
-		err := execBatches(ctx, tx, conn, query, nil, 4, len(keys), func(i int, dst []any) []any {
-			k := &keys[i]
-			if currencyArg == nil || k.currency != currency {
-				currency, currencyArg = k.currency, k.currency
-			}
-			d := deltas[*k]
-			return append(dst, k.account, currencyArg, d.balance, d.charged)
-		}, nil)
-		if err != nil {
-			return fmt.Errorf("update balances: %w", err)
-		}
-		return nil
-	}
 	rows := make([][]any, 0, len(keys))
 	for _, k := range keys {
 		d := deltas[k]
 		rows = append(rows, []any{k.account, k.currency, d.balance, d.charged})
 	}
 	err := l.d.bulkInsert(ctx, tx, "balances", []string{"account", "currency", "balance_micro", "charged_micro"},
-		[]string{"text", "text", "bigint", "bigint"}, rows, upsert)
+		[]string{"text", "text", "bigint", "bigint"}, rows, balanceUpsert)
 	if err != nil {
 		return fmt.Errorf("update balances: %w", err)
 	}

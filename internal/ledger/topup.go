@@ -117,7 +117,7 @@ func (l *Ledger) topUp(ctx context.Context, t TopUp) (TopUpResult, error) {
 	}
 	now := l.now()
 	period, _ := openPeriod(PeriodOf(now), closed)
-	if err := l.applyBalances(ctx, tx, nil, map[balanceKey]balanceDelta{
+	if err := l.applyBalances(ctx, tx, map[balanceKey]balanceDelta{
 		{TenantAccount(t.Tenant), t.Currency}: {balance: t.AmountMicro},
 		{FundingAccount, t.Currency}:          {balance: -t.AmountMicro},
 	}); err != nil {
@@ -256,7 +256,7 @@ func (l *Ledger) Reverse(ctx context.Context, id int64, memo string) (int64, err
 		if err := l.d.insertRows(ctx, tx, `INSERT INTO postings (entry_id, account, currency, amount_micro)`, 4, postings, ""); err != nil {
 			return 0, fmt.Errorf("reverse entry %d: insert postings: %w", id, err)
 		}
-		if err := l.applyBalances(ctx, tx, nil, deltas); err != nil {
+		if err := l.applyBalances(ctx, tx, deltas); err != nil {
 			return 0, fmt.Errorf("reverse entry %d: %w", id, err)
 		}
 	}

@@ -131,12 +131,6 @@ func (l *Ledger) Checkpoints(ctx context.Context, node string) ([]Checkpoint, er
 	return cps, nil
 }
 
-// tuples is k comma-separated tuples of n plain placeholders.
-func tuples(n, k int) string {
-	t := "(" + strings.Repeat("?,", n-1) + "?)"
-	return strings.TrimSuffix(strings.Repeat(t+",", k), ",")
-}
-
 // seriesCacheKey appends the key of (tenant, meter) to dst: the tenant's
 // length, the tenant and the meter, so that no two pairs share a key
 // whatever bytes their names hold. The names come as strings from windows
