@@ -189,10 +189,7 @@ func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n, ne int, entry fun
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(keys)))
 	for _, k := range keys {
-		dst = appendString(dst, k.period)
-		dst = appendString(dst, k.currency)
-		dst = appendString(dst, k.plugin)
-		dst = append(dst, byte(b2i(k.late)))
+		dst = appendLineKey(dst, k)
 	}
 	dst = binary.AppendUvarint(dst, uint64(ne))
 	var last, first int64
@@ -361,6 +358,23 @@ func (r *reader) byte(what string) byte {
 	return c
 }
 
+// flag reads a byte that must be 0 or 1.
+func (r *reader) flag(what string) bool {
+	switch r.byte(what + " flag") {
+	case 0:
+		return false
+	case 1:
+		return true
+	}
+	r.fail("bad " + what + " flag")
+	return false
+}
+
+// lineKey reads what appendLineKey writes.
+func (r *reader) lineKey() lineKey {
+	return lineKey{period: r.str("line period"), currency: r.str("line currency"), plugin: r.str("line plugin"), late: r.flag("late")}
+}
+
 func (r *reader) str(what string) string {
 	n := r.uvarint(what + " length")
 	if r.err != nil {
@@ -419,15 +433,7 @@ func decodeCommitBlob(data []byte) ([]packedWindow, []commitEntry, error) {
 	// A line key takes at least 4 bytes.
 	keys := make([]lineKey, r.count("line key count", 4))
 	for i := range keys {
-		k := &keys[i]
-		k.period, k.currency, k.plugin = r.str("line period"), r.str("line currency"), r.str("line plugin")
-		switch r.byte("line late flag") {
-		case 0:
-		case 1:
-			k.late = true
-		default:
-			r.fail("bad late flag")
-		}
+		keys[i] = r.lineKey()
 	}
 	// An entry takes at least 3 bytes: id, tenant, key.
 	entries := make([]commitEntry, r.count("entry count", 3))
@@ -471,13 +477,7 @@ func decodeCommitBlob(data []byte) ([]packedWindow, []commitEntry, error) {
 			w.endUS = r.varint("end")
 		}
 		if flags&sharedRebased == 0 {
-			switch r.byte("rebase flag") {
-			case 0:
-			case 1:
-				w.rebased = true
-			default:
-				r.fail("bad rebase flag")
-			}
+			w.rebased = r.flag("rebase")
 		}
 		from := r.int63("from counter")
 		to := from + r.varint("counter change")
@@ -623,11 +623,7 @@ func (sw *stateWriter) finish(charges []charge) ([]byte, error) {
 	head := append(sw.head[:0], stateFormat1)
 	head = binary.AppendUvarint(head, uint64(len(sw.order)))
 	for _, id := range sw.order {
-		k := &sw.keys[id]
-		head = appendString(head, k.period)
-		head = appendString(head, k.currency)
-		head = appendString(head, k.plugin)
-		head = append(head, byte(b2i(k.late)))
+		head = appendLineKey(head, sw.keys[id])
 	}
 	head = binary.AppendUvarint(head, uint64(sw.n))
 	sw.head = head
@@ -652,6 +648,15 @@ func (sw *stateWriter) finish(charges []charge) ([]byte, error) {
 
 func appendString(dst []byte, s string) []byte {
 	return append(binary.AppendUvarint(dst, uint64(len(s))), s...)
+}
+
+// appendLineKey appends k: its period, currency and plugin, then its late
+// flag as a byte.
+func appendLineKey(dst []byte, k lineKey) []byte {
+	dst = appendString(dst, k.period)
+	dst = appendString(dst, k.currency)
+	dst = appendString(dst, k.plugin)
+	return append(dst, byte(b2i(k.late)))
 }
 
 // decodeState reads a state blob; intern turns each line key into its id.
@@ -703,17 +708,7 @@ func (sr *stateReader) begin(data []byte, intern func(lineKey) uint32) error {
 	// A line key takes at least 4 bytes.
 	n := r.count("line count", 4)
 	for range n {
-		var k lineKey
-		k.period = r.str("line period")
-		k.currency = r.str("line currency")
-		k.plugin = r.str("line plugin")
-		switch r.byte("line late flag") {
-		case 0:
-		case 1:
-			k.late = true
-		default:
-			r.fail("bad late flag")
-		}
+		k := r.lineKey()
 		if r.err != nil {
 			return r.err
 		}
