@@ -247,15 +247,27 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 	// In series id order: the order of the packed commit and of the
 	// node's state, merged in one pass. Usually already so: the biller
 	// sends a node's series in one order, the one they were created in.
+	// Two windows of one series are neighbours in series id order.
+	twice := func(i int32) error {
+		w := src.Window(int(i))
+		return fmt.Errorf("commit windows: two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter)
+	}
 	var bySid []int32
-	for i := 1; i < n; i++ {
-		if sid(int32(i)) < sid(int32(i-1)) {
+	for i := int32(1); i < int32(n); i++ {
+		if s, prev := sid(i), sid(i-1); s == prev {
+			return twice(i)
+		} else if s < prev {
 			bySid = resize(sc.bySid, n)
 			sc.bySid = bySid
 			for j := range bySid {
 				bySid[j] = int32(j)
 			}
 			slices.SortFunc(bySid, func(a, b int32) int { return cmp.Compare(sid(a), sid(b)) })
+			for j := 1; j < n; j++ {
+				if sid(bySid[j]) == sid(bySid[j-1]) {
+					return twice(bySid[j])
+				}
+			}
 			break
 		}
 	}
@@ -264,12 +276,6 @@ func (l *Ledger) Commit(ctx context.Context, src WindowSource) error {
 			return bySid[j]
 		}
 		return int32(j)
-	}
-	for j := 1; j < n; j++ {
-		if i := at(j); sid(i) == sid(at(j-1)) {
-			w := src.Window(int(i))
-			return fmt.Errorf("commit windows: two windows of %s/%s/%s in one commit", w.Node, w.Tenant, w.Meter)
-		}
 	}
 	ids, err := l.d.allocIDs(ctx, tx, len(order))
 	if err != nil {
