@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -353,4 +354,26 @@ func CommitBlobsForTest(ctx context.Context, l *Ledger, node string) ([][]byte, 
 		blobs = append(blobs, b)
 	}
 	return blobs, rows.Err()
+}
+
+// encodeCommit appends the blob of ws, which must be in ascending series
+// id order with each series once, to dst, as Commit writes it. entries
+// are the commit's usage entries in ascending id order; each window's
+// entry must be one of them.
+func encodeCommit(dst []byte, ws []packedWindow, entries []commitEntry) ([]byte, error) {
+	if len(ws) == 0 || len(entries) == 0 {
+		return nil, errors.New("pack window commit: no windows")
+	}
+	var sh sharedValues
+	for j := range ws {
+		sh.add(&ws[j])
+	}
+	var cw commitWriter
+	cw.begin(dst, &sh, len(ws), len(entries), func(k int) commitEntry { return entries[k] })
+	for j := range ws {
+		if err := cw.add(&ws[j]); err != nil {
+			return nil, err
+		}
+	}
+	return cw.finish()
 }

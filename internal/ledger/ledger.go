@@ -143,8 +143,8 @@ type Ledger struct {
 	scratch *commitScratch
 	// lineKeys interns line keys: lineIDs[k] is k's index in lineKeys.
 	// A node has a handful (a month's period per currency and plugin),
-	// so lines and each commit hold a small id per series, not four
-	// fields. Append-only: an id never changes its key.
+	// so the node states and each commit hold a small id per series,
+	// not four fields. Append-only: an id never changes its key.
 	lineKeys []lineKey
 	lineIDs  map[lineKey]uint32
 	closed   bool

@@ -61,36 +61,6 @@ type commitEntry struct {
 	key lineKey
 }
 
-// encodeCommit appends the blob of ws, which must be in ascending series
-// id order with each series once, to dst. entries are the commit's usage
-// entries in ascending id order; each window's entry must be one of them.
-func encodeCommit(dst []byte, ws []packedWindow, entries []commitEntry) ([]byte, error) {
-	return appendCommit(dst, len(ws), func(j int) packedWindow { return ws[j] }, entries)
-}
-
-// appendCommit is encodeCommit of the n windows window(0..n-1) returns:
-// a commit's windows go from the caller's own records to the blob with no
-// slice of 60,000 packedWindows between them.
-func appendCommit(dst []byte, n int, window func(j int) packedWindow, entries []commitEntry) ([]byte, error) {
-	if n == 0 || len(entries) == 0 {
-		return nil, errors.New("pack window commit: no windows")
-	}
-	var sh sharedValues
-	for j := range n {
-		w := window(j)
-		sh.add(&w)
-	}
-	var cw commitWriter
-	cw.begin(dst, &sh, n, len(entries), func(k int) commitEntry { return entries[k] })
-	for j := range n {
-		w := window(j)
-		if err := cw.add(&w); err != nil {
-			return nil, err
-		}
-	}
-	return cw.finish()
-}
-
 // sharedValues finds which values all windows of a commit share (see
 // the shared* flags), one window at a time.
 type sharedValues struct {
@@ -170,9 +140,9 @@ func (cw *commitWriter) begin(dst []byte, sh *sharedValues, n, ne int, entry fun
 	if flags&sharedEnd != 0 {
 		dst = binary.AppendVarint(dst, w0.endUS)
 	}
-	// The entries' line keys once: a commit has a handful. Neighbouring
-	// entries mostly share theirs (the same strings), which is checked
-	// before hashing the key.
+	// The entries' line keys once: a commit has a handful, found by a
+	// scan from the last one added (neighbouring entries mostly share
+	// theirs).
 	var keys []lineKey
 	indexOf := func(k lineKey) uint64 {
 		for i := len(keys) - 1; i >= 0; i-- {
