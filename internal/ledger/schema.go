@@ -16,9 +16,9 @@ type migration struct {
 	sqlite   []string
 	postgres []string
 	// fill, when set, runs after the statements: data a statement cannot
-	// compute (packed blobs). Then sqliteAfter or postgresAfter run.
-	fill                       func(ctx context.Context, tx *sql.Tx, d dialect) error
-	sqliteAfter, postgresAfter []string
+	// compute (packed blobs). Then after runs, on either database.
+	fill  func(ctx context.Context, tx *sql.Tx, d dialect) error
+	after []string
 }
 
 // tables is the part of version 1 both databases share; types are spelled
@@ -225,9 +225,8 @@ var migrations = []migration{
 			`CREATE TRIGGER node_state_no_truncate BEFORE TRUNCATE ON node_state
 			FOR EACH STATEMENT EXECUTE FUNCTION kmeter_immutable()`,
 		),
-		fill:          fillNodeState,
-		sqliteAfter:   packedDrops,
-		postgresAfter: packedDrops,
+		fill:  fillNodeState,
+		after: packedDrops,
 	},
 }
 
@@ -489,24 +488,23 @@ func migrateTo(ctx context.Context, db *sql.DB, d dialect, target int) error {
 		if d == postgres {
 			stmts = m.postgres
 		}
-		after := m.sqliteAfter
-		if d == postgres {
-			after = m.postgresAfter
-		}
-		for _, s := range stmts {
-			if _, err := tx.ExecContext(ctx, s); err != nil {
-				return fmt.Errorf("migrate ledger schema to version %d: %w", m.version, err)
+		exec := func(stmts []string) error {
+			for _, s := range stmts {
+				if _, err := tx.ExecContext(ctx, s); err != nil {
+					return err
+				}
 			}
+			return nil
 		}
-		if m.fill != nil {
-			if err := m.fill(ctx, tx, d); err != nil {
-				return fmt.Errorf("migrate ledger schema to version %d: %w", m.version, err)
-			}
+		err := exec(stmts)
+		if err == nil && m.fill != nil {
+			err = m.fill(ctx, tx, d)
 		}
-		for _, s := range after {
-			if _, err := tx.ExecContext(ctx, s); err != nil {
-				return fmt.Errorf("migrate ledger schema to version %d: %w", m.version, err)
-			}
+		if err == nil {
+			err = exec(m.after)
+		}
+		if err != nil {
+			return fmt.Errorf("migrate ledger schema to version %d: %w", m.version, err)
 		}
 		if _, err := tx.ExecContext(ctx, d.rebind(`INSERT INTO schema_migrations (version, applied_us) VALUES (?, ?)`),
 			m.version, time.Now().UnixMicro()); err != nil {

@@ -37,6 +37,12 @@ func (r *Report) problem(format string, args ...any) {
 	}
 }
 
+// entryNotPacked holds for an entry e (of entries) that is a row of its
+// own, not one of the usage entries a window commit of its node packs
+// (their ids are the commit's first_entry..last_entry).
+const entryNotPacked = `COALESCE((SELECT c.first_entry FROM window_commits c WHERE c.node = e.node AND c.last_entry >= e.id
+	ORDER BY c.last_entry LIMIT 1), e.id + 1) > e.id`
+
 // Verify checks the whole ledger: every entry's postings sum to zero,
 // debits equal credits per currency, each usage entry's amount is what
 // its postings debit, the stored balances equal the sum of postings, and
@@ -85,8 +91,7 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		{`SELECT e.id, e.amount_micro, COALESCE(u.total, 0) FROM entries e
 			LEFT JOIN (SELECT entry_id, SUM(amount_micro) AS total FROM usage GROUP BY entry_id) u ON u.entry_id = e.id
 			WHERE e.kind = 'usage' AND e.amount_micro <> COALESCE(u.total, 0)
-				AND COALESCE((SELECT c.first_entry FROM window_commits c WHERE c.node = e.node AND c.last_entry >= e.id
-					ORDER BY c.last_entry LIMIT 1), e.id + 1) > e.id
+				AND ` + entryNotPacked + `
 			ORDER BY e.id`, func(s func(...any) error) error {
 			var id, amt, sum int64
 			if err := s(&id, &amt, &sum); err != nil {
@@ -121,8 +126,7 @@ func (l *Ledger) Verify(ctx context.Context) (Report, error) {
 		}},
 		{`SELECT e.id, e.amount_micro, COALESCE(SUM(p.amount_micro), 0) FROM entries e
 			LEFT JOIN postings p ON p.entry_id = e.id AND p.account = 'tenant:' || e.tenant
-			WHERE e.kind <> 'usage' OR COALESCE((SELECT c.first_entry FROM window_commits c WHERE c.node = e.node AND c.last_entry >= e.id
-				ORDER BY c.last_entry LIMIT 1), e.id + 1) > e.id
+			WHERE e.kind <> 'usage' OR ` + entryNotPacked + `
 			GROUP BY e.id, e.amount_micro
 			HAVING (MIN(e.kind) = 'topup' AND COALESCE(SUM(p.amount_micro), 0) <> e.amount_micro)
 				OR (MIN(e.kind) <> 'topup' AND COALESCE(SUM(p.amount_micro), 0) <> -e.amount_micro)
