@@ -163,21 +163,8 @@ func (l *Ledger) Balances(ctx context.Context, tenant string) ([]Balance, error)
 // tenantCharges sums what the packed usage entries of every node that
 // bills tenant charged it, per currency (see charge).
 func (l *Ledger) tenantCharges(ctx context.Context, q queryer, tenant string) (map[string]int64, error) {
-	rows, err := q.QueryContext(ctx, l.d.rebind(`SELECT DISTINCT node FROM series WHERE tenant = ?`), tenant)
+	nodes, err := queryStrings(ctx, q, l.d.rebind(`SELECT DISTINCT node FROM series WHERE tenant = ?`), tenant)
 	if err != nil {
-		return nil, fmt.Errorf("read nodes of %s: %w", tenant, err)
-	}
-	var nodes []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read nodes of %s: %w", tenant, err)
-		}
-		nodes = append(nodes, n)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read nodes of %s: %w", tenant, err)
 	}
 	sums := map[string]int64{}
@@ -194,23 +181,28 @@ func (l *Ledger) tenantCharges(ctx context.Context, q queryer, tenant string) (m
 	return sums, nil
 }
 
+// queryStrings returns the one text column of query's rows.
+func queryStrings(ctx context.Context, q queryer, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // allCharges sums the charges in every node's state per tenant account.
 func (l *Ledger) allCharges(ctx context.Context, q queryer) (map[balanceKey]int64, error) {
-	rows, err := q.QueryContext(ctx, `SELECT node FROM node_state`)
+	nodes, err := queryStrings(ctx, q, `SELECT node FROM node_state`)
 	if err != nil {
-		return nil, fmt.Errorf("read nodes: %w", err)
-	}
-	var nodes []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read nodes: %w", err)
-		}
-		nodes = append(nodes, n)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read nodes: %w", err)
 	}
 	sums := map[balanceKey]int64{}

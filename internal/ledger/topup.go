@@ -303,21 +303,8 @@ type packedEntry struct {
 // per node, window_commits_entries): on PostgreSQL the ranges of
 // different nodes interleave (one id sequence for all).
 func (l *Ledger) findPacked(ctx context.Context, tx *sql.Tx, id int64) (*packedEntry, error) {
-	rows, err := tx.QueryContext(ctx, `SELECT node FROM node_state ORDER BY node`)
+	nodes, err := queryStrings(ctx, tx, `SELECT node FROM node_state ORDER BY node`)
 	if err != nil {
-		return nil, fmt.Errorf("find the window commit: %w", err)
-	}
-	var nodes []string
-	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("find the window commit: %w", err)
-		}
-		nodes = append(nodes, n)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("find the window commit: %w", err)
 	}
 	type candidate struct {
