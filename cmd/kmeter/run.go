@@ -225,9 +225,6 @@ func runAgent(ctx context.Context, f runFlags) error {
 		return fmt.Errorf("serve /metrics: %w", err)
 	}
 	mux.Handle("GET /metrics", metrics)
-	a.Register(mux)
-	bill.Register(mux)
-
 	var onRead func(*agent.Snapshot)
 	if enf != nil {
 		reg.MustRegister(enf.Collector())
@@ -247,6 +244,10 @@ func runAgent(ctx context.Context, f runFlags) error {
 			onRead(nil) // a tenant with an empty balance is throttled from the start
 		}
 	}
+	// /readyz goes up last: a client that saw it ready also sees the
+	// quota policies applied.
+	a.Register(mux)
+	bill.Register(mux)
 
 	log.Info("kmeter running", "listen", srv.Addr(), "interval", f.interval, "bill_interval", billEvery, "pin_dir", f.pinDir, "cgroup2", cgroupDir, "node_id", nodeID)
 	billErr := make(chan error, 1)
